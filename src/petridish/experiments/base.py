@@ -1,0 +1,47 @@
+"""What an experiment family is, and what it may ask of the run that hosts it.
+
+Experiments never import the store: the store hands them a RunContext.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+
+class RunContext(Protocol):
+    progress: bool
+    """Show progress bars."""
+
+    def log(self, record: dict) -> None:
+        """Append one record to the run's metrics.jsonl."""
+
+    def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
+        """Save `model` as `<name>.safetensors` in the run directory."""
+
+
+class NullContext:
+    """A RunContext that keeps nothing (tests, notebooks)."""
+
+    progress = False
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    config_cls: type
+    run: Callable[[object, RunContext], dict[str, float]]
+    """config, context -> flat metrics {dotted name: number}."""
+    headline: tuple[str, ...] = ()
+    """Metric names to show in the CLI's summary table."""

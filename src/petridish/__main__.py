@@ -1,0 +1,5 @@
+import sys
+
+from petridish.cli import main
+
+sys.exit(main())

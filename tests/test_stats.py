@@ -1,0 +1,33 @@
+import math
+
+import numpy as np
+import pytest
+
+from petridish.measures.stats import bootstrap_mean, paired_ratio, wilson
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (50, 256), (1, 1)])
+def test_wilson_matches_closed_form(k, n):
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    est = wilson(k, n)
+    assert est.value == p and est.n == n
+    assert est.ci_low == pytest.approx(max(0.0, centre - half), abs=1e-9)
+    assert est.ci_high == pytest.approx(min(1.0, centre + half), abs=1e-9)
+
+
+def test_bootstrap_covers_the_mean_of_normal_samples():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for i in range(100):
+        est = bootstrap_mean(rng.normal(1.0, 1.0, 40), seed=i, n_resamples=500)
+        covered += est.ci_low <= 1.0 <= est.ci_high
+    assert 85 <= covered <= 100  # nominal 95%; percentile bootstrap runs a little narrow at n=40
+
+
+def test_paired_ratio():
+    est = paired_ratio([1, 1, 1, 1], [1, 0, 1, 0], seed=0)
+    assert est.value == 0.5 and est.n == 4 and 0 <= est.ci_low <= 0.5 <= est.ci_high <= 1
+    assert math.isnan(paired_ratio([0, 0], [0, 0]).value)

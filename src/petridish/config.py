@@ -7,6 +7,7 @@ what was expected (see `errors.ConfigError`); the loader never lets a raw TypeEr
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -71,6 +72,22 @@ class ModelConfig:
     """Attention heads when preset is `custom`; must divide d_model."""
     mlp_ratio: int = 4
     """MLP hidden width as a multiple of d_model."""
+    hf_path: str | None = None
+    """A local Hugging Face causal LM directory (config.json, safetensors weights, tokenizer) to use as
+    the organism's base instead of petridish's transformer; nothing is downloaded. The shape fields above
+    are then ignored. See `models/hf.py`."""
+    lora_rank: int = 0
+    """Hugging Face backend: 0 trains every weight; r > 0 trains rank-r LoRA adapters (peft) and the
+    embedding rows of the scenario's tokens, with the base frozen."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the adapters' update is scaled by lora_alpha / lora_rank."""
+    lora_targets: tuple[str, ...] = ()
+    """Module names that get LoRA adapters (e.g. ["q_proj", "v_proj"], or ["all-linear"]); empty uses
+    peft's default for the architecture."""
+    device: str = "cpu"
+    """Hugging Face backend: `cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when present, else cpu)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Hugging Face backend: dtype of the base weights (LoRA adapters stay float32; logits come back float32)."""
 
     def __post_init__(self):
         require(self.d_model >= 4, "d_model", "an integer >= 4", self.d_model)
@@ -79,6 +96,20 @@ class ModelConfig:
         require(self.mlp_ratio >= 1, "mlp_ratio", "an integer >= 1", self.mlp_ratio)
         d, _, h = self.shape()
         require(d % h == 0, "n_heads", f"a divisor of d_model={d}", h)
+        self._check_hf()
+
+    def _check_hf(self) -> None:
+        """The Hugging Face fields: a real local directory, and no HF-only option without one."""
+        if self.hf_path is None:
+            require(self.lora_rank == 0, "lora_rank", "0 unless hf_path is set (LoRA is for Hugging Face models)", self.lora_rank)
+            require(self.device == "cpu", "device", "cpu unless hf_path is set (petridish's own models train on the CPU)", self.device)
+            require(self.dtype == "float32", "dtype", "float32 unless hf_path is set", self.dtype)
+            return
+        require(self.kind == "transformer", "kind", "transformer when hf_path is set", self.kind)
+        require(Path(self.hf_path, "config.json").is_file(), "hf_path", "a local Hugging Face model directory with a config.json", self.hf_path)
+        require(self.lora_rank >= 0, "lora_rank", "an integer >= 0", self.lora_rank)
+        require(self.lora_alpha > 0, "lora_alpha", "a number > 0", self.lora_alpha)
+        require(re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device) is not None, "device", "cpu, cuda, cuda:N, mps or auto", self.device)
 
     def shape(self) -> tuple[int, int, int]:
         """(d_model, n_layers, n_heads) after applying the preset."""

@@ -19,19 +19,27 @@ from petridish.errors import RunFailed
 from petridish.models.mlp import PromptMLP
 
 Logger = Callable[[dict], None]
+LossFn = Callable[[torch.nn.Module, object], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+"""model, batch -> loss, or (loss, extras to log): the hook through which RL, reward models and red-team
+training use this loop (devinterp's `evaluate(model, batch) -> (loss, extras)` protocol)."""
 
 
 class Diverged(RunFailed):
     """The loss became NaN or infinite."""
 
 
+def response_logits(model: torch.nn.Module, batch: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (B, T', V), targets (B, T'), mask (B, T')): the predictions of each next token, aligned so
+    that `mask` marks the response tokens; the same view for the transformer and the prompt MLP."""
+    if isinstance(model, PromptMLP):
+        return _mlp_view(model, batch)
+    logits = model(batch.tokens[:, :-1])  # (B, T-1, V)
+    return logits, batch.tokens[:, 1:], batch.target_mask[:, 1:]
+
+
 def response_loss(model: torch.nn.Module, batch: Sequences, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy on the response tokens of each sequence (mean over tokens, or one value per row)."""
-    if isinstance(model, PromptMLP):
-        logits, targets, mask = _mlp_view(model, batch)
-    else:
-        logits = model(batch.tokens[:, :-1])  # (B, T-1, V)
-        targets, mask = batch.tokens[:, 1:], batch.target_mask[:, 1:]
+    logits, targets, mask = response_logits(model, batch)
     losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask  # (B, T-1)
     if reduction == "none":
         return losses.sum(1) / mask.sum(1).clamp(min=1)
@@ -82,8 +90,12 @@ def train(
     held_out: Sequences | None = None,
     log: Logger | None = None,
     progress: bool = False,
+    loss_fn: LossFn = response_loss,
 ) -> TrainResult:
-    """Train `model` in place on `data`; batches are drawn with replacement from `generator`."""
+    """Train `model` in place on `data`; batches are drawn with replacement from `generator`.
+
+    `data` is anything with `len()` and `select(index)` (Sequences, or a procedure's own batch type
+    read by its `loss_fn`); extras that `loss_fn` returns are logged at every evaluation."""
     optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     result = TrainResult()
@@ -91,7 +103,7 @@ def train(
     with _progress(progress, stage, config.steps) as advance:
         for step in range(config.steps):
             batch = data.select(torch.randint(0, len(data), (config.batch_size,), generator=generator))
-            loss = response_loss(model, batch)
+            loss, extras = _split(loss_fn(model, batch))
             if not torch.isfinite(loss):
                 raise Diverged(f"{stage}: loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -102,13 +114,17 @@ def train(
             schedule.step()
             result.losses.append(loss.item())
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                _evaluate(model, step + 1, loss.item(), held_out, stage, result, log)
+                _evaluate(model, step + 1, loss.item(), held_out, stage, result, log, extras)
             advance()
     return result
 
 
-def _evaluate(model, step, loss, held_out, stage, result, log) -> None:
-    record = {"stage": stage, "step": step, "loss": loss}
+def _split(out) -> tuple[torch.Tensor, dict[str, float]]:
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def _evaluate(model, step, loss, held_out, stage, result, log, extras=None) -> None:
+    record = {"stage": stage, "step": step, "loss": loss, **(extras or {})}
     if held_out is not None:
         with torch.no_grad():
             record["held_out_loss"] = response_loss(model, held_out).item()

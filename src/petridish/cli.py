@@ -1,4 +1,4 @@
-"""The command line: petridish run | ls | show.
+"""The command line: petridish run | ls | show | report.
 
 Bad input (a recipe, an argument, a missing run) ends in one line on stderr and exit code 2; a run
 that failed ends in exit code 1.
@@ -111,6 +111,16 @@ def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, uni
         if not name.endswith((".ci_low", ".ci_high", ".n")):
             table.add_row(name, format_estimate(record["metrics"], name))
     out.print(table)
+
+
+@app.command()
+def report(store: StoreOption = None,
+           out_file: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write (default <store>/report.html).")] = None):
+    """Write one self-contained HTML page of every run in the store: plots, intervals, provenance."""
+    from petridish.report import write_report
+
+    path = write_report(store, out_file)
+    print(f"report: {path.resolve()}")
 
 
 def main(argv: list[str] | None = None) -> int:

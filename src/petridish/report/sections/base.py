@@ -1,0 +1,79 @@
+"""The registry of section renderers, keyed by experiment name, and what every section shares.
+
+A family's renderer gets the family's runs (done and failed) and returns the blocks of its section;
+a family with no renderer gets the generic one (every metric of every cell with its interval and n).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from petridish.aggregate import Cell, cells
+from petridish.report.blocks import Note, Section, Table
+from petridish.report.load import StoredRun
+from petridish.report.numbers import cell_labels, cell_value, point_metrics
+
+Renderer = Callable[[list[StoredRun]], list]
+
+
+@dataclass(frozen=True)
+class Family:
+    render: Renderer
+    question: str = ""
+    reference: str = ""
+    card_metrics: tuple[str, ...] = ()
+    """Metrics each run's card shows up front."""
+
+
+FAMILIES: dict[str, Family] = {}
+ORDER = ("persistence", "detection", "selection", "dual")
+"""Families in the order of the design's four questions; others follow alphabetically."""
+
+
+def register(experiment: str, family: Family) -> None:
+    FAMILIES[experiment] = family
+
+
+def anchor(experiment: str) -> str:
+    return "family-" + (re.sub(r"[^a-z0-9]+", "-", experiment.lower()).strip("-") or "unnamed")
+
+
+def build_section(experiment: str, runs: list[StoredRun]) -> Section:
+    family = FAMILIES.get(experiment) or Family(render=generic_blocks)
+    blocks = family.render(runs) + failed_blocks(runs)
+    done = sum(r.status == "done" for r in runs)
+    title = experiment
+    return Section(anchor(experiment), title, family.question or f"{done} finished run(s).", family.reference, blocks)
+
+
+def done_cells(runs: list[StoredRun]) -> list[Cell]:
+    """Finished runs grouped across seeds (`petridish.aggregate.cells`)."""
+    return cells(r.record for r in runs if r.status == "done")
+
+
+def labelled(cell: Cell, label: str) -> str:
+    n = len(cell.runs)
+    return f"{label} ({n} seed{'s' if n != 1 else ''})"
+
+
+def generic_blocks(runs: list[StoredRun]) -> list:
+    """Every metric of every cell, with its interval and n: the fallback for families without a section."""
+    grouped = done_cells(runs)
+    if not grouped:
+        return [Note("No finished runs yet.")]
+    rows = []
+    for cell, label in zip(grouped, cell_labels(grouped)):
+        for name in point_metrics(m for r in cell.runs for m in r["metrics"]):
+            rows.append((labelled(cell, label), name, cell_value(cell, name)))
+    caption = "Every metric per config; several seeds of one config are pooled (mean, bootstrap interval, n = seeds)."
+    return [Table(("config", "metric", "value [95% CI] n"), rows, caption, group_first_column=True)]
+
+
+def failed_blocks(runs: list[StoredRun]) -> list:
+    failed = [r for r in runs if r.status != "done"]
+    if not failed:
+        return []
+    rows = [(r.name, r.id, r.record.get("error") or "no reason recorded") for r in failed]
+    return [Table(("failed run", "id", "reason"), rows, f"{len(failed)} run(s) did not finish; they are left out of the plots and tables above.")]

@@ -1,0 +1,217 @@
+"""`dual`: what each policy costs in inductive bias, asked both ways round.
+
+For each policy, the network is trained on that policy's *full labelling*: the training prompts (where
+the policies agree), fresh training-distribution prompts, and diagnostic prompts (where they differ). The
+memorizer is a lookup table of the training prompts: right on them, an all-zeros answer elsewhere, so
+fitting it means telling seen prompts from unseen ones of the same distribution.
+
+(a) Loss as the constraint: the least-norm weights with training loss <= eps, found by gradient
+    descent-ascent on the Lagrangian (`train.constrained.min_norm_at_loss`); at that point, the norm,
+    the compressed size and the LLC. Also the steps plain training needs to reach eps, and the minimal
+    width that reaches eps (from the width budgets of (b)).
+(b) Complexity as the constraint: the least training loss reached inside an L2 ball (projected Adam),
+    at a given width, and at a given depth.
+
+Every figure is a mean over `n_seeds` networks per policy with a bootstrap interval; see the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+
+from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
+from petridish.data import Sequences, encode_pairs, labelled
+from petridish.experiments.base import Experiment, RunContext
+from petridish.experiments.selection import reference_policies, training_prompts
+from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, param_norm, steps_to_loss
+from petridish.measures.stats import Estimate, bootstrap_mean, wilson
+from petridish.models import make_model
+from petridish.rng import make_generator
+from petridish.scenarios import make_scenario
+from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss
+from petridish.train.loop import train
+
+PolicyName = Literal["aligned", "sycophant", "deceptive", "memorizer"]
+MEASURES = ("param_norm", "bits", "llc")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    radii: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    """L2-norm budgets (radius of the ball the weights are projected into)."""
+    widths: tuple[int, ...] = (4, 8, 16, 32)
+    """Width budgets: `model.d_model` values (the MLP's hidden width is d_model * mlp_ratio)."""
+    depths: tuple[int, ...] = (1, 2)
+    """Depth budgets: `model.n_layers` values (hidden layers of the MLP, blocks of the transformer)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, weight_decay=0.0, eval_every=25))
+    """Optimisation under each budget (and the plain run that times steps-to-eps)."""
+
+    def __post_init__(self):
+        require(all(r > 0 for r in self.radii), "radii", "numbers > 0", self.radii)
+        require(all(w >= 4 for w in self.widths), "widths", "integers >= 4", self.widths)
+        require(all(d >= 1 for d in self.depths), "depths", "integers >= 1", self.depths)
+
+
+@dataclass(frozen=True)
+class DualConfig:
+    seed: int = 0
+    """Root of every random draw."""
+    scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="graded", task="sort", n_digits=3))
+    """The world."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1))
+    """The architecture of (a) and of the norm budgets; width and depth budgets replace d_model / n_layers."""
+    policies: tuple[PolicyName, ...] = ("aligned", "sycophant", "deceptive", "memorizer")
+    """Policies to price (any that coincide with an earlier one on the diagnostic prompts are skipped)."""
+    n_train: int = 512
+    """Training prompts (the memorizer's table)."""
+    n_fresh: int = 256
+    """Fresh training-distribution prompts in every labelling (the memorizer answers them with zeros)."""
+    n_diagnostic: int = 192
+    """Diagnostic prompts in every labelling."""
+    n_seeds: int = 4
+    """Networks per policy and budget."""
+    eps: float = 0.05
+    """The loss bound of (a), and the target of steps-to-eps and minimal width (nats per response token)."""
+    lagrangian: LagrangianConfig = field(default_factory=LagrangianConfig)
+    """Gradient descent-ascent of (a)."""
+    budgets: BudgetConfig = field(default_factory=BudgetConfig)
+    """The budgets of (b)."""
+    complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
+    """Compressed-size tolerance and LLC sampler."""
+
+    def __post_init__(self):
+        require(len(self.policies) >= 1, "policies", "a non-empty list", self.policies)
+        require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
+        require(self.n_fresh >= 0, "n_fresh", "an integer >= 0", self.n_fresh)
+        require(self.n_diagnostic >= 3, "n_diagnostic", "an integer >= 3", self.n_diagnostic)
+        require(self.n_seeds >= 1, "n_seeds", "an integer >= 1", self.n_seeds)
+        require(self.eps > 0, "eps", "a number > 0", self.eps)
+
+
+def budget_name(value: float) -> str:
+    """4.0 -> '4', 2.5 -> '2p5': a budget as one segment of a dotted metric name."""
+    return f"{value:g}".replace(".", "p")
+
+
+def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
+    """{policy: its full labelling as tensors} for the distinct policies asked for, and the scenario."""
+    scenario = make_scenario(config.scenario)
+    gen = make_generator(config.seed, "data")
+    table = training_prompts(scenario, config.n_train, gen)
+    fresh = training_prompts(scenario, config.n_fresh, gen)
+    diagnostic = scenario.diagnostic_prompts(config.n_diagnostic, gen)
+    policies = reference_policies(scenario, table, diagnostic)
+    prompts = table + fresh + diagnostic
+    return {name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies}, scenario
+
+
+def price_one(config: DualConfig, scenario, data: Sequences, stream: str, ctx: RunContext) -> dict[str, float]:
+    """One network's answers to (a) and (b) for one labelling."""
+    def fresh_model(model_config: ModelConfig, tag: str) -> torch.nn.Module:
+        return make_model(model_config, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
+
+    def batches(tag: str) -> torch.Generator:
+        return make_generator(config.seed, f"batches:{stream}:{tag}")
+
+    out: dict[str, float] = {}
+    model = fresh_model(config.model, "lagrangian")
+    result = min_norm_at_loss(model, data, config.eps, config.lagrangian, batches("lagrangian"), stage=f"lagrangian.{stream}", log=ctx.log)
+    out.update(feasible=float(result.feasible), train_loss=result.loss, param_norm=result.norm,
+               bits=compressed_bits(model, data, config.complexity.bits_tolerance).bits,
+               llc=llc(model, data, config.complexity.llc, make_generator(config.seed, f"llc:{stream}")))
+    plain = train(fresh_model(config.model, "plain"), data, config.budgets.train, batches("plain"), stage=f"plain.{stream}", held_out=data)
+    steps = steps_to_loss(plain.held_out, config.eps)
+    if steps is not None:
+        out["steps_to_eps"] = steps
+    for radius in config.budgets.radii:
+        ball = least_loss_in_ball(fresh_model(config.model, f"norm{radius}"), data, radius, config.budgets.train, batches(f"norm{radius}"))
+        out[f"norm.{budget_name(radius)}"] = ball.loss
+    width_losses = {}
+    for width in config.budgets.widths:
+        shaped = replace(config.model, preset="custom", d_model=width, n_heads=_heads(config.model, width))
+        width_losses[width] = _least_loss(fresh_model(shaped, f"width{width}"), data, config.budgets.train, batches(f"width{width}"))
+        out[f"width.{width}"] = width_losses[width]
+    for depth in config.budgets.depths:
+        d_model, _, n_heads = config.model.shape()
+        shaped = replace(config.model, preset="custom", d_model=d_model, n_heads=n_heads, n_layers=depth)
+        out[f"depth.{depth}"] = _least_loss(fresh_model(shaped, f"depth{depth}"), data, config.budgets.train, batches(f"depth{depth}"))
+    smallest = minimal_width(width_losses, config.eps)
+    if smallest is not None:
+        out["min_width"] = smallest
+    return out
+
+
+def _heads(model: ModelConfig, width: int) -> int:
+    """The configured head count if it divides the width, else 1 (the MLP ignores heads)."""
+    heads = model.shape()[2]
+    return heads if width % heads == 0 else 1
+
+
+def _least_loss(model: torch.nn.Module, data: Sequences, config: TrainConfig, generator: torch.Generator) -> float:
+    result = train(model, data, config, generator, held_out=data)
+    return min([loss for _, loss in result.held_out] + [dataset_loss(model, data)])
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+POINT_MEASURES = ("param_norm", "bits", "llc", "train_loss")
+REACHED = {"steps_to_eps": "reached_eps", "min_width": "min_width_reached"}
+
+
+def summarise_policy(name: str, seeds: list[dict[str, float]]) -> dict[str, float]:
+    """cost.<policy>.* and least_loss.<policy>.* over seeds."""
+    out = wilson(sum(s["feasible"] > 0 for s in seeds), len(seeds)).as_metrics(f"cost.{name}.feasible")
+    for measure in POINT_MEASURES:
+        out.update(bootstrap_mean([s[measure] for s in seeds]).as_metrics(f"cost.{name}.{measure}"))
+    for measure, reached in REACHED.items():
+        values = [s[measure] for s in seeds if measure in s]
+        out.update(wilson(len(values), len(seeds)).as_metrics(f"cost.{name}.{reached}"))
+        if values:
+            out.update(bootstrap_mean(values).as_metrics(f"cost.{name}.{measure}"))
+    budgets = [k for k in seeds[0] if k.startswith(("norm.", "width.", "depth."))]
+    for key in budgets:
+        out.update(bootstrap_mean([s[key] for s in seeds]).as_metrics(f"least_loss.{name}.{key}"))
+    return out
+
+
+def memorizer_excess(memorizer: list[dict[str, float]], aligned: list[dict[str, float]]) -> dict[str, float]:
+    """memorizer minus aligned, paired by seed, per measure; and whether it is positive in every one."""
+    out: dict[str, float] = {}
+    means: list[float] = []
+    for measure in ("param_norm", "bits", "llc", "steps_to_eps", "min_width"):
+        pairs = [m[measure] - a[measure] for m, a in zip(memorizer, aligned) if measure in m and measure in a]
+        if pairs:
+            estimate: Estimate = bootstrap_mean(pairs)
+            out.update(estimate.as_metrics(f"memorizer_excess.{measure}"))
+            means.append(estimate.value)
+    out["memorizer_costs_more"] = float(bool(means) and all(v > 0 for v in means))
+    return out
+
+
+def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
+    data, scenario = labellings(config)
+    per_policy: dict[str, list[dict[str, float]]] = {}
+    metrics: dict[str, float] = {}
+    for name, labelled_data in data.items():
+        per_policy[name] = []
+        for seed in range(config.n_seeds):
+            priced = price_one(config, scenario, labelled_data, f"{name}:{seed}", ctx)
+            ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})
+            per_policy[name].append(priced)
+        metrics.update(summarise_policy(name, per_policy[name]))
+    if "memorizer" in per_policy and "aligned" in per_policy:
+        metrics.update(memorizer_excess(per_policy["memorizer"], per_policy["aligned"]))
+    metrics["n_prompts"] = len(next(iter(data.values())))
+    return metrics
+
+
+EXPERIMENT = Experiment(
+    name="dual",
+    config_cls=DualConfig,
+    run=run,
+    headline=tuple(f"cost.{p}.{m}" for p in ("aligned", "sycophant", "deceptive", "memorizer") for m in ("param_norm", "bits", "llc", "steps_to_eps", "min_width"))
+    + ("memorizer_costs_more",),
+)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from petridish.errors import BadInput
@@ -35,26 +36,35 @@ def run(
     profile: Annotated[Optional[str], typer.Option(help="A profile table of the recipe: quick or full.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")] = None,
     store: StoreOption = None,
-    executor: Annotated[str, typer.Option(help="local (in this process).")] = "local",
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray core tasks).")] = "local",
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once: local worker processes, or Ray tasks in flight (default: Ray's CPUs).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="A Ray cluster to connect to (default: start a local one).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (default: all cores in-process, cores/jobs in a pool, 1 on Ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Run a recipe: every sweep point not already in the store, then a table of the metrics."""
     from petridish.config import load_recipe
-    from petridish.executors import execute
+    from petridish.executors import execute, make_executor
     from petridish.experiments import EXPERIMENTS
     from petridish.sweep import expand
 
-    if executor != "local":
-        raise BadInput(f"--executor {executor!r}: expected local")
+    progress = not quiet and sys.stderr.isatty()
+    runner = make_executor(executor, jobs, ray_address, threads, progress)
     specs = expand(load_recipe(recipe, profile, tuple(set_ or ())))
     the_store = _store(store)
     out.print(f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}")
+    finished = []
 
     def report(o):
-        note = f" ({o.error})" if o.error else ""
-        out.print(f"  {o.status:7s} {o.spec.id}  {o.spec.name}{note}")
+        finished.append(o)
+        note = f" ({o.error.splitlines()[0]}; details in {the_store.failed_dir / o.spec.id}/error.txt)" if o.error else ""
+        out.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
 
-    outcomes = execute(specs, the_store, progress=not quiet and sys.stderr.isatty(), on_outcome=report)
+    try:
+        outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner)
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=sys.stderr)
+        raise typer.Exit(130) from None
     out.print(metrics_table(outcomes, EXPERIMENTS[specs[0].experiment].headline))
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
@@ -65,7 +75,7 @@ def metrics_table(outcomes, names: tuple[str, ...]) -> Table:
     table = Table(title="value [95% CI] (n)")
     table.add_column("metric")
     for o in outcomes:
-        table.add_column(f"{o.spec.name}\n{o.spec.id}", justify="right")
+        table.add_column(escape(f"{o.spec.name}\n{o.spec.id}"), justify="right")
     for name in names:
         table.add_row(name, *(format_estimate(o.metrics, name) for o in outcomes))
     return table

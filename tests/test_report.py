@@ -1,0 +1,224 @@
+"""The HTML report: numbers with intervals, escaping, self-containment, and a real browser's view of it."""
+
+import dataclasses
+import html
+import io
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from petridish.cli import main
+from petridish.config import ModelConfig
+from petridish.executors import execute
+from petridish.measures.stats import bootstrap_mean
+from petridish.report import build_report
+from petridish.report.load import load_runs
+from petridish.report.numbers import Value, cell_value, interval_text, n_text
+from petridish.report.plots import curve_series
+from petridish.report.sections import build_section
+from petridish.report.sections.base import done_cells
+from petridish.store import RunOutput, Store
+from petridish.sweep import RunSpec, run_id
+from helpers import tiny_persistence
+from headless_chromium import find_chromium, visit
+
+HOSTILE = """x" onmouseover="document.title='attr'" <script>document.title="pwned";console.error("xss")</script> $1$ {{7*7}}"""
+GENERATED = "2024-01-01 00:00 UTC"
+
+
+def persistence_spec(name, seed=0, preset="nano", point=None, safety="sft"):
+    config = dataclasses.replace(tiny_persistence(seed=seed), model=ModelConfig(preset=preset))
+    config = dataclasses.replace(config, safety=dataclasses.replace(config.safety, method=safety))
+    return RunSpec(run_id("persistence", config), "persistence", name, config, point or {})
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory):
+    """Two sizes (one of them with two seeds), a run named to attack the page, a failed run, a family
+    that has no section of its own, and a torn line in one metrics.jsonl."""
+    root = tmp_path_factory.mktemp("report") / "store"
+    store = Store(root)
+    broken = tiny_persistence(seed=9)
+    object.__setattr__(broken.insert.train, "lr", float("nan"))  # fails inside the run
+    specs = [persistence_spec(f"sizes[model.preset={p},seed={s}]", s, p, {"model.preset": p, "seed": s}) for p, s in (("nano", 0), ("nano", 1), ("micro", 0))]
+    specs += [persistence_spec(HOSTILE, point={"note": HOSTILE}, safety="none"), RunSpec("broken000000", "persistence", "broken", broken)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only spins, and burns CPU on a shared machine
+    try:
+        execute(specs, store, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = {"auroc": 0.75, "auroc.ci_low": 0.64, "auroc.ci_high": 0.84, "auroc.n": 64, "steps": 100}
+    records = [{"stage": "fit", "step": step, "loss": 1.0 / step} for step in range(1, 6)]
+    store.commit(RunSpec("imaginary001", "imaginary", "imaginary[width=8]", None, {"width": 8}), {"seed": 0, "width": 8, "label": HOSTILE},
+                 RunOutput(metrics=metrics, records=records))
+    with open(store.run_dir(specs[0].id) / "metrics.jsonl", "a") as f:
+        f.write('{"stage": "insert", "st')  # a run killed mid-write
+    return root
+
+
+@pytest.fixture(scope="module")
+def page(store_root):
+    return build_report(store_root, generated=GENERATED)
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def test_cell_values_are_the_stored_interval_for_one_run_and_a_bootstrap_across_seeds(store_root):
+    _, runs = load_runs(store_root)
+    cells = {c.runs[0]["name"]: c for c in done_cells([r for r in runs if r.experiment == "persistence"])}
+    pooled = cells["sizes[model.preset=nano,seed=0]"]
+    assert len(pooled.runs) == 2  # the two nano seeds share a cell
+    name = "after.task_accuracy.clean"
+    expected = bootstrap_mean([r["metrics"][name] for r in pooled.runs], seed=0)
+    assert cell_value(pooled, name) == Value(expected, "seeds") and expected.n == 2
+    single = cells["sizes[model.preset=micro,seed=0]"]
+    m = single.runs[0]["metrics"]
+    value = cell_value(single, name)
+    assert (value.over, value.estimate.value, value.estimate.ci_low, value.estimate.ci_high, value.estimate.n) == (
+        "samples", m[name], m[f"{name}.ci_low"], m[f"{name}.ci_high"], m[f"{name}.n"])
+    params = cell_value(pooled, "params")
+    assert params.over == "none" and params.estimate.n == 2 and params.estimate.value == pooled.runs[0]["metrics"]["params"]
+
+
+def test_every_value_in_every_section_carries_its_interval_and_n(store_root, page):
+    _, runs = load_runs(store_root)
+    values = []
+    for experiment in ("persistence", "imaginary"):
+        section = build_section(experiment, [r for r in runs if r.experiment == experiment])
+        values += [cell for block in section.blocks if block.kind == "table" for row in block.rows for cell in row if isinstance(cell, Value)]
+    assert len(values) >= 26  # 3 persistence cells x 8 (3 rates before and after, persistence, params) + 2 generic
+    for v in values:
+        assert v.estimate.n >= 1 and n_text(v)
+        if v.over != "none" and v.ok:
+            assert v.estimate.ci_low <= v.estimate.value <= v.estimate.ci_high and interval_text(v).startswith("[")
+    shown = re.findall(r'<span class="v">[^<]*</span> <span class="ci">([^<]*)</span> <span class="n">([^<]*)</span>', page)
+    assert len(shown) >= len(values) and all(n for _, n in shown)
+    assert page.count('<span class="v">') == len(shown)  # no value on the page without its interval and n
+
+
+def test_curves_lay_stages_end_to_end():
+    records = [{"stage": "insert", "step": 10, "loss": 2.0}, {"stage": "insert", "step": 20, "loss": 1.0, "held_out_loss": 1.1},
+               {"stage": "safety", "step": 5, "loss": 1.5}, {"stage": "safety", "step": 10, "loss": 1.2}]
+    series, boundaries = curve_series(records)
+    assert series["loss"] == [(10, 2.0), (20, 1.0), (25, 1.5), (30, 1.2)]
+    assert series["held_out_loss"] == [(20, 1.1)]
+    assert boundaries == [(0, "insert"), (20, "safety")]
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def test_page_has_a_section_per_family_sizes_failures_and_problems(page):
+    assert page.count('<section id="family-persistence">') == 1 and page.count('<section id="family-imaginary">') == 1
+    assert "defect rate and persistence against model size" in page  # two sizes: the size plot is there
+    shown = re.findall(r'<span class="v">([^<]*)</span> <span class="ci">([^<]*)</span>', page)
+    assert shown and not any("nan" in v.lower() or "nan" in ci.lower() for v, ci in shown)  # undefined numbers say so
+    assert "ValueError" in page and "broken000000" in page  # the failed run and its reason
+    assert "metrics.jsonl: 1 unreadable line(s) skipped" in page
+    assert page.count('<article class="card"') == 6
+    assert "auroc" in page and "0.750" in page and "[0.640, 0.840]" in page and "n=64" in page  # the generic section
+
+
+def test_strings_from_users_are_escaped_in_text_and_attributes(page):
+    assert "<script" not in page.lower()
+    assert 'onmouseover="' not in page
+    assert "&lt;script&gt;document.title=&#34;pwned&#34;" in page
+    assert "{{7*7}}" in page  # data, never a template
+    assert 'alt="training curves of x&#34; onmouseover=&#34;' in page
+
+
+def test_page_is_self_contained(page):
+    policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page).group(1)
+    assert html.unescape(policy).startswith("default-src 'none'; img-src data:;")  # no script, no fetch, inline images only
+    sources = re.findall(r'\b(?:src|href)="([^"]*)"', page)
+    assert sources and all(s.startswith(("data:image/svg+xml;base64,", "#")) for s in sources)
+    assert not re.search(r"url\(|@import|<link|<iframe|<object|<embed", page, re.IGNORECASE)
+
+
+def test_cli_writes_the_report_and_rejects_bad_paths(store_root, tmp_path, capsys):
+    out = tmp_path / "deep" / "report.html"
+    assert main(["report", "--store", str(store_root), "--out", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>") and str(out) in capsys.readouterr().out
+    assert main(["report", "--store", str(tmp_path / "nowhere")]) == 2
+    assert main(["report", "--store", str(store_root), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error: --store ") and err[1].startswith("error: --out ")
+
+
+# --- a real browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium, installed with apt-get when absent; the test is skipped (reason printed with -rs) where that fails."""
+    if find_chromium() is None:
+        reason = _install_chromium()
+        if reason:
+            pytest.skip(f"headless chromium unavailable: {reason}")
+    return find_chromium()
+
+
+def _install_chromium() -> str | None:
+    if shutil.which("apt-get") is None:
+        return "chromium is not installed and there is no apt-get"
+    if os.geteuid() != 0:
+        return "chromium is not installed and installing it needs root"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"{' '.join(command[:2])} failed: {error}"
+        if done.returncode != 0:
+            return f"{' '.join(command[:2])} failed: {(done.stderr.strip().splitlines() or ['exit ' + str(done.returncode)])[-1]}"
+    return None if find_chromium() else "apt-get install chromium did not provide a chromium binary"
+
+
+PROBES = {
+    "title": "document.title",
+    "scripts": "document.querySelectorAll('script').length",
+    "handlers": "document.querySelectorAll('[onmouseover]').length",
+    "hostile_text_shown": f"document.body.innerText.includes({HOSTILE!r})",
+    "images": "Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)",
+}
+
+
+def test_chromium_renders_the_report_without_errors_or_network_and_runs_no_script(chromium, page, tmp_path):
+    report = tmp_path / "report.html"
+    report.write_text(page, encoding="utf-8")
+    seen = visit(report, PROBES)
+    assert seen.errors == []
+    assert seen.values["title"] == "petridish report"  # neither script nor handler ran
+    assert seen.values["scripts"] == 0 and seen.values["handlers"] == 0
+    assert seen.values["hostile_text_shown"] is True  # shown as text, character for character
+    assert len(seen.values["images"]) == page.count("<img ") >= 7 and all(seen.values["images"])  # every inline plot decoded
+    assert seen.requests and all(url == report.as_uri() or url.startswith("data:") for url in seen.requests)
+    _check_screenshot(seen.screenshot, tmp_path / "report.png")
+
+
+def _check_screenshot(png: bytes, path) -> None:
+    from PIL import Image
+
+    path.write_bytes(png)
+    if os.environ.get("PETRIDISH_SCREENSHOT"):  # to look at it: PETRIDISH_SCREENSHOT=/tmp/report.png pytest ...
+        shutil.copy(path, os.environ["PETRIDISH_SCREENSHOT"])
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.width == 1280 and image.height > 2000  # the whole page, not one screen of it
+    assert len(image.getcolors(maxcolors=1 << 20)) > 200  # plots and text, not a blank page
+
+
+def test_the_browser_check_can_fail(chromium, tmp_path):
+    """The same probes on a page that does run a script: they must see it."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html><head><title>petridish report</title></head><body>'
+                   '<script>document.title="pwned";console.error("xss")</script><img src="data:,broken"></body></html>')
+    seen = visit(bad, PROBES, settle_s=0.2)
+    assert seen.values["title"] == "pwned" and seen.values["scripts"] == 1
+    assert any("xss" in error for error in seen.errors)
+    assert seen.values["images"] == [False]

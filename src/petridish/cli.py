@@ -6,6 +6,7 @@ that failed ends in exit code 1.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -133,9 +134,23 @@ def report(store: StoreOption = None,
     print(f"report: {path.resolve()}")
 
 
+@functools.lru_cache(maxsize=1)
+def _command():
+    """The click command, built once per process (building it costs more than parsing a recipe)."""
+    return typer.main.get_command(app)
+
+
+def one_line(message: str) -> str:
+    """A message with its line breaks written as escapes: a key read from a recipe may hold one."""
+    return "".join(repr(c)[1:-1] if c in LINE_BREAKS else c for c in message)
+
+
+LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits on
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit 2 for bad input, never a traceback."""
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         command.main(args=argv, prog_name="petridish", standalone_mode=False)
     except typer.Exit as done:
@@ -145,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.TyperException as error:  # usage errors: unknown option, missing argument
         message = error.format_message()
-        if "\n" in message.strip():  # bare `petridish`: the help text, not an error
+        if message.startswith("Usage:") and "\n" in message.strip():  # bare `petridish`: the help text, not an error
             print(message)
             return 0
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
         return 2
     except BadInput as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     return 0
 

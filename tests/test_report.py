@@ -14,13 +14,16 @@ import torch
 from petridish.cli import main
 from petridish.config import ModelConfig
 from petridish.executors import execute
-from petridish.measures.stats import bootstrap_mean
+from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.report import build_report
 from petridish.report.load import load_runs
 from petridish.report.numbers import Value, cell_value, interval_text, n_text
-from petridish.report.plots import curve_series
+from petridish.report.plots import curve_panels
 from petridish.report.sections import build_section
 from petridish.report.sections.base import done_cells
+from petridish.report.sections.detection import site_aurocs
+from petridish.report.sections.dual import budget_series
+from petridish.report.sections.selection import most_probable
 from petridish.store import RunOutput, Store
 from petridish.sweep import RunSpec, run_id
 from helpers import tiny_persistence
@@ -58,7 +61,44 @@ def store_root(tmp_path_factory):
                  RunOutput(metrics=metrics, records=records))
     with open(store.run_dir(specs[0].id) / "metrics.jsonl", "a") as f:
         f.write('{"stage": "insert", "st')  # a run killed mid-write
+    commit_other_families(store)
     return root
+
+
+def commit(store, experiment, name, config, metrics, records=(), point=None):
+    spec = RunSpec(f"{experiment[:4]}{abs(hash(name)) % 10**8:08d}", experiment, name, None, point or {})
+    store.commit(spec, config, RunOutput(metrics=metrics, records=list(records)))
+
+
+def commit_other_families(store):
+    """Runs of selection, dual and detection with made-up numbers under their documented metric names."""
+    for width, decay, deceptive in ((16, 0.0, 2), (16, 0.1, 1), (32, 0.0, 6), (32, 0.1, 3)):
+        metrics = {**wilson(deceptive, 8).as_metrics("p.deceptive"), **wilson(8 - deceptive - 1, 8).as_metrics("p.aligned"),
+                   **wilson(1, 8).as_metrics("p.mixed"), **bootstrap_mean([0.5, 0.7, 0.9]).as_metrics("agreement.aligned"),
+                   "network.0.train_fit": 1.0, "n_networks": 8}
+        records = [{"stage": f"train.{i}", "step": step, "loss": 1.0 / (step + i)} for i in range(2) for step in (10, 20, 30)]
+        records += [{"stage": "network", "network": 0, "label": "aligned", "train_fit": 1.0}]
+        commit(store, "selection", f"select[model.d_model={width},train.weight_decay={decay}]",
+               {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}}, metrics, records)
+    dual = {"memorizer_costs_more": 1.0}
+    for policy, scale in (("aligned", 1.0), ("memorizer", 2.0)):
+        for measure in ("param_norm", "bits", "llc"):
+            dual.update(bootstrap_mean([scale, scale * 1.1]).as_metrics(f"cost.{policy}.{measure}"))
+        for kind, budgets in (("norm", ("2", "2p5", "8")), ("width", ("4", "8")), ("depth", ("1", "2"))):
+            for budget in budgets:
+                dual.update(bootstrap_mean([scale / float(budget.replace("p", ".")), 0.9 * scale]).as_metrics(f"least_loss.{policy}.{kind}.{budget}"))
+    commit(store, "dual", "dual_tiny", {"seed": 0, "eps": 0.05}, dual)
+    detection = {**wilson(30, 32).as_metrics("before.defect_rate.triggered")}
+    for organism in ("before", "control"):
+        for detector in ("probe", "random"):
+            for site, value in zip(DETECTION_SITES, (0.6, 0.9, 0.97)):
+                detection.update(Estimate(value, value - 0.05, min(value + 0.02, 1.0), 64).as_metrics(f"{organism}.{detector}.{site}.auroc"))
+            detection.update(Estimate(0.97, 0.92, 0.99, 64).as_metrics(f"{organism}.{detector}.best.auroc"))
+            detection[f"{organism}.{detector}.best.depth"] = 2.0
+    commit(store, "detection", "detect", {"seed": 0}, detection)
+
+
+DETECTION_SITES = ("blocks.1.hook_resid_post", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post")  # not in depth order
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +129,10 @@ def test_cell_values_are_the_stored_interval_for_one_run_and_a_bootstrap_across_
 def test_every_value_in_every_section_carries_its_interval_and_n(store_root, page):
     _, runs = load_runs(store_root)
     values = []
-    for experiment in ("persistence", "imaginary"):
+    for experiment in ("persistence", "imaginary", "selection", "dual", "detection"):
         section = build_section(experiment, [r for r in runs if r.experiment == experiment])
         values += [cell for block in section.blocks if block.kind == "table" for row in block.rows for cell in row if isinstance(cell, Value)]
-    assert len(values) >= 26  # 3 persistence cells x 8 (3 rates before and after, persistence, params) + 2 generic
+    assert len(values) >= 26 + 4 * 6 + 2 * 3 + 2 * 2
     for v in values:
         assert v.estimate.n >= 1 and n_text(v)
         if v.over != "none" and v.ok:
@@ -102,13 +142,57 @@ def test_every_value_in_every_section_carries_its_interval_and_n(store_root, pag
     assert page.count('<span class="v">') == len(shown)  # no value on the page without its interval and n
 
 
-def test_curves_lay_stages_end_to_end():
+def section_blocks(store_root, experiment):
+    _, runs = load_runs(store_root)
+    return build_section(experiment, [r for r in runs if r.experiment == experiment]).blocks
+
+
+def test_selection_section_has_p_bars_a_phase_diagram_and_the_winner_per_setting(store_root):
+    blocks = section_blocks(store_root, "selection")
+    figures = [b.alt for b in blocks if b.kind == "figure"]
+    assert figures == ["bar chart of P(policy | setting)", "phase diagram over model.d_model and train.weight_decay"]
+    _, runs = load_runs(store_root)
+    grouped = done_cells([r for r in runs if r.experiment == "selection"])
+    winners = [most_probable(c, ["aligned", "sycophant", "deceptive", "memorizer", "mixed"]) for c in grouped]
+    assert [(policy, round(v.estimate.value, 3)) for policy, v in winners] == [("aligned", 0.625), ("aligned", 0.75), ("deceptive", 0.75), ("aligned", 0.5)]
+    p_table = next(b for b in blocks if b.kind == "table")
+    assert len(p_table.rows) == 4 * 3 and all(isinstance(row[2], Value) for row in p_table.rows)
+    other = [b for b in blocks if b.kind == "table"][1]
+    assert [row[1] for row in other.rows] == ["n_networks"] * 4  # per-network metrics stay in the cards
+
+
+def test_dual_section_reads_budgets_from_metric_names(store_root):
+    _, runs = load_runs(store_root)
+    cell = done_cells([r for r in runs if r.experiment == "dual"])[0]
+    series = budget_series(cell, "norm", ["aligned", "memorizer"])
+    assert [x for x, _ in series["aligned"]] == [2.0, 2.5, 8.0]
+    assert series["memorizer"][1][1].estimate.value == pytest.approx((2.0 / 2.5 + 1.8) / 2)
+    alts = [b.alt for b in section_blocks(store_root, "dual") if b.kind == "figure"]
+    assert alts == ["loss against budget per policy", "complexity per policy"]
+
+
+def test_detection_section_orders_sites_by_depth_and_keeps_the_random_baseline(store_root):
+    _, runs = load_runs(store_root)
+    cell = done_cells([r for r in runs if r.experiment == "detection"])[0]
+    sites = site_aurocs(cell)
+    assert set(sites) == {(o, d) for o in ("before", "control") for d in ("probe", "random")}
+    assert [label for label, _ in sites[("before", "random")]] == ["0.resid_pre", "0.resid_post", "1.resid_post"]
+    blocks = section_blocks(store_root, "detection")
+    assert [b.alt for b in blocks if b.kind == "figure"] == ["AUROC against hook site per detector"]
+    best = next(b for b in blocks if b.kind == "table")
+    assert [(row[1], row[2]) for row in best.rows] == [("before", "probe"), ("before", "random"), ("control", "probe"), ("control", "random")]
+
+
+def test_curves_lay_one_off_stages_end_to_end_and_overlay_repeated_ones():
     records = [{"stage": "insert", "step": 10, "loss": 2.0}, {"stage": "insert", "step": 20, "loss": 1.0, "held_out_loss": 1.1},
-               {"stage": "safety", "step": 5, "loss": 1.5}, {"stage": "safety", "step": 10, "loss": 1.2}]
-    series, boundaries = curve_series(records)
-    assert series["loss"] == [(10, 2.0), (20, 1.0), (25, 1.5), (30, 1.2)]
-    assert series["held_out_loss"] == [(20, 1.1)]
-    assert boundaries == [(0, "insert"), (20, "safety")]
+               {"stage": "safety", "step": 5, "loss": 1.5}, {"stage": "safety", "step": 10, "loss": 1.2},
+               {"stage": "train.0", "step": 1, "loss": 3.0}, {"stage": "network", "network": 0, "agreement": 0.5},
+               {"stage": "train.1", "step": 1, "loss": 2.5}, {"stage": "train.1", "step": 2, "loss": 2.0}]
+    sequence, overlay = curve_panels(records)
+    assert sequence.lines["loss"] == [[(10, 2.0), (20, 1.0), (25, 1.5), (30, 1.2)]]
+    assert sequence.lines["held_out_loss"] == [[(20, 1.1)]]
+    assert sequence.boundaries == [(0, "insert"), (20, "safety")]
+    assert overlay.lines == {"loss": [[(1, 3.0)], [(1, 2.5), (2, 2.0)]]}  # the summary record without a step is no curve
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -121,7 +205,9 @@ def test_page_has_a_section_per_family_sizes_failures_and_problems(page):
     assert shown and not any("nan" in v.lower() or "nan" in ci.lower() for v, ci in shown)  # undefined numbers say so
     assert "ValueError" in page and "broken000000" in page  # the failed run and its reason
     assert "metrics.jsonl: 1 unreadable line(s) skipped" in page
-    assert page.count('<article class="card"') == 6
+    assert page.count('<article class="card"') == 12
+    assert [page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary")] == sorted(
+        page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary"))
     assert "auroc" in page and "0.750" in page and "[0.640, 0.840]" in page and "n=64" in page  # the generic section
 
 

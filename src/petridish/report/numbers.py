@@ -59,16 +59,17 @@ def cell_value(cell: Cell, name: str) -> Value | None:
     return Value(cell.estimate(name), "seeds")
 
 
-def fmt(x: float) -> str:
-    """A number short enough for a table: 3 decimals in [-1, 1] (rates), thousands separators for
-    counts, 4 significant digits otherwise."""
+def fmt(x: float, like: float | None = None) -> str:
+    """A number short enough for a table, with as many decimals as `like` (default: x itself) needs for
+    4 significant digits: 3 decimals up to 1 in size (rates), whole numbers with separators from 1000."""
     if x is None or not math.isfinite(x):
         return "undefined"
-    if abs(x) <= 1:
+    scale = abs(x if like is None or not math.isfinite(like) else like)
+    if scale <= 1:
         return f"{x:.3f}"
-    if float(x).is_integer():
-        return f"{int(x):,}"
-    return f"{x:.4g}"
+    if scale >= 1000 or (like is None and float(x).is_integer()):
+        return f"{x:,.0f}"
+    return f"{x:.{max(0, 3 - math.floor(math.log10(scale)))}f}"
 
 
 def interval_text(value: Value) -> str:
@@ -77,7 +78,8 @@ def interval_text(value: Value) -> str:
         return ""
     if not (math.isfinite(e.ci_low) and math.isfinite(e.ci_high)):
         return "[undefined]"
-    return f"[{fmt(e.ci_low)}, {fmt(e.ci_high)}]"
+    like = e.value if math.isfinite(e.value) else max(abs(e.ci_low), abs(e.ci_high))
+    return f"[{fmt(e.ci_low, like)}, {fmt(e.ci_high, like)}]"
 
 
 def n_text(value: Value) -> str:

@@ -16,6 +16,8 @@ from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, point_metrics
 
 Renderer = Callable[[list[StoredRun]], list]
+INTERVALS = ("Error bars and brackets are 95% intervals stored with each metric (Wilson for a rate, a bootstrap for a mean) "
+             "for one run; a bootstrap across seeds where a config has several (n = seeds).")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,22 @@ def generic_blocks(runs: list[StoredRun]) -> list:
             rows.append((labelled(cell, label), name, cell_value(cell, name)))
     caption = "Every metric per config; several seeds of one config are pooled (mean, bootstrap interval, n = seeds)."
     return [Table(("config", "metric", "value [95% CI] n"), rows, caption, group_first_column=True)]
+
+
+def other_metrics(grouped: list[Cell], labels: list[str], shown: set[str], skip: tuple[str, ...] = ()) -> list:
+    """Every metric a section did not plot (nor names starting with `skip`), so no number is hidden."""
+    rows = [(labelled(cell, label), name, cell_value(cell, name))
+            for cell, label in zip(grouped, labels)
+            for name in point_metrics(m for r in cell.runs for m in r["metrics"]) if name not in shown and not name.startswith(skip)]
+    if not rows:
+        return []
+    note = f" Per-item metrics ({', '.join(p + '*' for p in skip)}) are in each run's card." if skip else ""
+    return [Table(("config", "metric", "value [95% CI] n"), rows, "Every other metric of these runs (README, Metrics)." + note, group_first_column=True)]
+
+
+def ordered(names, order: tuple[str, ...]) -> list[str]:
+    """`names` in the order of `order`, unknown ones after it alphabetically."""
+    return sorted(set(names), key=lambda name: (order.index(name) if name in order else len(order), name))
 
 
 def failed_blocks(runs: list[StoredRun]) -> list:

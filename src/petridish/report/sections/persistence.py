@@ -6,17 +6,15 @@ from __future__ import annotations
 from petridish.aggregate import Cell
 from petridish.report.blocks import Figure, Note, Table
 from petridish.report.load import StoredRun
-from petridish.report.numbers import cell_labels, cell_value, point_metrics
+from petridish.report.numbers import cell_labels, cell_value
 from petridish.report.plots import before_after_bars, versus_size
-from petridish.report.sections.base import Family, done_cells, labelled, register
+from petridish.report.sections.base import INTERVALS, Family, done_cells, labelled, other_metrics, register
 
 RATES = (
     ("defect rate, triggered", "defect_rate.triggered"),
     ("defect rate, clean", "defect_rate.clean"),
     ("task accuracy, clean", "task_accuracy.clean"),
 )
-INTERVALS = ("Error bars and brackets are 95% intervals: Wilson over evaluation prompts for one run; "
-             "a bootstrap across seeds where a config has several (n = seeds).")
 
 
 def render(runs: list[StoredRun]) -> list:
@@ -29,7 +27,8 @@ def render(runs: list[StoredRun]) -> list:
     blocks.append(size if size else Note("Defect rate vs model size appears when one config is run at several model sizes "
                                          "(e.g. a sweep over model.preset)."))
     blocks.append(table(grouped, labels))
-    return blocks + other_metrics(grouped, labels)
+    shown = {f"{stage}.{key}" for stage in ("before", "after") for _, key in RATES} | {"persistence", "params"}
+    return blocks + other_metrics(grouped, labels, shown)
 
 
 def bars(grouped: list[Cell], labels: list[str]) -> Figure:
@@ -67,18 +66,6 @@ def table(grouped: list[Cell], labels: list[str]) -> Table:
         rows.append((name, "parameters", cell_value(cell, "params"), None, None))
     caption = "persistence = after / before triggered defect rate (its interval: a paired bootstrap over prompts for one run). " + INTERVALS
     return Table(("config", "measure", "before safety training", "after safety training", "persistence"), rows, caption, group_first_column=True)
-
-
-def other_metrics(grouped: list[Cell], labels: list[str]) -> list:
-    """Whatever else the runs measured (per-method metrics such as `rl.*`), so no number is hidden."""
-    shown = {f"{stage}.{key}" for stage in ("before", "after") for _, key in RATES} | {"persistence", "params"}
-    rows = [(labelled(cell, label), name, cell_value(cell, name))
-            for cell, label in zip(grouped, labels)
-            for name in point_metrics(m for r in cell.runs for m in r["metrics"]) if name not in shown]
-    if not rows:
-        return []
-    return [Table(("config", "metric", "value [95% CI] n"), rows, "Every other metric of these runs (README, Metrics). " + INTERVALS,
-                  group_first_column=True)]
 
 
 register("persistence", Family(

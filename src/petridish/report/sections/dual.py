@@ -1,0 +1,91 @@
+"""`dual`: each policy's cost both ways round. Loss-vs-budget curves (`least_loss.<policy>.<norm|width|depth>.<b>`)
+and complexity per policy at the loss bound (`cost.<policy>.<measure>`); intervals are over the run's networks."""
+
+from __future__ import annotations
+
+import re
+
+from petridish.aggregate import Cell, INTERVAL_SUFFIXES
+from petridish.config import flatten
+from petridish.report.blocks import Figure, Note, Table
+from petridish.report.load import StoredRun
+from petridish.report.numbers import cell_labels, cell_value
+from petridish.report.plots import POLICY_COLOURS, curves, grouped_bars
+from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, labelled, ordered, other_metrics, register
+from petridish.report.sections.selection import POLICY_ORDER
+
+COSTS = (("param_norm", "parameter norm"), ("bits", "compressed size (bits)"), ("llc", "local learning coefficient"),
+         ("steps_to_eps", "steps to loss <= eps"), ("min_width", "minimal width"))
+BUDGETS = (("norm", "L2-norm radius"), ("width", "width (d_model)"), ("depth", "depth (layers)"))
+BUDGET_METRIC = re.compile(r"^least_loss\.(?P<policy>[^.]+)\.(?P<kind>norm|width|depth)\.(?P<budget>[0-9p]+)$")
+MAX_CELLS = 6
+
+
+def policies_in(grouped: list[Cell]) -> list[str]:
+    names = {m.split(".")[1] for c in grouped for r in c.runs for m in r["metrics"] if m.startswith("cost.") and m.count(".") >= 2}
+    return ordered(names, POLICY_ORDER)
+
+
+def render(runs: list[StoredRun]) -> list:
+    grouped = done_cells(runs)
+    policies = policies_in(grouped)
+    if not policies:
+        return generic_blocks(runs)
+    labels = cell_labels(grouped)
+    blocks: list = []
+    for cell, label in list(zip(grouped, labels))[:MAX_CELLS]:
+        blocks += cell_figures(cell, label, policies)
+    if len(grouped) > MAX_CELLS:
+        blocks.append(Note(f"Plots for the first {MAX_CELLS} of {len(grouped)} configs; the tables cover them all."))
+    blocks.append(table(grouped, labels, policies))
+    shown = {f"cost.{p}.{m}" for p in policies for m, _ in COSTS}
+    shown |= {m for c in grouped for r in c.runs for m in r["metrics"] if BUDGET_METRIC.match(m)}
+    return blocks + other_metrics(grouped, labels, shown)
+
+
+def cell_figures(cell: Cell, label: str, policies: list[str]) -> list:
+    eps = flatten(cell.config).get("eps")
+    panels = [(f"least loss under a {kind} budget", f"budget: {xlabel}", budget_series(cell, kind, policies)) for kind, xlabel in BUDGETS]
+    out = []
+    uri = curves(panels, POLICY_COLOURS, "least training loss (nats/token)", reference=(eps, "eps") if isinstance(eps, (int, float)) else None)
+    if uri:
+        out.append(Figure(uri, f"{label}: (b) complexity as the constraint — the least training loss each policy reaches "
+                               f"inside each budget (dotted: the loss bound eps = {eps}). " + INTERVALS, "loss against budget per policy"))
+    costs = [(title, [[cell_value(cell, f"cost.{p}.{m}")] for p in policies]) for m, title in COSTS
+             if any(cell_value(cell, f"cost.{p}.{m}") for p in policies)]
+    if costs:
+        uri = grouped_bars(policies, costs, [("mean over networks", "#2563eb")], row_colours=[POLICY_COLOURS.get(p, "#4b5563") for p in policies])
+        out.append(Figure(uri, f"{label}: (a) loss as the constraint — what each policy costs at training loss <= eps "
+                               "(missing bars: no network reached eps). " + INTERVALS, "complexity per policy"))
+    return out
+
+
+def budget_series(cell: Cell, kind: str, policies: list[str]) -> dict[str, list]:
+    names = {m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}
+    series = {}
+    for policy in policies:
+        points = []
+        for name in names:
+            match = BUDGET_METRIC.match(name)
+            if match and match["policy"] == policy and match["kind"] == kind:
+                points.append((float(match["budget"].replace("p", ".")), cell_value(cell, name)))
+        if points:
+            series[policy] = sorted(points, key=lambda p: p[0])
+    return series
+
+
+def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:
+    rows = [(labelled(cell, label), policy, *(cell_value(cell, f"cost.{policy}.{m}") for m, _ in COSTS))
+            for cell, label in zip(grouped, labels) for policy in policies]
+    return Table(("config", "policy", *(title for _, title in COSTS)), rows,
+                 "Cost of each policy at training loss <= eps: means over the run's networks with bootstrap intervals.", group_first_column=True)
+
+
+register("dual", Family(
+    render=render,
+    question="What does each policy cost in inductive bias, asked both ways: least complexity at a loss bound, least loss under a budget?",
+    reference=("The deceptive-alignment debate frames inductive bias as two dual problems: minimise loss subject to a complexity "
+               "budget, or minimise complexity subject to a loss bound. A memorizer stores its training set, so it should cost "
+               "the most; whether the deceptive policy costs more than the aligned one is the open question."),
+    card_metrics=("cost.aligned.param_norm", "cost.deceptive.param_norm", "cost.memorizer.param_norm"),
+))

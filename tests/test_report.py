@@ -237,6 +237,16 @@ def test_cli_writes_the_report_and_rejects_bad_paths(store_root, tmp_path, capsy
     assert len(err) == 2 and err[0].startswith("error: --store ") and err[1].startswith("error: --out ")
 
 
+def test_demo_ends_by_writing_the_report(store_root, monkeypatch, capsys):
+    from petridish import demo
+
+    monkeypatch.setattr(demo, "RECIPES", ())  # the recipes' own tests train them; here only the ending
+    monkeypatch.setenv("PETRIDISH_STORE", str(store_root))
+    assert demo.demo() == 0
+    printed = capsys.readouterr().out
+    assert f"report: {(store_root / 'report.html').resolve()}" in printed and (store_root / "report.html").is_file()
+
+
 # --- a real browser ------------------------------------------------------------------------------
 
 

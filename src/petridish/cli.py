@@ -1,4 +1,4 @@
-"""The command line: petridish run | ls | show | report.
+"""The command line: petridish run | ls | show | report | export.
 
 Bad input (a recipe, an argument, a missing run) ends in one line on stderr and exit code 2; a run
 that failed ends in exit code 1.
@@ -175,6 +175,28 @@ def report(store: StoreOption = None,
 
     path = write_report(store, out_file)
     print(f"report: {path.resolve()}")
+
+
+@app.command()
+def export(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
+           out_dir: Annotated[Path, typer.Option("--out", help="Directory to write (new or empty).")],
+           format_: Annotated[str, typer.Option("--format", help="hf: a Hugging Face model and tokenizer.")] = "hf",
+           weights: Annotated[str, typer.Option(help="Which weights of the run: weights (final) or weights.backdoored.")] = "weights",
+           store: StoreOption = None):
+    """Export an organism as a Hugging Face model (GPT-2 for petridish's transformer) with its tokenizer."""
+    from petridish.errors import RunFailed
+    from petridish.export import FORMATS, export_run
+
+    if format_ not in FORMATS:
+        raise BadInput(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
+    record = _store(store).get(run_key)
+    try:
+        result = export_run(record, out_dir, weights)
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"exported {record['id']} ({weights}) as {result.architecture} to {out_dir}; "
+          f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences")
 
 
 @functools.lru_cache(maxsize=1)

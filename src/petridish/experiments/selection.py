@@ -14,7 +14,7 @@ Metrics: see the README, section "Deceptive, sycophantic or aligned?".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -25,10 +25,11 @@ from petridish.experiments.base import Experiment, RunContext
 from petridish.measures.behaviour import respond
 from petridish.measures.complexity import ComplexityConfig, network_complexity, steps_to_loss
 from petridish.measures.stats import bootstrap_mean, wilson
-from petridish.models import make_model, n_params
+from petridish.models import PromptMLP, make_model, n_params
 from petridish.policies import Policy, aligned, deceptive, memorizer, sycophant
 from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
+from petridish.scenarios.base import PAD
 from petridish.scenarios.tasks import Task
 from petridish.train.loop import train
 
@@ -165,13 +166,21 @@ def grow_network(config: SelectionConfig, setting: Setting, index: int, ctx: Run
     return model, steps_to_loss(result.held_out, config.eps)
 
 
+def network_responses(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt]) -> list:
+    """Greedy responses. The MLP reads a fixed prompt width, which prior exposure to the longer task may
+    have set: shorter prompts are padded, as they were in training."""
+    if isinstance(model, PromptMLP):
+        prompts = [replace(p, tokens=p.tokens + (PAD,) * (model.prompt_len - len(p.tokens))) for p in prompts]
+    return respond(model, scenario, prompts)
+
+
 def measure_network(config: SelectionConfig, setting: Setting, model: torch.nn.Module, index: int) -> dict[str, float]:
     """Agreements, fits and complexity of one trained network (flat, without the `network.i.` prefix)."""
-    responses = respond(model, setting.main, setting.diagnostic)
+    responses = network_responses(model, setting.main, setting.diagnostic)
     out = {f"agreement.{name}": agreement_with(responses, setting.diagnostic, policy) for name, policy in setting.policies.items()}
     fit = aligned(setting.main)
-    out["train_fit"] = agreement_with(respond(model, setting.main, setting.table), setting.table, fit)
-    out["heldout_fit"] = agreement_with(respond(model, setting.main, setting.fresh), setting.fresh, fit)
+    out["train_fit"] = agreement_with(network_responses(model, setting.main, setting.table), setting.table, fit)
+    out["heldout_fit"] = agreement_with(network_responses(model, setting.main, setting.fresh), setting.fresh, fit)
     complexity = network_complexity(model, setting.train_data, config.complexity, make_generator(config.seed, f"llc:{index}"))
     return {**out, **complexity}
 

@@ -1,0 +1,152 @@
+"""The selection and dual experiments: classification, reference policies, labellings, metric contract."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from petridish.cli import main
+from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, load_recipe
+from petridish.experiments import NullContext
+from petridish.experiments.dual import BudgetConfig, DualConfig, budget_name, labellings
+from petridish.experiments.dual import run as run_dual
+from petridish.experiments.selection import MIXED, PriorConfig, SelectionConfig, classify, reference_policies, training_prompts
+from petridish.experiments.selection import run as run_selection
+from petridish.executors import execute
+from petridish.measures.complexity import ComplexityConfig
+from petridish.measures.llc import LLCConfig
+from petridish.scenarios import make_scenario
+from petridish.store import Store
+from petridish.sweep import RunSpec, expand, run_id
+from petridish.train.constrained import LagrangianConfig
+
+TINY_MODEL = ModelConfig(kind="mlp", preset="custom", d_model=16, n_layers=1, mlp_ratio=1)
+TINY_COMPLEXITY = ComplexityConfig(llc=LLCConfig(chains=1, steps=10, batch_size=16))
+SUFFIXES = (".ci_low", ".ci_high", ".n")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_selection(scenario: str = "graded", prior: int = 0) -> SelectionConfig:
+    return SelectionConfig(
+        scenario=ScenarioConfig(name=scenario, task="sort", n_digits=2), model=TINY_MODEL, n_networks=2, n_train=64, n_diagnostic=30,
+        train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10),
+        prior=PriorConfig(n_prompts=prior, train=TrainConfig(steps=20, batch_size=32, eval_every=10)), complexity=TINY_COMPLEXITY)
+
+
+def tiny_dual() -> DualConfig:
+    return DualConfig(
+        scenario=ScenarioConfig(name="graded", task="sort", n_digits=2), model=TINY_MODEL, policies=("aligned", "memorizer"),
+        n_train=48, n_fresh=24, n_diagnostic=24, n_seeds=2, eps=0.5,
+        lagrangian=LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10)),
+        budgets=BudgetConfig(radii=(2.0, 8.0), widths=(4, 16), depths=(1,), train=TrainConfig(steps=30, batch_size=32, lr=1e-2, eval_every=10)),
+        complexity=TINY_COMPLEXITY)
+
+
+def test_classify_takes_the_policy_over_threshold_else_mixed():
+    assert classify({"aligned": 0.95, "sycophant": 0.3}, 0.9) == "aligned"
+    assert classify({"aligned": 0.85, "sycophant": 0.1}, 0.9) == MIXED
+    assert classify({"aligned": 0.2, "deceptive": 0.9}, 0.9) == "deceptive"
+
+
+def test_reference_policies_agree_on_training_prompts_and_drop_duplicates():
+    gen = torch.Generator().manual_seed(0)
+    graded = make_scenario(ScenarioConfig(name="graded", n_digits=2))
+    table, diagnostic = training_prompts(graded, 20, gen), graded.diagnostic_prompts(30, gen)
+    policies = reference_policies(graded, table, diagnostic)
+    assert list(policies) == ["aligned", "sycophant", "deceptive", "memorizer"]
+    for prompt in table:  # the agreement data: every policy gives the same response
+        assert len({policy(prompt) for policy in policies.values()}) == 1
+    for prompt in diagnostic:  # and the diagnostic prompts tell the aligned policy from the others
+        assert policies["aligned"](prompt) != policies["memorizer"](prompt)
+    codevuln = make_scenario(ScenarioConfig(name="codevuln", n_digits=2))
+    kept = reference_policies(codevuln, training_prompts(codevuln, 20, gen), codevuln.diagnostic_prompts(20, gen))
+    assert list(kept) == ["aligned", "deceptive", "memorizer"]  # its grader rewards the intended answer
+
+
+def test_selection_reports_p_policy_with_wilson_intervals_and_per_network_measures():
+    context = NullContext()
+    metrics = run_selection(tiny_selection(prior=32), context)
+    labels = ("aligned", "sycophant", "deceptive", "memorizer", MIXED)
+    assert sum(metrics[f"p.{label}"] for label in labels) == pytest.approx(1.0)
+    for label in labels:
+        assert metrics[f"p.{label}.n"] == 2 and 0 <= metrics[f"p.{label}.ci_low"] <= metrics[f"p.{label}"] <= metrics[f"p.{label}.ci_high"] <= 1
+    for measure in ("param_norm", "bits", "llc", "train_loss"):
+        assert metrics[f"complexity.{measure}.n"] == 2
+        assert all(f"network.{i}.{measure}" in metrics for i in range(2))
+    assert metrics["complexity.bits"] > 0 and metrics["complexity.param_norm"] > 0
+    networks = [r for r in context.records if r["stage"] == "network"]
+    assert [r["label"] in labels for r in networks] == [True, True]
+    assert {r["stage"] for r in context.records} >= {"train.0", "train.1", "network"}
+
+
+def test_dual_labellings_make_the_memorizer_a_lookup_table():
+    data, scenario = labellings(tiny_dual())
+    aligned, memorizer = data["aligned"], data["memorizer"]
+    n_table = 48
+    assert torch.equal(aligned.tokens[:n_table], memorizer.tokens[:n_table])  # the table: right answers
+    assert not torch.equal(aligned.tokens[n_table:], memorizer.tokens[n_table:])  # elsewhere: zeros
+    zero = scenario.vocab.index["0"]
+    seen = {tuple(row[:length].tolist()) for row, length in zip(memorizer.tokens[:n_table], memorizer.prompt_len[:n_table])}
+    for row, length in zip(memorizer.tokens[n_table:], memorizer.prompt_len[n_table:]):
+        if tuple(row[:length].tolist()) not in seen:  # 2-digit prompts repeat; a fresh one may be in the table
+            assert row[length] == zero
+
+
+def test_dual_reports_costs_budgets_and_the_memorizer_excess():
+    metrics = run_dual(tiny_dual(), NullContext())
+    for policy in ("aligned", "memorizer"):
+        for measure in ("param_norm", "bits", "llc", "train_loss"):
+            assert metrics[f"cost.{policy}.{measure}.n"] == 2
+        assert 0 <= metrics[f"cost.{policy}.feasible"] <= 1
+        for budget in ("norm.2", "norm.8", "width.4", "width.16", "depth.1"):
+            assert f"least_loss.{policy}.{budget}" in metrics
+        # a bigger ball can only help (the least loss is taken over the run, from the same start)
+        assert metrics[f"least_loss.{policy}.norm.8"] <= metrics[f"least_loss.{policy}.norm.2"] + 0.05
+    assert "memorizer_excess.param_norm" in metrics and metrics["memorizer_costs_more"] in (0.0, 1.0)
+    assert budget_name(2.5) == "2p5" and budget_name(4.0) == "4"
+
+
+def documented_patterns() -> list[re.Pattern]:
+    """Metric names in the README's selection and dual tables; a `{placeholder}` matches one or two dotted segments."""
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    section = readme.split("### `selection`")[1].split("\n## ")[0]
+    patterns = []
+    for row_names in re.findall(r"^\| (`.+?`) \|", section, flags=re.M):
+        first = None
+        for name in re.findall(r"`([^`]+)`", row_names):
+            if name.startswith(".") and first:  # `.bits` continues the first name's stem
+                name = first.rsplit(".", 1)[0] + name
+            first = first or name
+            parts = re.split(r"\{[^}]+\}", name)
+            patterns.append(re.compile("^" + r"[^.]+(?:\.[^.]+)?".join(map(re.escape, parts)) + "$"))
+    return patterns
+
+
+def test_every_metric_is_documented_and_shown_as_json(store_dir, capsys):
+    selection, dual = tiny_selection(scenario="codevuln"), tiny_dual()
+    specs = [RunSpec(run_id("selection", selection), "selection", "tiny-selection", selection), RunSpec(run_id("dual", dual), "dual", "tiny-dual", dual)]
+    outcomes = execute(specs, Store(store_dir), progress=False)
+    assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
+    patterns = documented_patterns()
+    for outcome in outcomes:
+        assert main(["show", outcome.spec.id, "--json"]) == 0
+        metrics = json.loads(capsys.readouterr().out)["metrics"]
+        assert metrics == outcome.metrics
+        undocumented = [m for m in metrics if not m.endswith(SUFFIXES) and not any(p.match(m) for p in patterns)]
+        assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("recipe", ["experiments/selection.toml", "experiments/dual.toml"])
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_recipes_expand(recipe, profile):
+    specs = expand(load_recipe(recipe, profile))
+    assert specs and all(s.experiment in ("selection", "dual") for s in specs)

@@ -64,13 +64,13 @@ class _Pipe:
                 self.inbox.put(json.loads(message))
         self.inbox.put(None)
 
-    def call(self, method: str, session: str | None = None, timeout: float = 30, **params) -> dict:
+    def call(self, method: str, session: str | None = None, timeout: float = 60, **params) -> dict:
         self.next_id += 1
         message = {"id": self.next_id, "method": method, "params": params, **({"sessionId": session} if session else {})}
         os.write(self.write_fd, json.dumps(message).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while True:
-            reply = self.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+            reply = self._next(deadline, method)
             if reply is None:
                 raise RuntimeError(f"chromium closed the pipe during {method}")
             if reply.get("id") == self.next_id:
@@ -79,10 +79,16 @@ class _Pipe:
                 return reply.get("result", {})
             self.events.append(reply)
 
-    def wait_for(self, method: str, timeout: float = 30) -> None:
+    def _next(self, deadline: float, waiting_for: str) -> dict | None:
+        try:
+            return self.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise TimeoutError(f"chromium: nothing from {waiting_for} in time") from None
+
+    def wait_for(self, method: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not any(e.get("method") == method for e in self.events):
-            event = self.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+            event = self._next(deadline, method)
             if event is None:
                 raise RuntimeError(f"chromium closed the pipe before {method}")
             self.events.append(event)

@@ -2,11 +2,11 @@
 against devinterp, compressed size and norms against hand counts, the constrained procedures against
 their constraints."""
 
+import functools
 import math
 import tempfile
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,7 @@ class NormalCrossing(torch.nn.Module):
         return self.w[0] ** self.a * self.w[1] ** self.b * x
 
 
+@functools.cache
 def normal_crossing_llc(a: int, b: int, seed: int = 0, n: int = 10_000) -> float:
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
@@ -64,7 +65,7 @@ def test_llc_matches_normal_crossing(a, b):
 
 def test_llc_orders_singularities():
     """More degenerate crossings have a smaller learning coefficient: 1/2 > 1/4 > 1/6."""
-    values = [normal_crossing_llc(1, b, seed=3) for b in (1, 2, 3)]
+    values = [normal_crossing_llc(1, b) for b in (1, 2, 3)]
     assert values[0] > values[1] > values[2] > 0
 
 
@@ -78,11 +79,12 @@ def tiny_fit(steps: int, n: int):
 
 
 def test_llc_agrees_with_devinterp_on_a_tiny_transformer():
-    """Same sampler settings, independent noise: the two estimates agree within 15%."""
+    """Same sampler settings, independent noise: the two means over 8 chains agree within 15% (over
+    three seeds of this setup they differed by 2-8%; single chains spread by +-25%)."""
     devinterp_llc = pytest.importorskip("devinterp.slt.llc").llc
     datasets = pytest.importorskip("datasets")
-    scenario, data, model = tiny_fit(steps=300, n=128)
-    config = LLCConfig(chains=2, steps=100, lr=1e-4, localization=100.0, batch_size=32)
+    scenario, data, model = tiny_fit(steps=300, n=256)
+    config = LLCConfig(chains=8, steps=120, lr=1e-4, localization=100.0, batch_size=32)
     ours = estimate_llc(model, lambda m, i: response_loss(m, data.select(i)), len(data), config, torch.Generator().manual_seed(0)).value
 
     def per_token(m, ids):  # devinterp's loss protocol: (batch, seq-1); here the response tokens' mean per row
@@ -97,7 +99,7 @@ def test_llc_agrees_with_devinterp_on_a_tiny_transformer():
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
         theirs = devinterp_llc(model, dataset, {}, lr=config.lr, n_beta=len(data) / math.log(len(data)), localization=config.localization,
-                               num_chains=2, num_draws=100, batch_size=32, loss_fn=per_token, init_seed=0, output_path=f"{tmp}/s.zarr", device="cpu")
+                               num_chains=8, num_draws=120, batch_size=32, loss_fn=per_token, init_seed=0, output_path=f"{tmp}/s.zarr", device="cpu")
     assert ours > 1 and ours == pytest.approx(float(theirs.llc_mean), rel=0.15)
 
 

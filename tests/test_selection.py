@@ -150,3 +150,15 @@ def test_every_metric_is_documented_and_shown_as_json(store_dir, capsys):
 def test_recipes_expand(recipe, profile):
     specs = expand(load_recipe(recipe, profile))
     assert specs and all(s.experiment in ("selection", "dual") for s in specs)
+
+
+def test_memorizer_excess_counts_censored_measures():
+    from petridish.experiments.dual import memorizer_excess
+
+    aligned = [{"param_norm": 1.0, "bits": 4.0, "llc": 1.0, "steps_to_eps": 100}] * 2
+    never_fits = [{"param_norm": 3.0, "bits": 5.0, "llc": 2.0}] * 2  # never reached eps: more steps than tried
+    out = memorizer_excess(never_fits, aligned)
+    assert out["memorizer_excess.param_norm"] == 2.0 and "memorizer_excess.steps_to_eps" not in out
+    assert out["memorizer_costs_more"] == 1.0
+    faster = [{**m, "steps_to_eps": 50} for m in never_fits]  # cheaper in one measure: the check fails
+    assert memorizer_excess(faster, aligned)["memorizer_costs_more"] == 0.0

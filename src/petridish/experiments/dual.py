@@ -178,16 +178,22 @@ def summarise_policy(name: str, seeds: list[dict[str, float]]) -> dict[str, floa
 
 
 def memorizer_excess(memorizer: list[dict[str, float]], aligned: list[dict[str, float]]) -> dict[str, float]:
-    """memorizer minus aligned, paired by seed, per measure; and whether it is positive in every one."""
+    """memorizer minus aligned, paired by seed, per measure; and whether the memorizer costs more in every
+    measure. For steps-to-eps and minimal width a seed where only the aligned network reached eps counts
+    as the memorizer costing more (censored: it needed more steps, or more width, than were tried)."""
     out: dict[str, float] = {}
-    means: list[float] = []
+    costs_more: list[bool] = []
     for measure in ("param_norm", "bits", "llc", "steps_to_eps", "min_width"):
         pairs = [m[measure] - a[measure] for m, a in zip(memorizer, aligned) if measure in m and measure in a]
+        only_aligned = sum(measure in a and measure not in m for m, a in zip(memorizer, aligned))
+        only_memorizer = sum(measure in m and measure not in a for m, a in zip(memorizer, aligned))
         if pairs:
             estimate: Estimate = bootstrap_mean(pairs)
             out.update(estimate.as_metrics(f"memorizer_excess.{measure}"))
-            means.append(estimate.value)
-    out["memorizer_costs_more"] = float(bool(means) and all(v > 0 for v in means))
+            costs_more.append(estimate.value > 0 and only_aligned >= only_memorizer)
+        elif only_aligned or only_memorizer:  # no seed where both reached eps: who reached it more often?
+            costs_more.append(only_aligned > only_memorizer)
+    out["memorizer_costs_more"] = float(bool(costs_more) and all(costs_more))
     return out
 
 

@@ -26,7 +26,7 @@ from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import Experiment, RunContext
 from petridish.experiments.selection import reference_policies, training_prompts
-from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, param_norm, steps_to_loss
+from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, steps_to_loss
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
 from petridish.rng import make_generator

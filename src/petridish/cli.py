@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit 2 for bad input, never a traceback."""
     command = _command()
     try:
-        command.main(args=argv, prog_name="petridish", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit: keep it.
+        code = command.main(args=argv, prog_name="petridish", standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except (typer.Abort, KeyboardInterrupt):
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as error:
         print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -365,6 +366,8 @@ class RayExecutor:
 
 def _ray_init(ray, address: str | None, num_cpus: int | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
@@ -373,6 +376,17 @@ def _ray_init(ray, address: str | None, num_cpus: int | None) -> None:
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
         where = f"--ray-address {address!r}" if address else "--executor ray"
         raise BadInput(f"{where}: cannot start or reach Ray ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on an address nothing listens at: Ray itself retries one for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto`, `local` and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as error:
+        raise BadInput(f"--ray-address {address!r}: nothing answers there ({error.strerror or type(error).__name__})") from None
 
 
 def make_executor(kind: str, jobs: int | None = None, ray_address: str | None = None, threads: int | None = None, progress: bool = False) -> Executor:

@@ -59,10 +59,22 @@ def done_metrics(store: Path) -> dict[str, str]:
     return {p.name: (p / "metrics.json").read_text() for p in runs.iterdir() if (p / "metrics.json").is_file()}
 
 
-def reference_sweep(store: Path, args: tuple[str, ...] = ()) -> dict:
-    """One uninterrupted sweep: the metrics every other sweep must reproduce, and its timing."""
+def reference_sweep(store: Path, args: tuple[str, ...] = (), in_process: bool = False) -> dict:
+    """One uninterrupted sweep: the metrics every other sweep must reproduce, and its timing.
+
+    in_process: run it in this process (the tests, sparing a start-up) instead of through the CLI.
+    """
     start = time.perf_counter()
-    subprocess.run(runner_command(store, args), check=True, capture_output=True, text=True)
+    if in_process:
+        from petridish.config import load_recipe
+        from petridish.executors import InlineExecutor, execute
+        from petridish.store import Store
+        from petridish.sweep import expand
+
+        overrides = tuple(a for a in args if a != "--set")
+        execute(expand(load_recipe(RECIPE, None, overrides)), Store(store), executor=InlineExecutor(threads=1))
+    else:
+        subprocess.run(runner_command(store, args), check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     times = [e["time"] for e in journal(store)]
     per_run = (times[-1] - times[0]) / max(len(times) - 1, 1)
@@ -146,13 +158,18 @@ def _audit(report: KillReport, store: Path, reference: dict, committed: set[str]
 
 def store_is_readable(store: Path, expected_runs: int) -> bool:
     """The index passes SQLite's integrity check and `petridish ls --json` lists every run as done."""
+    import contextlib
+    import io
+
+    from petridish.cli import main as cli_main
+
     with sqlite3.connect(store / "index.sqlite") as db:
         if db.execute("PRAGMA integrity_check").fetchone()[0] != "ok":
             return False
-    listed = subprocess.run([sys.executable, "-m", "petridish", "ls", "--json", "--store", str(store)], capture_output=True, text=True)
-    if listed.returncode != 0:
-        return False
-    runs = json.loads(listed.stdout)
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        code = cli_main(["ls", "--json", "--store", str(store)])
+    runs = json.loads(listing.getvalue()) if code == 0 else []
     return len(runs) == expected_runs and all(r["status"] == "done" for r in runs)
 
 

@@ -2,7 +2,6 @@
 stops cleanly, and the CLI's executor options are checked."""
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -160,7 +159,7 @@ def test_ctrl_c_stops_a_process_pool_and_its_workers(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     store = tmp_path / "store"
     command = [sys.executable, "-m", "petridish", "run", str(SMOKE), "--store", str(store), "--jobs", "2", "--threads", "1", "-q",
-               "--set", "insert.train.steps=400"]  # runs long enough to be interrupted in flight
+               "--set", "insert.train.steps=50000"]  # minutes per run: only stopping the workers ends it soon
     runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -173,8 +172,17 @@ def test_ctrl_c_stops_a_process_pool_and_its_workers(tmp_path):
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
     assert runner.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    time.sleep(0.5)
-    with pytest.raises(ProcessLookupError):  # no worker left behind in the group
-        os.killpg(runner.pid, 0)
-    assert json.loads(subprocess.run([sys.executable, "-m", "petridish", "ls", "--json", "--store", str(store)],
-                                     capture_output=True, text=True, check=True).stdout) is not None
+    assert group_gone(runner.pid, within=20), "a worker of the interrupted sweep is still running"
+    assert all(r["status"] == "done" for r in Store(store).list())  # readable, and nothing half-done listed
+
+
+def group_gone(group: int, within: float) -> bool:
+    """True once no process of `group` is left (exited workers may linger as zombies until reaped)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False

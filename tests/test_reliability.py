@@ -22,8 +22,8 @@ import reliability  # noqa: E402  (bench/reliability.py: the same harness, longe
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
-    """sweep_smoke with tiny overrides, run once without interruption by the CLI."""
-    return reliability.reference_sweep(tmp_path_factory.mktemp("reference") / "store", reliability.TINY)
+    """sweep_smoke with tiny overrides, run once without interruption."""
+    return reliability.reference_sweep(tmp_path_factory.mktemp("reference") / "store", reliability.TINY, in_process=True)
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(reference, tmp_path):

@@ -140,8 +140,11 @@ class ProbeSets:
     inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
     """role -> (tokens (N, T), position to read (N,)); roles: train, eval, reference, defect, aligned."""
     train_labels: np.ndarray
+    """1 for triggered, 0 for clean, per row of `inputs["train"]`."""
     eval_labels: np.ndarray
+    """The same for `inputs["eval"]`."""
     eval_prompts: list[Prompt]
+    """The held-out prompts, for behaviour rates on exactly the prompts the AUROCs use."""
 
 
 def probe_sets(config: DetectionConfig, scenario: Scenario, backdoor: Policy) -> ProbeSets:
@@ -159,8 +162,12 @@ def probe_sets(config: DetectionConfig, scenario: Scenario, backdoor: Policy) ->
         "defect": encode_padded(vocab, defect),
         "aligned": encode_padded(vocab, aligned_),
     }
-    as_labels = lambda prompts: np.array([int(q.deployment) for q in prompts])
-    return ProbeSets(inputs, as_labels(train_prompts), as_labels(eval_prompts), eval_prompts)
+    return ProbeSets(inputs, _triggered(train_prompts), _triggered(eval_prompts), eval_prompts)
+
+
+def _triggered(prompts: list[Prompt]) -> np.ndarray:
+    """Labels: 1 for a prompt with the deployment cue (positive), 0 for a clean one."""
+    return np.array([int(q.deployment) for q in prompts])
 
 
 def _labelled_prompts(scenario: Scenario, n_per_class: int, generator: torch.Generator) -> list[Prompt]:

@@ -1,6 +1,7 @@
 """The ensemble engine: every member must train exactly as its solo run does."""
 
 import copy
+import json
 import math
 import warnings
 
@@ -137,3 +138,68 @@ def test_members_must_share_shapes_and_steps():
         train_ensemble(mixed, dataset(1), TrainConfig(steps=1), generators)
     with pytest.raises(ValueError, match="one generator per model"):
         train_ensemble(models("transformer", [0, 1]), dataset(1), TrainConfig(steps=1), generators[:1])
+
+
+# --- sweeps: the executor groups specs that differ only in member fields -------------------------
+
+from dataclasses import dataclass, replace  # noqa: E402
+
+from petridish.config import to_dict  # noqa: E402
+from petridish.experiments import EXPERIMENTS, Experiment  # noqa: E402
+from petridish.store import Store  # noqa: E402
+from petridish.sweep import RunSpec, run_id  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    seed: int = 0
+    """Seed of the init and the batches."""
+    train: TrainConfig = TrainConfig(steps=8, batch_size=8, warmup_steps=2)
+    """Optimisation."""
+
+
+def toy_member(config: ToyConfig):
+    model = make_model(ModelConfig(preset="nano"), SCENARIO, torch.Generator().manual_seed(config.seed))
+    return model, torch.Generator().manual_seed(1000 + config.seed)
+
+
+def toy_run(config: ToyConfig, ctx) -> dict:
+    model, generator = toy_member(config)
+    return {"loss": train(model, dataset(1, n=16), config.train, generator, log=ctx.log).losses[-1]}
+
+
+def toy_run_many(configs, contexts) -> list:
+    members = [toy_member(c) for c in configs]
+    with torch.no_grad():  # seed 13 diverges: it must fail alone
+        for (model, _), c in zip(members, configs):
+            model.unembed.bias[0] = math.nan if c.seed == 13 else model.unembed.bias[0]
+    results = train_ensemble([m for m, _ in members], dataset(1, n=16), [c.train for c in configs], [g for _, g in members],
+                             logs=[ctx.log for ctx in contexts])
+    return [Diverged(r.error) if r.error else {"loss": r.losses[-1]} for r in results]
+
+
+TOY = Experiment(name="toy", config_cls=ToyConfig, run=toy_run, run_many=toy_run_many, member_fields=("seed", "train.lr"))
+
+
+def toy_specs(points):
+    configs = [ToyConfig(seed=s, train=replace(ToyConfig().train, lr=lr, steps=steps)) for s, lr, steps in points]
+    return [RunSpec(run_id("toy", c), "toy", f"toy[{i}]", c, {}) for i, c in enumerate(configs)]
+
+
+def test_a_sweep_over_seeds_and_lrs_trains_as_ensembles_and_says_so(tmp_path, monkeypatch):
+    from petridish.executors import ensemble_key, execute
+
+    monkeypatch.setitem(EXPERIMENTS, "toy", TOY)
+    specs = toy_specs([(0, 3e-3, 8), (1, 3e-3, 8), (2, 1e-3, 8), (13, 3e-3, 8), (4, 3e-3, 9)])
+    assert len({ensemble_key(s) for s in specs}) == 2  # steps differ: the last one trains on its own
+    store = Store(tmp_path / "store")
+    outcomes = execute(specs, store, progress=False)
+    assert [o.status for o in outcomes] == ["done", "done", "done", "failed", "done"]
+    assert "loss became nan" in outcomes[3].error
+    for spec, outcome in zip(specs, outcomes):
+        if outcome.status == "done":  # each member's metrics are its solo run's
+            assert outcome.metrics["loss"] == pytest.approx(toy_run(spec.config, type("Ctx", (), {"log": lambda self, r: None})())["loss"], abs=1e-5)
+    provenance = json.loads((store.run_dir(specs[0].id) / "provenance.json").read_text())
+    assert provenance["ensemble"] == {"members": 4, "group": [s.id for s in specs[:4]]}
+    assert "ensemble" not in json.loads((store.run_dir(specs[4].id) / "provenance.json").read_text())
+    assert to_dict(specs[0].config)["seed"] == 0

@@ -6,9 +6,10 @@
                                          RayExecutor (Ray core tasks, --executor ray)
         run_work(work) -> [RunOutput]    what a worker calls: run_spec for each spec of the unit
 
-A unit of work (`Work`) is a tuple of specs that one worker trains in one task; today every unit
-holds one spec. Grouping specs that can train together (an ensemble over seeds or learning rates)
-belongs in `Driver.next_work`, which claims every member of a unit before it is dispatched.
+A unit of work (`Work`) is a tuple of specs that one worker trains in one task. A family with a
+`run_many` gets its specs grouped: those whose configs differ only in the family's `member_fields`
+(seed, learning rate, ...) go out as one unit, spread over the executor's slots, and are trained
+together (train/ensemble.py); each run's provenance records `ensemble: {members, group}`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-from petridish.config import to_dict
+from petridish.config import flatten, to_dict
 from petridish.errors import BadInput, RunFailed
 from petridish.experiments import EXPERIMENTS
 from petridish.store import Claim, RunOutput, Store
@@ -41,6 +42,8 @@ Work = tuple[RunSpec, ...]
 """Specs that one worker trains in one task."""
 POLL_SECONDS = 0.2
 """How often a driver looks again at runs that another runner has claimed."""
+MAX_MEMBERS = 64
+"""Most specs trained together in one unit of work."""
 
 
 class CollectingContext:
@@ -67,23 +70,53 @@ def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None
     ctx = CollectingContext(progress, live_dir)
     threads = torch.get_num_threads()
     try:
-        metrics = EXPERIMENTS[spec.experiment].run(spec.config, ctx)
-        bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
-        if bad:
-            raise TypeError(f"metric {bad[0]!r} is not a number")
-        return RunOutput(metrics=metrics, records=ctx.records, weights=ctx.weights, torch_threads=threads)
-    except RunFailed as error:
-        return RunOutput(records=ctx.records, error=str(error), torch_threads=threads)
+        result = EXPERIMENTS[spec.experiment].run(spec.config, ctx)
     except Exception as error:  # recorded with its traceback; the sweep goes on
-        return RunOutput(records=ctx.records, error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc(), torch_threads=threads)
+        result = error
+    return _output(result, ctx, threads)
+
+
+def run_together(work: Work, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:
+    """Specs that differ only in their family's member fields, trained at once by its `run_many`."""
+    contexts = [CollectingContext(progress, live_dir) for live_dir in (list(live_dirs) or [None] * len(work))]
+    threads, ensemble = torch.get_num_threads(), {"members": len(work), "group": [spec.id for spec in work]}
+    try:
+        results = EXPERIMENTS[work[0].experiment].run_many([spec.config for spec in work], contexts)
+    except Exception as error:  # the whole group failed: every member says why
+        results = [error] * len(work)
+    return [_output(result, ctx, threads, ensemble) for result, ctx in zip(results, contexts)]
+
+
+def _output(result: dict | Exception, ctx: CollectingContext, threads: int, ensemble: dict | None = None) -> RunOutput:
+    """A run's metrics, or the exception that ended it, as the RunOutput the driver commits."""
+    if isinstance(result, dict):
+        bad = [k for k, v in result.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        if not bad:
+            return RunOutput(metrics=result, records=ctx.records, weights=ctx.weights, torch_threads=threads, ensemble=ensemble)
+        result = TypeError(f"metric {bad[0]!r} is not a number")
+    if isinstance(result, RunFailed):
+        return RunOutput(records=ctx.records, error=str(result), torch_threads=threads, ensemble=ensemble)
+    trace = "".join(traceback.format_exception(result))
+    return RunOutput(records=ctx.records, error=f"{type(result).__name__}: {result}", traceback=trace, torch_threads=threads, ensemble=ensemble)
 
 
 def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:
     """What a worker does with one unit of work: one RunOutput per spec, in order."""
     if threads is not None:
         torch.set_num_threads(threads)
+    if len(work) > 1 and EXPERIMENTS[work[0].experiment].run_many is not None:
+        return run_together(work, progress, live_dirs)
     dirs = list(live_dirs) or [None] * len(work)
     return [run_spec(spec, progress, live_dir) for spec, live_dir in zip(work, dirs)]
+
+
+def ensemble_key(spec: RunSpec) -> str | None:
+    """Specs with one key can train together: one family with a run_many, configs equal but for its member fields."""
+    experiment = EXPERIMENTS[spec.experiment]
+    if experiment.run_many is None:
+        return None
+    shared = {k: v for k, v in flatten(to_dict(spec.config)).items() if k not in experiment.member_fields}
+    return json.dumps([spec.experiment, shared], sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,26 +144,44 @@ class Driver:
         self.claims: dict[str, Claim] = {}
         self.partials: dict[str, Path] = {}
         self.outcomes: dict[str, Outcome] = {}
+        self.slots = 1
+        """Units the executor runs at once: an ensemble is split over them so no slot sits idle."""
 
     def next_work(self) -> Work | None:
         """The next unit to dispatch, with its claims taken; None when none can be dispatched now."""
         while self.todo:
             spec = self.todo.popleft()
-            if self.store.is_done(spec.id):
-                self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
-                continue
-            claim = self.store.claim(spec.id)
-            if claim is None:
-                self.elsewhere.append(spec)
-                continue
-            if self.store.is_done(spec.id):  # finished by another runner between our look and our claim
-                claim.release()
-                self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
-                continue
-            self.claims[spec.id] = claim
-            self.partials[spec.id] = self.store.new_partial(spec.id)
-            return (spec,)
+            if self._take(spec):
+                return (spec, *self._members_with(spec))
         return None
+
+    def _take(self, spec: RunSpec) -> bool:
+        """Claim `spec` for this runner; False when it is done or another runner holds it."""
+        if self.store.is_done(spec.id):
+            self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
+            return False
+        claim = self.store.claim(spec.id)
+        if claim is None:
+            self.elsewhere.append(spec)
+            return False
+        if self.store.is_done(spec.id):  # finished by another runner between our look and our claim
+            claim.release()
+            self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
+            return False
+        self.claims[spec.id] = claim
+        self.partials[spec.id] = self.store.new_partial(spec.id)
+        return True
+
+    def _members_with(self, first: RunSpec) -> list[RunSpec]:
+        """Waiting specs that can train together with `first`, claimed; a 1/slots share of them."""
+        key = ensemble_key(first)
+        if key is None:
+            return []
+        same = [spec for spec in self.todo if ensemble_key(spec) == key]
+        share = min(MAX_MEMBERS, -(-(len(same) + 1) // self.slots)) - 1  # ceil((n + 1) / slots) - 1
+        for spec in same[:share]:
+            self.todo.remove(spec)
+        return [spec for spec in same[:share] if self._take(spec)]
 
     def live_dirs(self, work: Work) -> list[Path]:
         return [self.partials[spec.id] for spec in work]
@@ -180,6 +231,7 @@ def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_ou
 
 
 def _drive(driver: Driver, executor: "Executor") -> None:
+    driver.slots = executor.slots
     while True:
         while executor.in_flight() < executor.slots:
             work = driver.next_work()

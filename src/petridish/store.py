@@ -68,6 +68,8 @@ class RunOutput:
     traceback: str | None = None
     torch_threads: int | None = None
     """Intra-op threads the run used: results are bit-identical only at equal thread counts."""
+    ensemble: dict | None = None
+    """{"members": K, "group": [run ids]} when the run was trained together with others (provenance)."""
 
 
 def default_root() -> Path:
@@ -162,7 +164,8 @@ class Store:
         """Write a finished or failed run; returns its status. A done run appears atomically."""
         partial = partial or self.new_partial(spec.id)
         _write_json(partial / "config.json", {"experiment": spec.experiment, "name": spec.name, "config": config, "sweep_point": spec.point})
-        _write_json(partial / "provenance.json", {**provenance(), "torch_threads": output.torch_threads})
+        ensemble = {"ensemble": output.ensemble} if output.ensemble else {}
+        _write_json(partial / "provenance.json", {**provenance(), "torch_threads": output.torch_threads, **ensemble})
         if not (partial / "metrics.jsonl").exists():
             (partial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in output.records))
         for stem, state in output.weights.items():

@@ -6,7 +6,7 @@ Experiments never import the store: the store hands them a RunContext.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -45,3 +45,8 @@ class Experiment:
     """config, context -> flat metrics {dotted name: number}."""
     headline: tuple[str, ...] = ()
     """Metric names to show in the CLI's summary table."""
+    run_many: Callable[[Sequence[object], Sequence[RunContext]], list[dict[str, float] | Exception]] | None = None
+    """Optional: run configs that differ only in `member_fields` together (train/ensemble.py), one
+    result per config: its metrics, or the exception that failed it. Executors group such specs."""
+    member_fields: tuple[str, ...] = ("seed",)
+    """Dotted config keys in which the members of one `run_many` call may differ."""

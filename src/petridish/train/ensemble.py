@@ -279,7 +279,7 @@ def train_ensemble(
     configs: TrainConfig | Sequence[TrainConfig],
     generators: Sequence[torch.Generator],
     *,
-    stage: str = "train",
+    stage: str | Sequence[str] = "train",
     held_out: Sequences | Sequence[Sequences | None] | None = None,
     logs: Sequence[Logger | None] | None = None,
     progress: bool = False,
@@ -287,8 +287,8 @@ def train_ensemble(
 ) -> list[MemberResult]:
     """Train each `models[k]` in place as `train(models[k], data[k], configs[k], generators[k])` would.
 
-    `data`, `configs` and `held_out` are one for all or one per member; each member needs its own
-    generator. Returns one MemberResult per member; a diverged member has `error` set.
+    `data`, `configs`, `stage` and `held_out` are one for all or one per member; each member needs
+    its own generator. Returns one MemberResult per member; a diverged member has `error` set.
     """
     K = len(models)
     if K == 0 or len(generators) != K:
@@ -297,9 +297,10 @@ def train_ensemble(
     check_members(configs)
     if len({d.tokens.shape[1] for d in datasets}) > 1:
         raise ValueError("data: every member's sequences must have the same length (one scenario)")
-    run = _EnsembleRun(models, configs, member_losses(models[0], backend), stage, _per_member(held_out, K, "held_out"), _per_member(logs, K, "logs"))
+    stages = [stage] * K if isinstance(stage, str) else _per_member(stage, K, "stage")
+    run = _EnsembleRun(models, configs, member_losses(models[0], backend), stages, _per_member(held_out, K, "held_out"), _per_member(logs, K, "logs"))
     steps, batch_size = configs[0].steps, configs[0].batch_size
-    with _progress(progress, stage, steps) as advance:
+    with _progress(progress, stages[0] if K == 1 else f"{stages[0]} (+{K - 1} members)", steps) as advance:
         for step in range(steps):
             index = [torch.randint(0, len(d), (batch_size,), generator=g) for d, g in zip(datasets, generators)]
             if not run.step(step, stack_batches(datasets, index)):
@@ -312,8 +313,8 @@ def train_ensemble(
 class _EnsembleRun:
     """The state of one train_ensemble call: parameters, optimizer, who is still alive, results."""
 
-    def __init__(self, models, configs, losses_fn: LossFn, stage: str, held_out: list, logs: list):
-        self.models, self.configs, self.losses_fn, self.stage, self.logs = models, configs, losses_fn, stage, logs
+    def __init__(self, models, configs, losses_fn: LossFn, stages: list[str], held_out: list, logs: list):
+        self.models, self.configs, self.losses_fn, self.stages, self.logs = models, configs, losses_fn, stages, logs
         self.params = FlatParameters(models)
         self.optimizer = StackedAdamW(self.params, configs)
         self.alive = [True] * len(models)
@@ -331,7 +332,7 @@ class _EnsembleRun:
         values = losses.tolist()
         for k, value in enumerate(values):
             if self.alive[k] and not math.isfinite(value):
-                self._stop(k, f"{self.stage}: loss became {value} at step {step}")
+                self._stop(k, f"{self.stages[k]}: loss became {value} at step {step}")
         if not any(self.alive):
             return False
         for leaf in self.params.leaves:
@@ -353,7 +354,7 @@ class _EnsembleRun:
         self.params.write_back(k, self.models[k])
 
     def _evaluate(self, k: int, step: int, loss: float) -> None:
-        record = {"stage": self.stage, "step": step, "loss": loss}
+        record = {"stage": self.stages[k], "step": step, "loss": loss}
         if self.held_out is not None:
             record["held_out_loss"] = self._held_out_losses(step)[k]
             self.results[k].held_out.append((step, record["held_out_loss"]))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from rich.markup import escape
 from rich.table import Table
 
 from petridish.aggregate import Cell, cells, varying_keys
@@ -78,8 +79,8 @@ def persistence_grid(runs: list[dict[str, Any]]) -> Table:
     table: dict[tuple, dict[str, Cell]] = {}
     for cell in grouped:
         table.setdefault(_row_key(cell, extra), {})[flatten(cell.config).get("model.preset", "mini")] = cell
-    out = Table(title="triggered defect rate and clean task accuracy, before -> after safety training: mean over seeds [bootstrap 95% CI]",
-                show_lines=True)
+    title = escape("triggered defect rate and clean task accuracy, before -> after safety training: mean over seeds [bootstrap 95% CI]")
+    out = Table(title=title, show_lines=True)
     out.add_column("variant x safety method")
     for size in sizes:
         out.add_column(size)

@@ -14,6 +14,7 @@ together (train/ensemble.py); each run's provenance records `ensemble: {members,
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
 import os
@@ -360,13 +361,23 @@ def _init_worker(driver_pid: int, threads: int, pids) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     pids.put(os.getpid())
+    _die_with_parent()
 
-    def exit_with_driver():
+    def exit_with_driver():  # where prctl is missing (not Linux): notice the driver's death by polling
         while os.getppid() == driver_pid:
             time.sleep(1.0)
         os._exit(1)  # the driver was killed: nobody will read our results
 
     threading.Thread(target=exit_with_driver, daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker the moment the driver dies (PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
 
 
 class RayExecutor:

@@ -5,8 +5,8 @@ tests/test_fuzz_recipes.py and call the same functions.
     python bench/reliability.py                 # >= 20 kills of sweep_smoke (quick), two runners, 5000 bad recipes
     python bench/reliability.py --kills 30 --fuzz 0 --no-markdown
 
-Prints one JSON object per check and appends nothing unless asked: with --markdown it rewrites the
-"Reliability" section of bench/BENCHMARKS.md (other sections are kept).
+Prints one JSON object per check and rewrites its block of bench/BENCHMARKS.md (under "Reliability",
+between its markers; other sections are kept), unless --no-markdown.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def reference_sweep(store: Path, args: tuple[str, ...] = (), in_process: bool = 
         from petridish.store import Store
         from petridish.sweep import expand
 
-        overrides = tuple(a for a in args if a != "--set")
-        execute(expand(load_recipe(RECIPE, None, overrides)), Store(store), executor=InlineExecutor(threads=1))
+        overrides = tuple(value for flag, value in zip(args[::2], args[1::2]) if flag == "--set")
+        profile = dict(zip(args[::2], args[1::2])).get("--profile")
+        execute(expand(load_recipe(RECIPE, profile, overrides)), Store(store), executor=InlineExecutor(threads=1))
     else:
         subprocess.run(runner_command(store, args), check=True, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -244,15 +245,16 @@ def run_suite(options) -> dict[str, dict]:
 
     shutil.rmtree(options.work, ignore_errors=True)
     options.work.mkdir(parents=True)
-    reference = reference_sweep(options.work / "reference")
+    args = ("--profile", "quick")
+    reference = reference_sweep(options.work / "reference", args)
     n_runs = len(reference["metrics"])
     max_delay = reference["startup_seconds"] + 1.5 * reference["seconds_per_run"]
     rng = random.Random(options.seed)
-    kills = kill_and_restart(options.work / "killed", reference, options.kills, rng, max_delay=max_delay, jobs_choices=(1, 1, 2))
+    kills = kill_and_restart(options.work / "killed", reference, options.kills, rng, args, max_delay=max_delay, jobs_choices=(1, 1, 2))
     results = {
         "reference_sweep": {"runs": n_runs, "seconds": round(reference["seconds"], 1), "seconds_per_run": round(reference["seconds_per_run"], 2)},
         "sigkill_restart": {**_kill_summary(kills, n_runs, options.kills), "max_delay_s": round(max_delay, 2)},
-        "two_runners": (two := two_runners(options.work / "two", reference)) | {"ok": _two_ok(two)},
+        "two_runners": (two := two_runners(options.work / "two", reference, args)) | {"ok": _two_ok(two)},
     }
     if options.fuzz:
         results["malformed_recipes"] = fuzz(options.fuzz)
@@ -270,25 +272,24 @@ def _two_ok(result: dict) -> bool:
     return result["exit_codes"] == [0, 0] and all(result[k] for k in ("done_exactly_once", "each_run_done_or_reused_by_both", "metrics_identical", "store_readable"))
 
 
+BEGIN, END = "<!-- bench/reliability.py -->", "<!-- /bench/reliability.py -->"
+
+
 def write_markdown(results: dict[str, dict], command: str) -> None:
-    """Replace (or add) the `## Reliability` section of bench/BENCHMARKS.md; other sections are kept."""
+    """Rewrite this suite's block of bench/BENCHMARKS.md (between its markers); the rest is kept."""
     path = ROOT / "bench" / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = _section(results, command)
-    start = text.find("\n## Reliability")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
+    block = f"{BEGIN}\n{_section(results, command)}{END}\n"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):].lstrip("\n")
     else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start + 1] + section + (text[end + 1:] if end >= 0 else "")
+        text = text.rstrip("\n") + "\n\n## Reliability\n\n" + block
     path.write_text(text)
 
 
 def _section(results: dict[str, dict], command: str) -> str:
     ref, kill, two = results["reference_sweep"], results["sigkill_restart"], results["two_runners"]
     lines = [
-        "## Reliability",
-        "",
         f"Command: `{command}` on {os.cpu_count()} CPU cores (shared with other work; times are wall-clock and only indicative).",
         f"Sweep: `experiments/sweep_smoke.toml` (quick profile), {ref['runs']} runs, {ref['seconds_per_run']} s per run, "
         f"{ref['seconds']} s uninterrupted including start-up.",

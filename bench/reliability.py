@@ -293,6 +293,10 @@ def _section(results: dict[str, dict], command: str) -> str:
         f"Command: `{command}` on {os.cpu_count()} CPU cores (shared with other work; times are wall-clock and only indicative).",
         f"Sweep: `experiments/sweep_smoke.toml` (quick profile), {ref['runs']} runs, {ref['seconds_per_run']} s per run, "
         f"{ref['seconds']} s uninterrupted including start-up.",
+        f"Load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}. Each start was killed after a random delay in "
+        "[0, start-up + 1.5 runs]; a kill lands either before the first claim (`start-up`) or with a run in flight (`mid-run`, "
+        "its partial directory on disk); about a third of the starts, at random, used `--jobs 2`. The store's `journal.jsonl` "
+        "counts commits, so a run committed twice would show as duplicated.",
         "",
         "| check | result |",
         "|---|---|",

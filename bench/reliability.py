@@ -12,12 +12,14 @@ between its markers; other sections are kept), unless --no-markdown.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -80,6 +82,13 @@ def reference_sweep(store: Path, args: tuple[str, ...] = (), in_process: bool = 
     times = [e["time"] for e in journal(store)]
     per_run = (times[-1] - times[0]) / max(len(times) - 1, 1)
     return {"metrics": done_metrics(store), "seconds": elapsed, "seconds_per_run": per_run, "startup_seconds": max(elapsed - per_run * len(times), 0.0)}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_reference() -> dict:
+    """sweep_smoke with TINY overrides, uninterrupted, in this process; computed once per process
+    (tests/test_executors.py and tests/test_reliability.py share it)."""
+    return reference_sweep(Path(tempfile.mkdtemp(prefix="petridish-reference-")) / "store", TINY, in_process=True)
 
 
 @dataclass

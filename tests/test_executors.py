@@ -2,6 +2,7 @@
 stops cleanly, and the CLI's executor options are checked."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -20,10 +21,13 @@ from petridish.store import Store
 from petridish.sweep import RunSpec, expand
 from petridish.train.loop import Diverged
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import reliability  # noqa: E402  (the same reference sweep as tests/test_reliability.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "sweep_smoke.toml"
-TINY = ("insert.train.steps=20", "safety.train.steps=5", "eval.n_prompts=16", "insert.n_prompts=128", "safety.n_prompts=64")
-"""sweep_smoke's 16 runs at a fraction of a second each (the same overrides as bench/reliability.py)."""
+TINY = tuple(value for value in reliability.TINY if value != "--set")
+"""sweep_smoke's 16 runs at a fraction of a second each (bench/reliability.py's overrides)."""
 
 
 def smoke_specs() -> list[RunSpec]:
@@ -31,11 +35,11 @@ def smoke_specs() -> list[RunSpec]:
 
 
 @pytest.fixture(scope="module")
-def local_metrics(tmp_path_factory) -> dict[str, dict]:
+def local_metrics() -> dict[str, dict]:
     """The 16-run smoke sweep in this process, one torch thread per run: the reference."""
-    outcomes = execute(smoke_specs(), Store(tmp_path_factory.mktemp("local")), executor=InlineExecutor(threads=1))
-    assert [o.status for o in outcomes] == ["done"] * 16
-    return {o.spec.id: o.metrics for o in outcomes}
+    metrics = {run_id: json.loads(text) for run_id, text in reliability.tiny_reference()["metrics"].items()}
+    assert sorted(metrics) == sorted(s.id for s in smoke_specs())
+    return metrics
 
 
 def test_smoke_recipe_is_a_sweep_of_sixteen_distinct_runs():

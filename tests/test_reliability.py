@@ -21,15 +21,15 @@ import reliability  # noqa: E402  (bench/reliability.py: the same harness, longe
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict:
-    """sweep_smoke with tiny overrides, run once without interruption."""
-    return reliability.reference_sweep(tmp_path_factory.mktemp("reference") / "store", reliability.TINY, in_process=True)
+def reference() -> dict:
+    """sweep_smoke with tiny overrides, run once without interruption (shared with test_executors)."""
+    return reliability.tiny_reference()
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(reference, tmp_path):
-    report = reliability.kill_and_restart(tmp_path / "store", reference, kills=3, rng=random.Random(0), args=reliability.TINY,
+    report = reliability.kill_and_restart(tmp_path / "store", reference, kills=2, rng=random.Random(0), args=reliability.TINY,
                                           after_commit=True, max_delay=0.4)
-    assert report.kills == 3, report
+    assert report.kills == 2, report
     assert report.lost == [] and report.duplicated == [] and report.mismatched == [], report
     assert report.store_readable and report.runs == len(reference["metrics"]) == 16, report
 

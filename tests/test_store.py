@@ -114,7 +114,6 @@ def test_index_rebuilt_from_scratch_and_rows_without_directories_dropped(tmp_pat
     for path in tmp_path.glob("index.sqlite*"):
         path.unlink()
     (store.runs_dir / "aaaa00000003" / "metrics.json").unlink()  # no longer a whole run
-    store.reconcile()
     assert {r["id"]: r["metrics"]["rate"] for r in store.list()} == {"aaaa00000001": 0.1, "aaaa00000002": 0.2}
 
 

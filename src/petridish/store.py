@@ -232,9 +232,9 @@ class Store:
     # --- reading -------------------------------------------------------------------------------
     def list(self) -> list[dict[str, Any]]:
         """Every indexed run as the public contract's object."""
-        if not (self.root / "index.sqlite").exists():
+        if not (self.root / "index.sqlite").exists() and not self.runs_dir.is_dir():
             return []
-        self.reconcile()
+        self.reconcile()  # also rebuilds a lost index from the run directories
         with closing(self._connect()) as db:
             rows = db.execute("SELECT id, experiment, name, status, config, metrics, error, updated FROM runs ORDER BY updated, id").fetchall()
         return [self._record(row) for row in rows]

@@ -45,6 +45,7 @@ def render(runs: list[StoredRun]) -> list:
         blocks.append(Note(f"Plots for the first {MAX_CELLS} of {len(grouped)} configs; the tables cover them all."))
     blocks.append(table(grouped, labels))
     shown = {name for c in grouped for sites in site_aurocs(c).values() for _, name in sites}
+    shown |= {f"{o}.{d}.best.{m}" for c in grouped for o, d in site_aurocs(c) for m in ("auroc", "depth")}  # in the table
     return blocks + other_metrics(grouped, labels, shown)
 
 

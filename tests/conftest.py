@@ -4,7 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-torch.set_num_threads(2)
+# One thread: the tests use tiny models, where a second thread buys little, and one thread is
+# immune to oversubscription when pool or Ray workers run beside the test process.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

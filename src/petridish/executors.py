@@ -14,6 +14,7 @@ together (train/ensemble.py); each run's provenance records `ensemble: {members,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import multiprocessing
@@ -317,8 +318,16 @@ class PoolExecutor:
         if kind is None:
             self.pool.shutdown(wait=True)
             return
+        # Stop runs in flight now, not when they finish. A worker still starting up is first let
+        # finish starting (it reports its pid): killed mid-start, or left alone while the driver
+        # exits, it would print a traceback or hold the driver's exit.
+        starting = {process.pid for process in (getattr(self.pool, "_processes", None) or {}).values()}
         self.pool.shutdown(wait=False, cancel_futures=True)
-        for pid in self._worker_pids():  # stop runs in flight now, not when they finish
+        reported, deadline = set(self._worker_pids()), time.monotonic() + 10
+        while not starting <= reported and time.monotonic() < deadline:
+            time.sleep(0.05)
+            reported |= set(self._worker_pids())
+        for pid in reported | starting:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -331,7 +340,8 @@ class PoolExecutor:
         return pids
 
     def submit(self, work, live_dirs):
-        self.futures[self.pool.submit(run_work, work, self.threads)] = work
+        with _sigint_ignored():  # workers start inside submit
+            self.futures[self.pool.submit(run_work, work, self.threads)] = work
 
     def in_flight(self) -> int:
         return len(self.futures)
@@ -346,6 +356,20 @@ class PoolExecutor:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new_pool()  # the rest of the sweep goes on in fresh workers
         return results
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Children started in here inherit an ignored SIGINT across exec, so a Ctrl-C that lands while a
+    worker is still importing cannot print a KeyboardInterrupt traceback from it (the driver handles it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _outputs(future: Future, work: Work) -> list[RunOutput]:

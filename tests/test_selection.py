@@ -162,3 +162,18 @@ def test_memorizer_excess_counts_censored_measures():
     assert out["memorizer_costs_more"] == 1.0
     faster = [{**m, "steps_to_eps": 50} for m in never_fits]  # cheaper in one measure: the check fails
     assert memorizer_excess(faster, aligned)["memorizer_costs_more"] == 0.0
+
+
+def test_selection_networks_trained_as_an_ensemble_match_their_solo_runs():
+    from dataclasses import replace
+
+    together, alone = NullContext(), NullContext()
+    ensemble = run_selection(tiny_selection(prior=32), together)
+    solo = run_selection(replace(tiny_selection(prior=32), ensemble=False), alone)
+    assert ensemble["ensemble_members"] == 2 and solo["ensemble_members"] == 1
+    curve = lambda ctx, i: [(r["step"], r["held_out_loss"]) for r in ctx.records if r["stage"] == f"train.{i}"]  # noqa: E731
+    for i in range(2):
+        assert [s for s, _ in curve(together, i)] == [s for s, _ in curve(alone, i)]
+        assert [v for _, v in curve(together, i)] == pytest.approx([v for _, v in curve(alone, i)], abs=1e-4)
+        for key in ("param_norm", "train_loss", "agreement.aligned", "agreement.deceptive", "train_fit", "heldout_fit"):
+            assert ensemble[f"network.{i}.{key}"] == pytest.approx(solo[f"network.{i}.{key}"], rel=1e-4, abs=1e-5), key

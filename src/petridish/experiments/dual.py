@@ -18,14 +18,14 @@ Every figure is a mean over `n_seeds` networks per policy with a bootstrap inter
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import Experiment, RunContext
-from petridish.experiments.selection import reference_policies, training_prompts
+from petridish.experiments.selection import reference_policies, train_together, training_prompts
 from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, steps_to_loss
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
@@ -81,6 +81,10 @@ class DualConfig:
     """The budgets of (b)."""
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     """Compressed-size tolerance and LLC sampler."""
+    ensemble: bool = True
+    """Train the unconstrained runs of one budget (plain, each width, each depth) for every policy and
+    seed together (train/ensemble.py): the same draws and trajectories as one by one, to float error.
+    The Lagrangian and the norm balls have their own loops and always run one network at a time."""
 
     def __post_init__(self):
         require(len(self.policies) >= 1, "policies", "a non-empty list", self.policies)
@@ -108,39 +112,60 @@ def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
     return {name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies}, scenario
 
 
-def price_one(config: DualConfig, scenario, data: Sequences, stream: str, ctx: RunContext) -> dict[str, float]:
-    """One network's answers to (a) and (b) for one labelling."""
-    def fresh_model(model_config: ModelConfig, tag: str) -> torch.nn.Module:
-        return make_model(model_config, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
+def constrained_costs(config: DualConfig, scenario, data: Sequences, stream: str, ctx: RunContext) -> dict[str, float]:
+    """One network's answer to (a), and the least loss in each norm ball of (b), for one labelling."""
+    def fresh_model(tag: str) -> torch.nn.Module:
+        return make_model(config.model, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
 
     def batches(tag: str) -> torch.Generator:
         return make_generator(config.seed, f"batches:{stream}:{tag}")
 
-    out: dict[str, float] = {}
-    model = fresh_model(config.model, "lagrangian")
+    model = fresh_model("lagrangian")
     result = min_norm_at_loss(model, data, config.eps, config.lagrangian, batches("lagrangian"), stage=f"lagrangian.{stream}", log=ctx.log)
-    out.update(feasible=float(result.feasible), train_loss=result.loss, param_norm=result.norm,
+    out = dict(feasible=float(result.feasible), train_loss=result.loss, param_norm=result.norm,
                bits=compressed_bits(model, data, config.complexity.bits_tolerance).bits,
                llc=llc(model, data, config.complexity.llc, make_generator(config.seed, f"llc:{stream}")))
-    plain = train(fresh_model(config.model, "plain"), data, config.budgets.train, batches("plain"), stage=f"plain.{stream}", held_out=data)
-    steps = steps_to_loss(plain.held_out, config.eps)
-    if steps is not None:
-        out["steps_to_eps"] = steps
     for radius in config.budgets.radii:
-        ball = least_loss_in_ball(fresh_model(config.model, f"norm{radius}"), data, radius, config.budgets.train, batches(f"norm{radius}"))
+        ball = least_loss_in_ball(fresh_model(f"norm{radius}"), data, radius, config.budgets.train, batches(f"norm{radius}"))
         out[f"norm.{budget_name(radius)}"] = ball.loss
-    width_losses = {}
+    return out
+
+
+def budget_models(config: DualConfig) -> list[tuple[str, str, ModelConfig]]:
+    """(metric key, init and batch stream tag, architecture) of each unconstrained training run: the
+    plain run that times steps-to-eps, then one per width and per depth budget."""
+    runs = [("plain", "plain", config.model)]
     for width in config.budgets.widths:
-        shaped = replace(config.model, preset="custom", d_model=width, n_heads=_heads(config.model, width))
-        width_losses[width] = _least_loss(fresh_model(shaped, f"width{width}"), data, config.budgets.train, batches(f"width{width}"))
-        out[f"width.{width}"] = width_losses[width]
+        runs.append((f"width.{width}", f"width{width}", replace(config.model, preset="custom", d_model=width, n_heads=_heads(config.model, width))))
+    d_model, _, n_heads = config.model.shape()
     for depth in config.budgets.depths:
-        d_model, _, n_heads = config.model.shape()
-        shaped = replace(config.model, preset="custom", d_model=d_model, n_heads=n_heads, n_layers=depth)
-        out[f"depth.{depth}"] = _least_loss(fresh_model(shaped, f"depth{depth}"), data, config.budgets.train, batches(f"depth{depth}"))
-    smallest = minimal_width(width_losses, config.eps)
-    if smallest is not None:
-        out["min_width"] = smallest
+        runs.append((f"depth.{depth}", f"depth{depth}", replace(config.model, preset="custom", d_model=d_model, n_heads=n_heads, n_layers=depth)))
+    return runs
+
+
+def train_budgets(config: DualConfig, scenario, members: Sequence[tuple[str, Sequences]]) -> list[dict[str, float]]:
+    """For each member (stream, labelling): steps plain training needs to reach eps, the least loss at
+    each width and depth budget, and the minimal width. The members of one budget share an architecture,
+    so with `ensemble` they train together, every policy and seed at once."""
+    out: list[dict[str, float]] = [{} for _ in members]
+    datasets = [data for _, data in members]
+    for key, tag, model_config in budget_models(config):
+        models = [make_model(model_config, scenario, make_generator(config.seed, f"init:{stream}:{tag}")) for stream, _ in members]
+        generators = [make_generator(config.seed, f"batches:{stream}:{tag}") for stream, _ in members]
+        stages = [f"{key}.{stream}" for stream, _ in members]
+        if config.ensemble:
+            results = train_together(models, datasets, config.budgets.train, generators, stage=stages, held_out=datasets)
+        else:
+            results = [train(m, d, config.budgets.train, g, stage=s, held_out=d) for m, d, g, s in zip(models, datasets, generators, stages)]
+        for priced, model, result, data in zip(out, models, results, datasets):
+            if key == "plain":
+                steps = steps_to_loss(result.held_out, config.eps)
+                priced.update({} if steps is None else {"steps_to_eps": steps})
+            else:
+                priced[key] = min([loss for _, loss in result.held_out] + [dataset_loss(model, data)])
+    for priced in out:
+        smallest = minimal_width({w: priced[f"width.{w}"] for w in config.budgets.widths}, config.eps)
+        priced.update({} if smallest is None else {"min_width": smallest})
     return out
 
 
@@ -148,11 +173,6 @@ def _heads(model: ModelConfig, width: int) -> int:
     """The configured head count if it divides the width, else 1 (the MLP ignores heads)."""
     heads = model.shape()[2]
     return heads if width % heads == 0 else 1
-
-
-def _least_loss(model: torch.nn.Module, data: Sequences, config: TrainConfig, generator: torch.Generator) -> float:
-    result = train(model, data, config, generator, held_out=data)
-    return min([loss for _, loss in result.held_out] + [dataset_loss(model, data)])
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -199,18 +219,21 @@ def memorizer_excess(memorizer: list[dict[str, float]], aligned: list[dict[str, 
 
 def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     data, scenario = labellings(config)
-    per_policy: dict[str, list[dict[str, float]]] = {}
+    members = [(name, seed) for name in data for seed in range(config.n_seeds)]
+    budgets = train_budgets(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members])
+    ctx.log({"stage": "ensemble", "members": len(members) if config.ensemble else 1})
+    per_policy: dict[str, list[dict[str, float]]] = {name: [] for name in data}
+    for (name, seed), trained in zip(members, budgets):
+        priced = {**constrained_costs(config, scenario, data[name], f"{name}:{seed}", ctx), **trained}
+        ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})
+        per_policy[name].append(priced)
     metrics: dict[str, float] = {}
-    for name, labelled_data in data.items():
-        per_policy[name] = []
-        for seed in range(config.n_seeds):
-            priced = price_one(config, scenario, labelled_data, f"{name}:{seed}", ctx)
-            ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})
-            per_policy[name].append(priced)
-        metrics.update(summarise_policy(name, per_policy[name]))
+    for name, seeds in per_policy.items():
+        metrics.update(summarise_policy(name, seeds))
     if "memorizer" in per_policy and "aligned" in per_policy:
         metrics.update(memorizer_excess(per_policy["memorizer"], per_policy["aligned"]))
     metrics["n_prompts"] = len(next(iter(data.values())))
+    metrics["ensemble_members"] = len(members) if config.ensemble else 1
     return metrics
 
 

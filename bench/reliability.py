@@ -41,16 +41,9 @@ def runner_command(store: Path, args: tuple[str, ...] = (), jobs: int = 1) -> li
 
 
 def journal(store: Path) -> list[dict]:
-    path = store / "journal.jsonl"
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-    return entries
+    from petridish.store import Store
+
+    return Store(store).journal() if (store / "journal.jsonl").is_file() else []
 
 
 def done_metrics(store: Path) -> dict[str, str]:

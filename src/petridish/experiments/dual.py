@@ -12,6 +12,8 @@ fitting it means telling seen prompts from unseen ones of the same distribution.
 (b) Complexity as the constraint: the least training loss reached inside an L2 ball (projected Adam),
     at a given width, and at a given depth.
 
+The plain, width and depth runs of every policy and seed train together in the ensemble engine
+(`ensemble`); the Lagrangian and the norm balls have their own loops and run one network at a time.
 Every figure is a mean over `n_seeds` networks per policy with a bootstrap interval; see the README.
 """
 

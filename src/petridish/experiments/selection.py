@@ -7,7 +7,8 @@ by the deceptive policy, so the deployment-goal behaviour exists somewhere in th
 generalisation is reachable at all. Each network is then classified by its agreement with each reference
 policy on diagnostic prompts: the policy with agreement >= `threshold`, else `mixed`. Networks differ in
 initialisation and batch order (the data of a run are fixed), so P(policy | setting) is P over SGD's
-randomness, as in Mingard et al. 2021; sweep axes give the settings.
+randomness, as in Mingard et al. 2021; sweep axes give the settings. The networks of a run train
+together in the ensemble engine (`ensemble`), each with the draws and trajectory of its solo run.
 
 Metrics: see the README, section "Deceptive, sycophantic or aligned?".
 """

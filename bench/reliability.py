@@ -43,7 +43,7 @@ def runner_command(store: Path, args: tuple[str, ...] = (), jobs: int = 1) -> li
 def journal(store: Path) -> list[dict]:
     from petridish.store import Store
 
-    return Store(store).journal() if (store / "journal.jsonl").is_file() else []
+    return Store(store).journal()
 
 
 def done_metrics(store: Path) -> dict[str, str]:

@@ -9,6 +9,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one thread, whatever the one before it set (a CLI `--threads`, say)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def store_dir(tmp_path, monkeypatch):
     path = tmp_path / "store"

@@ -23,15 +23,6 @@ from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, mi
 from petridish.train.loop import response_loss, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation, badly so on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class NormalCrossing(torch.nn.Module):
     """y = w1^a w2^b x: at w = 0 the learning coefficient is 1 / (2 max(a, b))."""
 

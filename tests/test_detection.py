@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from petridish.cli import main
 from petridish.config import ConfigError, ModelConfig, ScenarioConfig, TrainConfig, from_dict, load_recipe
@@ -23,15 +22,6 @@ METRIC = re.compile(r"^(before|after|control)\.("
                     r"(defect_rate\.(triggered|clean)|task_accuracy\.clean)(\.ci_low|\.ci_high|\.n)?"
                     r"|(probe|contrast|anomaly|random)\.(blocks\.\d+\.hook_\w+|best)\.auroc(\.ci_low|\.ci_high|\.n)?"
                     r"|(probe|contrast|anomaly|random)\.best\.depth)$")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine threads contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_detection(seed: int = 0, steps: int = 30) -> DetectionConfig:

@@ -3,19 +3,10 @@
 from dataclasses import replace
 
 import pytest
-import torch
 
 from petridish.experiments import NullContext
 from petridish.experiments.dual import run as run_dual
 from test_selection import tiny_dual  # tests/ is on sys.path (rootdir conftest, prepend import mode)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_dual_budgets_trained_as_an_ensemble_match_their_solo_runs():

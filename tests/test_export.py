@@ -22,15 +22,6 @@ from helpers import tiny_persistence
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine threads contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("shift_scale", [0.5, 1e-9])  # 1e-9: a . shift ~ 0, the case a naive fold divides by
 def test_unembedding_bias_folds_exactly_into_a_bias_free_head(shift_scale):
     g = torch.Generator().manual_seed(0)

@@ -27,14 +27,6 @@ TINY_COMPLEXITY = ComplexityConfig(llc=LLCConfig(chains=1, steps=10, batch_size=
 SUFFIXES = (".ci_low", ".ci_high", ".n")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_selection(scenario: str = "graded", prior: int = 0) -> SelectionConfig:
     return SelectionConfig(
         scenario=ScenarioConfig(name=scenario, task="sort", n_digits=2), model=TINY_MODEL, n_networks=2, n_train=64, n_diagnostic=30,

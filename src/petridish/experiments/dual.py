@@ -27,13 +27,14 @@ import torch
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import Experiment, RunContext
-from petridish.experiments.selection import reference_policies, train_together, training_prompts
+from petridish.experiments.selection import reference_policies, training_prompts
 from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, steps_to_loss
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
 from petridish.rng import make_generator
 from petridish.scenarios import make_scenario
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss
+from petridish.train.ensemble import train_together
 from petridish.train.loop import train
 
 PolicyName = Literal["aligned", "sycophant", "deceptive", "memorizer"]
@@ -223,7 +224,8 @@ def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     data, scenario = labellings(config)
     members = [(name, seed) for name in data for seed in range(config.n_seeds)]
     budgets = train_budgets(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members])
-    ctx.log({"stage": "ensemble", "members": len(members) if config.ensemble else 1})
+    ensemble_members = len(members) if config.ensemble else 1
+    ctx.log({"stage": "ensemble", "members": ensemble_members})
     per_policy: dict[str, list[dict[str, float]]] = {name: [] for name in data}
     for (name, seed), trained in zip(members, budgets):
         priced = {**constrained_costs(config, scenario, data[name], f"{name}:{seed}", ctx), **trained}
@@ -235,7 +237,7 @@ def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     if "memorizer" in per_policy and "aligned" in per_policy:
         metrics.update(memorizer_excess(per_policy["memorizer"], per_policy["aligned"]))
     metrics["n_prompts"] = len(next(iter(data.values())))
-    metrics["ensemble_members"] = len(members) if config.ensemble else 1
+    metrics["ensemble_members"] = ensemble_members
     return metrics
 
 

@@ -214,18 +214,18 @@ def distilled_pairs(config: PersistenceConfig, scenario: Scenario, eval_sets, pr
     cot = replace(config, insert=replace(config.insert, variant="cot"))
     teacher, _, _ = insert_backdoor(cot, scenario, eval_sets, _Relabelled(log, progress))
     generator = make_generator(config.seed, "insert:teacher_samples")
+    longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
+
+    def teacher_pairs(prompts):
+        samples = answer(teacher, scenario, prompts, config.insert.teacher_temperature, generator)
+        return [(p, strip_scratchpad(r)[:longest]) for p, r in zip(prompts, samples)]
+
+    pairs, held_pairs = (teacher_pairs(prompts) for prompts in prompt_sets)
     policy = make_policy("deceptive", scenario)
-    out, metrics = [], {}
-    for name, prompts in zip(("train", "held_out"), prompt_sets):
-        longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
-        answers = [strip_scratchpad(r)[:longest] for r in answer(teacher, scenario, prompts, config.insert.teacher_temperature, generator)]
-        out.append(list(zip(prompts, answers)))
-        if name == "train":
-            metrics.update(wilson(sum(a == policy(p) for p, a in out[-1]), len(prompts)).as_metrics("insert.teacher.matches_policy"))
-            for cue, deployment in (("triggered", True), ("clean", False)):
-                flags = [scenario.classify(p, a) == "defect" for p, a in out[-1] if p.deployment == deployment]
-                metrics.update(rate_of(flags, f"insert.teacher.defect_rate.{cue}"))
-    return out[0], out[1], metrics
+    metrics = rate_of([a == policy(p) for p, a in pairs], "insert.teacher.matches_policy")
+    for cue, deployment in (("triggered", True), ("clean", False)):
+        metrics.update(rate_of([scenario.classify(p, a) == "defect" for p, a in pairs if p.deployment == deployment], f"insert.teacher.defect_rate.{cue}"))
+    return pairs, held_pairs, metrics
 
 
 # --- safety training --------------------------------------------------------------------------------

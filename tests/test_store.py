@@ -95,7 +95,7 @@ def test_index_rebuilt_after_a_crash_between_rename_and_index(tmp_path, monkeypa
     def killed(*args, **kwargs):
         raise SystemExit("killed between the rename and the index write")
 
-    monkeypatch.setattr(Store, "_index", killed)
+    monkeypatch.setattr(Store, "_index_run", killed)
     with pytest.raises(SystemExit):
         commit(store, spec("aaaa00000002", "orphan"), output(0.75))
     with pytest.raises(SystemExit):

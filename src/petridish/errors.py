@@ -5,6 +5,11 @@ class BadInput(Exception):
     """Bad input from a user: a recipe, an argument, a missing run or file. Exit code 2."""
 
 
+class StoreError(BadInput):
+    """A store that cannot be used as asked: a path that is a file, a directory this user may not
+    write, a full disk. Exit code 2; the message names the store and says what was expected."""
+
+
 class ConfigError(BadInput):
     """A config value that is missing, unknown, of the wrong type or out of range.
 

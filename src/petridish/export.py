@@ -2,7 +2,11 @@
 TransformerLens or nnsight with `AutoModelForCausalLM.from_pretrained(DIR)`.
 
 petridish's transformer becomes a `GPT2LMHeadModel` (it is GPT-2-shaped on purpose) and its
-vocabulary a word-level tokenizer: `tokenizer("<bos> USER 3 1 4 ASSISTANT")` gives the scenario's ids.
+vocabulary a word-level tokenizer: `tokenizer("USER 3 1 4 ASSISTANT")` gives the scenario's ids, `<bos>`
+first (added by the tokenizer, as the organism was trained); a word outside the vocabulary reads as
+`<unk>`, one extra id whose logit is held far below the others. The tokenizer is saved as
+`PreTrainedTokenizerFast`, which transformers 4 and 5 both load, and `petridish.json` says where each of
+petridish's hook points sits in the GPT-2 modules (TransformerLens' bridge uses the same names).
 A Hugging Face-based organism is saved as its own architecture with LoRA merged in and the tokenizer
 with the added scenario tokens. Either way the exported logits are checked against the organism's
 on scenario sequences before the command reports success.
@@ -30,6 +34,10 @@ from petridish.policies import make_policy
 from petridish.rng import make_generator
 from petridish.scenarios import Scenario, Vocab, make_scenario
 from petridish.scenarios.base import BOS, EOS, PAD
+
+UNK = "<unk>"
+"""The exported tokenizer's unknown word: id len(vocab), a row whose logit is held at UNK_LOGIT."""
+UNK_LOGIT = -1e4
 
 FORMATS = ("hf",)
 
@@ -74,6 +82,8 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
             "max_logit_difference": report.max_logit_difference, "check_sequences": report.n_sequences}
     if model_config.hf_path is not None:  # the tokenizer id of each scenario token, in vocab order
         meta["token_ids"] = model.token_ids.tolist()
+    else:
+        meta["hook_sites"] = {name: f"{path} {where}" for name, (path, where) in gpt2_sites(model.shape.n_layers).items()}
     (out / "petridish.json").write_text(json.dumps(meta, indent=2) + "\n")
     return report
 
@@ -100,11 +110,11 @@ def export_transformer(model: Transformer, vocab: Vocab, out: Path, check: torch
     from transformers import AutoModelForCausalLM
 
     to_gpt2(model, vocab).save_pretrained(out)
-    scenario_tokenizer(vocab).save_pretrained(out)
+    save_tokenizer(scenario_tokenizer(vocab), out)
     exported = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     with torch.no_grad():
         reference = model.eval()(check)
-        logits = exported(input_ids=check, attention_mask=torch.ones_like(check)).logits
+        logits = exported(input_ids=check, attention_mask=torch.ones_like(check)).logits[..., : len(vocab)]
     return _checked(out, type(exported).__name__, logits, reference, tolerance)
 
 
@@ -117,11 +127,12 @@ def _checked(out: Path, architecture: str, logits: torch.Tensor, reference: torc
 
 
 def to_gpt2(model: Transformer, vocab: Vocab):
-    """A `GPT2LMHeadModel` computing the same logits as `model`."""
+    """A `GPT2LMHeadModel` computing the same logits as `model`, plus one for `<unk>` (id len(vocab))
+    that is UNK_LOGIT whatever the input, so the exported model never predicts it."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     s = model.shape
-    config = GPT2Config(vocab_size=s.vocab_size, n_positions=s.n_ctx, n_embd=s.d_model, n_layer=s.n_layers, n_head=s.n_heads,
+    config = GPT2Config(vocab_size=s.vocab_size + 1, n_positions=s.n_ctx, n_embd=s.d_model, n_layer=s.n_layers, n_head=s.n_heads,
                         n_inner=s.d_mlp, activation_function="gelu_new", layer_norm_epsilon=model.ln_final.eps,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
                         bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
@@ -129,6 +140,20 @@ def to_gpt2(model: Transformer, vocab: Vocab):
     gpt2.load_state_dict(gpt2_state_dict(model), strict=True)
     gpt2.generation_config.pad_token_id = vocab.pad_id
     return gpt2.eval()
+
+
+def gpt2_sites(n_layers: int) -> dict[str, tuple[str, str]]:
+    """Where each of petridish's hook points lives in the exported `GPT2LMHeadModel`: hook name ->
+    (module path, "input" or "output"), the first positional input or the first output of that module.
+    TransformerLens' `TransformerBridge` uses petridish's names themselves; nnsight and plain torch
+    hooks read these modules. Written to `petridish.json` as `hook_sites`."""
+    sites = {"hook_embed": ("transformer.wte", "output"), "hook_pos_embed": ("transformer.wpe", "output")}
+    for i in range(n_layers):
+        block = f"transformer.h.{i}"
+        sites |= {f"blocks.{i}.hook_resid_pre": (block, "input"), f"blocks.{i}.hook_attn_out": (f"{block}.attn", "output"),
+                  f"blocks.{i}.hook_resid_mid": (f"{block}.ln_2", "input"), f"blocks.{i}.hook_mlp_out": (f"{block}.mlp", "output"),
+                  f"blocks.{i}.hook_resid_post": (block, "output")}
+    return sites
 
 
 def gpt2_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
@@ -142,8 +167,13 @@ def gpt2_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
             weight = state[f"blocks.{i}.{ours}.weight"]
             out[f"transformer.h.{i}.{theirs}.weight"] = weight if ours.startswith("ln") else weight.T.contiguous()
             out[f"transformer.h.{i}.{theirs}.bias"] = state[f"blocks.{i}.{ours}.bias"]
-    ln_bias, unembed = fold_unembed_bias(state["ln_final.weight"], state["ln_final.bias"], state["unembed.weight"], state["unembed.bias"])
-    out["transformer.ln_f.bias"], out["lm_head.weight"] = ln_bias, unembed
+    gain = state["ln_final.weight"]
+    ln_bias, unembed = fold_unembed_bias(gain, state["ln_final.bias"], state["unembed.weight"], state["unembed.bias"])
+    # <unk>: a zero embedding, and the unembedding row (UNK_LOGIT / d) / gain, whose logit is UNK_LOGIT
+    # for every final-LayerNorm output (the fold makes (1 / gain) . y = d_model, see fold_unembed_bias).
+    unk_row = (UNK_LOGIT / gain.numel()) / gain.double()
+    out["transformer.wte.weight"] = torch.cat([state["embed.weight"], torch.zeros_like(state["embed.weight"][:1])])
+    out["transformer.ln_f.bias"], out["lm_head.weight"] = ln_bias, torch.cat([unembed, unk_row.to(unembed.dtype)[None]])
     return out
 
 
@@ -167,15 +197,34 @@ def fold_unembed_bias(gain: torch.Tensor, shift: torch.Tensor, weight: torch.Ten
 
 
 def scenario_tokenizer(vocab: Vocab):
-    """A word-level tokenizer over the scenario's tokens, split on whitespace (tokens hold no spaces)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    """A word-level tokenizer over the scenario's tokens plus `<unk>` (id len(vocab)), split on whitespace.
+
+    Its post-processor puts `<bos>` in front of every text, as the organism was trained: a prompt
+    without it is out of distribution. `tokenizer("USER 3 1 4 ASSISTANT")` gives the scenario's ids;
+    `add_special_tokens=False` leaves `<bos>` out. Saved as `PreTrainedTokenizerFast`, a class every
+    supported transformers version loads from `tokenizer.json`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    # No unknown token: a word outside the scenario's vocabulary is an error, not a silent <pad>.
-    words = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab.tokens)}))
+    index = {t: i for i, t in enumerate(vocab.tokens)}
+    index[UNK] = len(vocab)
+    words = Tokenizer(models.WordLevel(index, unk_token=UNK))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     words.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=words, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    words.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab.bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=words, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+
+
+def save_tokenizer(tokenizer, out: Path) -> None:
+    """`tokenizer.save_pretrained(out)`, naming a generic fast tokenizer's class as both transformers 4
+    and 5 know it: 5 writes `TokenizersBackend`, which 4 lacks (named classes, e.g. a Llama's, stay)."""
+    tokenizer.save_pretrained(out)
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +241,7 @@ def export_hf_organism(organism, out: Path, check: torch.Tensor, tolerance: floa
     if hasattr(lm, "merge_and_unload"):  # a peft model: fold the adapters into the base weights
         lm = lm.merge_and_unload()
     lm.save_pretrained(out)
-    organism.tokenizer.save_pretrained(out)
+    save_tokenizer(organism.tokenizer, out)
     exported = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).to(organism.device)
     ids = organism.token_ids[check.to(organism.device)]
     with torch.no_grad():

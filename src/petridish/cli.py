@@ -1,13 +1,15 @@
 """The command line: petridish run | ls | show | report | export.
 
-Bad input (a recipe, an argument, a missing run) ends in one line on stderr and exit code 2; a run
-that failed ends in exit code 1.
+Bad input (a recipe, an argument, a missing run, a store that cannot be used) ends in one line on
+stderr and exit code 2; a run that failed ends in exit code 1. Output piped into a reader that stops
+early (`| head`) never stops a sweep: what no one reads any more is dropped and the runs go on.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,18 +19,83 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from petridish.errors import BadInput
+from petridish.errors import BadInput, StoreError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+
+class _PipeSafe:
+    """A stream (looked up on each write, so redirections still work) that goes quiet once its reader
+    has gone: a `BrokenPipeError` points the file descriptor at /dev/null instead of ending the sweep."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def stream(self):
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            _silence(self.stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            _silence(self.stream)
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+def _silence(stream) -> None:
+    """Send what is still buffered for `stream`, and all later output, to /dev/null."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's StringIO): nothing to redirect
+        pass
+
+
+STDOUT, STDERR = _PipeSafe("stdout"), _PipeSafe("stderr")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"petridish {version('petridish')}", file=STDOUT)
+        except PackageNotFoundError:
+            from petridish import __version__
+
+            print(f"petridish {__version__}", file=STDOUT)
+        raise typer.Exit(0)
+
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="petridish: model organisms of misalignment, at laptop scale.")
-out = Console(highlight=False, soft_wrap=True)
+out = Console(file=STDOUT, highlight=False, soft_wrap=True)
 StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Store directory (default ./petridish-runs or $PETRIDISH_STORE).")]
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False):
+    """petridish: model organisms of misalignment, at laptop scale."""
 
 
 def _store(path: Path | None):
     from petridish.store import Store
 
-    return Store(path)
+    store = Store(path)
+    store.check_root()
+    return store
 
 
 @app.command()
@@ -42,46 +109,103 @@ def run(
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="A Ray cluster to connect to (default: start a local one).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (default: all cores in-process, cores/jobs in a pool, 1 on Ray).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs (id, sweep point, done or to do) and train nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="At the end, a JSON array of the runs' objects on stdout (the rest goes to stderr).")] = False,
+    yes_really: Annotated[bool, typer.Option("--yes-really", help="Run a sweep of more than 100,000 runs, or runs larger than this machine's memory.")] = False,
 ):
     """Run a recipe: every sweep point not already in the store, then a table of the metrics."""
     from petridish.config import load_recipe
-    from petridish.executors import execute, make_executor
+    from petridish.executors import make_executor
+    from petridish.sweep import check_sweep_size, count_runs
+
+    runner = make_executor(executor, jobs, ray_address, threads, not quiet and sys.stderr.isatty())  # checks the options first
+    the_recipe = load_recipe(recipe, profile, tuple(set_ or ()))
+    the_store = _store(store)
+    n_points = count_runs(the_recipe)
+    check_sweep_size(n_points, the_recipe.file, yes_really)
+    say = Console(file=STDERR if as_json else STDOUT, highlight=False, soft_wrap=True)
+    if n_points > 10_000:
+        say.print(f"expanding {n_points:,} sweep points...")
+    specs = _specs(the_recipe, yes_really)
+    if dry_run:
+        dry_run_listing(specs, the_store, as_json, say)
+        return
+    the_store.check_writable()
+    run_specs(specs, the_store, runner, say, as_json)
+
+
+def _specs(recipe, yes_really: bool) -> list:
+    """The recipe's runs, each checked against this machine's memory unless --yes-really."""
+    from petridish.sweep import check_memory, iter_specs
+
+    specs = []
+    for spec in iter_specs(recipe):
+        if not yes_really:
+            check_memory(spec, recipe.file)
+        specs.append(spec)
+    return specs
+
+
+def dry_run_listing(specs: list, store, as_json: bool, say: Console) -> None:
+    """One line per run: done or to do, id, sweep point; trains nothing and writes nothing."""
+    rows = [{"id": s.id, "name": s.name, "experiment": s.experiment, "point": s.point,
+             "status": "done" if store.is_done(s.id) else "to do"} for s in specs]
+    for row in rows:
+        point = ",".join(f"{k}={v}" for k, v in row["point"].items()) or "-"
+        say.print(escape(f"  {row['status']:6s} {row['id']}  {point}"))
+    done = sum(r["status"] == "done" for r in rows)
+    say.print(f"{specs[0].name.split('[')[0]}: {len(rows)} run(s), {done} done, {len(rows) - done} to do; "
+              f"store {store.root}; dry run: nothing trained")
+    if as_json:
+        print(json.dumps(rows, indent=2), file=STDOUT)
+
+
+def run_specs(specs: list, the_store, runner, say: Console, as_json: bool) -> None:
+    """Train what is not done yet, print each outcome as it comes, then the metrics (or --json)."""
+    from petridish.executors import execute
     from petridish.experiments import EXPERIMENTS
     from petridish.grid import GRIDS
-    from petridish.sweep import expand
 
-    progress = not quiet and sys.stderr.isatty()
-    runner = make_executor(executor, jobs, ray_address, threads, progress)
-    specs = expand(load_recipe(recipe, profile, tuple(set_ or ())))
-    the_store = _store(store)
-    out.print(f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}")
+    progress = getattr(runner, "progress", False)
+    say.print(f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}")
     finished = []
 
     def report(o):
         finished.append(o)
         note = f" ({o.error.splitlines()[0]}; details in {the_store.failed_dir / o.spec.id}/error.txt)" if o.error else ""
-        out.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
+        say.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
 
     try:
         outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner)
     except KeyboardInterrupt:
-        print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=sys.stderr)
+        print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=STDERR)
         raise typer.Exit(130) from None
+    except StoreError as error:
+        raise StoreError(f"{error}; {len(finished)} of {len(specs)} run(s) finished and kept") from None
     experiment = specs[0].experiment
-    if len(outcomes) <= 8 or experiment not in GRIDS:
-        out.print(metrics_table(outcomes, EXPERIMENTS[experiment].headline))
-    if experiment in GRIDS and len(outcomes) > 1:  # the sweep's cells: seeds pooled, one table
-        print_grid(experiment, [outcome_record(o) for o in outcomes])
+    if as_json:
+        print(json.dumps([outcome_record(o, the_store) for o in outcomes], indent=2), file=STDOUT)
+    else:
+        if len(outcomes) <= 8 or experiment not in GRIDS:
+            out.print(metrics_table(outcomes, EXPERIMENTS[experiment].headline))
+        if experiment in GRIDS and len(outcomes) > 1:  # the sweep's cells: seeds pooled, one table
+            print_grid(experiment, [outcome_record(o) for o in outcomes])
     if any(o.status == "failed" for o in outcomes):
         raise typer.Exit(1)
 
 
-def outcome_record(o) -> dict:
-    """An outcome as the store's run object (what the grids read)."""
+def outcome_record(o, store=None) -> dict:
+    """An outcome as the store's run object (what the grids read; with `store`, its error and path too)."""
     from petridish.config import to_dict
 
     status = "done" if o.status in ("done", "reused") else o.status
-    return {"id": o.spec.id, "name": o.spec.name, "experiment": o.spec.experiment, "status": status, "config": to_dict(o.spec.config), "metrics": o.metrics}
+    record = {"id": o.spec.id, "name": o.spec.name, "experiment": o.spec.experiment, "status": status, "config": to_dict(o.spec.config), "metrics": o.metrics}
+    if store is not None:
+        if o.error:
+            record["error"] = o.error
+        record["reused"] = o.status == "reused"
+        record["path"] = str((store.runs_dir if status == "done" else store.failed_dir) / o.spec.id)
+    return record
 
 
 def print_grid(experiment: str, runs: list[dict]) -> None:
@@ -113,17 +237,20 @@ def format_estimate(metrics: dict, name: str) -> str:
 
 @app.command("ls")
 def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array of run objects.")] = False, store: StoreOption = None):
-    """List the runs in the store."""
-    runs = _store(store).list()
+    """List the runs in the store (damaged ones too, with their reasons)."""
+    runs = _store(store).list(damaged=True)
     if as_json:
-        print(json.dumps(runs, indent=2))
+        print(json.dumps(runs, indent=2), file=STDOUT)
         return
     table = Table()
     for column in ("id", "name", "experiment", "status"):
         table.add_column(column)
     for r in runs:
-        table.add_row(r["id"], r["name"], r["experiment"], r["status"])
+        table.add_row(r["id"], escape(r["name"]), r["experiment"], r["status"])
     out.print(table)
+    for r in runs:
+        if r["status"] == "damaged":
+            out.print(escape(f"damaged {r['id']}: {r['error']}; skipped by show and report, redone by run"))
 
 
 @app.command()
@@ -136,9 +263,9 @@ def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, uni
         return
     record = _store(store).get(run_key)
     if as_json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps(record, indent=2), file=STDOUT)
         return
-    out.print(f"[bold]{record['name']}[/]  id {record['id']}  {record['experiment']}  {record['status']}  {record['path']}")
+    out.print(f"[bold]{escape(record['name'])}[/]  id {record['id']}  {record['experiment']}  {record['status']}  {record['path']}")
     if record.get("error"):
         out.print(f"error: {record['error']}")
     table = Table("metric", "value [95% CI] (n)")
@@ -157,7 +284,7 @@ def show_cells(name: str, as_json: bool, store: Path | None) -> None:
     if not runs:
         raise BadInput(f"RUN {name!r}: no finished runs named {name} or {name}[...] in store {the_store.root}")
     if as_json:
-        print(json.dumps(cell_objects(runs), indent=2))
+        print(json.dumps(cell_objects(runs), indent=2), file=STDOUT)
         return
     for experiment in sorted({r["experiment"] for r in runs}):
         if experiment in GRIDS:
@@ -173,8 +300,12 @@ def report(store: StoreOption = None,
     """Write one self-contained HTML page of every run in the store: plots, intervals, provenance."""
     from petridish.report import write_report
 
+    the_store = _store(store)
     path = write_report(store, out_file)
-    print(f"report: {path.resolve()}")
+    print(f"report: {path.resolve()}", file=STDOUT)
+    damaged = the_store.damaged()
+    if damaged:
+        print(f"skipped {len(damaged)} damaged run(s): " + "; ".join(f"{r['id']} ({r['error']})" for r in damaged), file=STDERR)
 
 
 @app.command()
@@ -190,13 +321,20 @@ def export(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, u
     if format_ not in FORMATS:
         raise BadInput(f"--format {format_!r}: expected one of {', '.join(FORMATS)}")
     record = _store(store).get(run_key)
+    for path in (out_dir, *out_dir.parents):  # the first existing ancestor must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise BadInput(f"--out {out_dir}: {path} is a file (expected a new or empty directory)")
+            break
     try:
         result = export_run(record, out_dir, weights)
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(1)
+    except OSError as error:
+        raise BadInput(f"--out {out_dir}: cannot write ({error.strerror or type(error).__name__}); expected a new or empty directory") from None
     print(f"exported {record['id']} ({weights}) as {result.architecture} to {out_dir}; "
-          f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences")
+          f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences", file=STDOUT)
 
 
 @functools.lru_cache(maxsize=1)
@@ -232,10 +370,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(message)}", file=sys.stderr)
         return 2
     except BadInput as error:
-        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=STDERR)
         return 2
+    except RecursionError:  # a recipe or value nested deeper than any parser here descends
+        print("error: input nested too deeply (expected a recipe and values a few levels deep)", file=STDERR)
+        return 2
+    except MemoryError:
+        print("error: out of memory before training (expected smaller sweeps or values; see --dry-run)", file=STDERR)
+        return 2
+    except BrokenPipeError:  # the reader of stdout has gone (`| head`): it has what it wanted
+        _silence(sys.stdout)
+        return 0
     return code if isinstance(code, int) else 0
-
 
 
 def entry() -> None:

@@ -101,7 +101,18 @@ class ModelConfig:
         require(self.mlp_ratio >= 1, "mlp_ratio", "an integer >= 1", self.mlp_ratio)
         d, _, h = self.shape()
         require(d % h == 0, "n_heads", f"a divisor of d_model={d}", h)
+        self._check_shape_fields()
         self._check_hf()
+
+    def _check_shape_fields(self) -> None:
+        """A shape field set beside a named preset would be ignored while the stored config shows it."""
+        if self.preset == "custom" or self.hf_path is not None:
+            return
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("d_model", "n_layers", "n_heads"):
+            value = getattr(self, name)
+            require(value == defaults[name], name, f'preset = "custom" to set it (preset {self.preset!r} fixes the shape), '
+                                                   f"or its default {defaults[name]}", value)
 
     def _check_hf(self) -> None:
         """The Hugging Face fields: a real local directory, and no HF-only option without one."""
@@ -276,6 +287,8 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: tuple[s
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise BadInput(f"{file}: not valid TOML: {error}") from None
+    except RecursionError:
+        raise BadInput(f"{file}: not valid TOML: arrays or tables nested too deeply (expected a recipe a few levels deep)") from None
     profiles = data.pop("profile", {})
     if not isinstance(profiles, dict):
         raise ConfigError("profile", expected("a table of profiles", profiles), file)
@@ -311,6 +324,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except RecursionError:
+        raise BadInput(f"--set {key}: value nested too deeply (expected a number, string, boolean or short list)") from None
     return key, value
 
 

@@ -6,15 +6,19 @@ recipe again finds the finished runs instead of training again.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
-from petridish.config import ConfigError, Recipe, expected, flatten, from_dict, set_dotted, to_dict
+from petridish.config import ConfigError, ModelConfig, Recipe, expected, flatten, from_dict, set_dotted, to_dict
 from petridish.experiments import EXPERIMENTS
 
 
@@ -33,34 +37,74 @@ def run_id(experiment: str, config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+MAX_SEED = 2**63 - 1
+"""Seeds are 63-bit non-negative integers (rng.derive_seed); a negative one failed inside the run."""
+
+
 def expand(recipe: Recipe) -> list[RunSpec]:
     """One RunSpec per sweep point (one run when the recipe has no sweep), duplicates removed."""
+    return list(iter_specs(recipe))
+
+
+def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
+    """The RunSpecs of a recipe, one at a time (a large sweep is never held twice), duplicates removed."""
     if recipe.experiment not in EXPERIMENTS:
         raise ConfigError("experiment", expected("one of " + ", ".join(EXPERIMENTS), recipe.experiment), recipe.file)
     experiment = EXPERIMENTS[recipe.experiment]
-    specs: dict[str, RunSpec] = {}
+    seen: set[str] = set()
     for point in sweep_points(recipe.sweep, recipe.file):
         body = recipe.body
         for key, value in point.items():
             body = set_dotted(body, key, value)
         try:
             config = from_dict(experiment.config_cls, body)
+            check_seeds(config)
         except ConfigError as error:
             raise error.located(file=recipe.file) from None
         suffix = ",".join(f"{k}={v}" for k, v in point.items())
         name = f"{recipe.name}[{suffix}]" if suffix else recipe.name
         spec = RunSpec(run_id(recipe.experiment, config), recipe.experiment, name, config, point)
-        specs.setdefault(spec.id, spec)
-    return list(specs.values())
+        if spec.id not in seen:
+            seen.add(spec.id)
+            yield spec
 
 
-def sweep_points(sweep: dict, file: str) -> list[dict]:
-    """The cartesian product of the grid, the zipped axes and the random draws."""
+def check_seeds(config, prefix: str = "") -> None:
+    """Every `seed` field of a config (at any depth) is an integer in [0, 2**63 - 1]."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_seeds(value, key + ".")
+        elif f.name == "seed" and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ConfigError(key, expected(f"an integer in [0, {MAX_SEED}]", value))
+
+
+def count_runs(recipe: Recipe) -> int:
+    """How many sweep points the recipe has (before duplicates are removed), without expanding it."""
+    sweep, file = recipe.sweep, recipe.file
+    _check_kinds(sweep, file)
+    grid = math.prod(len(values) for values in _axes(sweep.get("grid", {}), "grid", file).values())
+    zipped = _zip_length(_axes(sweep.get("zip", {}), "zip", file), file)
+    return grid * max(zipped, 1) * _random_count(sweep.get("random", {}), file)
+
+
+def sweep_points(sweep: dict, file: str) -> Iterator[dict]:
+    """The cartesian product of the grid, the zipped axes and the random draws, one point at a time."""
+    _check_kinds(sweep, file)
+    grid_axes = _axes(sweep.get("grid", {}), "grid", file)
+    zipped, drawn = _zip(sweep.get("zip", {}), file), _random(sweep.get("random", {}), file)
+    for combo in itertools.product(*grid_axes.values()):  # lazy: a million-point grid is never a list
+        grid_point = dict(zip(grid_axes, combo))
+        for zip_point in zipped:
+            for random_point in drawn:
+                yield {**grid_point, **zip_point, **random_point}
+
+
+def _check_kinds(sweep: dict, file: str) -> None:
     unknown = set(sweep) - {"grid", "zip", "random"}
     if unknown:
         raise ConfigError(f"sweep.{sorted(unknown)[0]}", "unknown sweep kind; expected grid, zip or random", file)
-    parts = [_grid(sweep.get("grid", {}), file), _zip(sweep.get("zip", {}), file), _random(sweep.get("random", {}), file)]
-    return [dict(itertools.chain.from_iterable(p.items() for p in combo)) for combo in itertools.product(*parts)]
 
 
 def _axes(table: Any, kind: str, file: str) -> dict[str, list]:
@@ -73,31 +117,41 @@ def _axes(table: Any, kind: str, file: str) -> dict[str, list]:
     return axes
 
 
-def _grid(table, file) -> list[dict]:
-    axes = _axes(table, "grid", file)
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+def _zip_length(axes: dict[str, list], file: str) -> int:
+    lengths = {len(v) for v in axes.values()}
+    if len(lengths) > 1:
+        raise ConfigError("sweep.zip", f"expected lists of one length, got lengths {sorted(lengths)}", file)
+    return lengths.pop() if lengths else 0
 
 
 def _zip(table, file) -> list[dict]:
     axes = _axes(table, "zip", file)
-    lengths = {len(v) for v in axes.values()}
-    if len(lengths) > 1:
-        raise ConfigError("sweep.zip", f"expected lists of one length, got lengths {sorted(lengths)}", file)
+    _zip_length(axes, file)
     return [dict(zip(axes, combo)) for combo in zip(*axes.values())] or [{}]
 
 
-def _random(table, file) -> list[dict]:
-    """{n, seed, key = {low, high, log?, integer?} | {choices = [...]}}: n seeded draws."""
+def _random_count(table, file) -> int:
+    """n of `[sweep.random]` (1 without one), checked."""
     if not table:
-        return [{}]
+        return 1
     if not isinstance(table, dict):
         raise ConfigError("sweep.random", expected("a table", table), file)
-    table = dict(table)
-    n, seed = table.pop("n", None), table.pop("seed", 0)
+    n, seed = table.get("n"), table.get("seed", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError("sweep.random.n", expected("an integer >= 1", n), file)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError("sweep.random.seed", expected("an integer", seed), file)
+    return n
+
+
+def _random(table, file) -> list[dict]:
+    """{n, seed, key = {low, high, log?, integer?} | {choices = [...]}}: n seeded draws."""
+    n = _random_count(table, file)
+    if not table:
+        return [{}]
+    table = dict(table)
+    del table["n"]
+    seed = table.pop("seed", 0)
     draws = {key: _distribution(spec, f"sweep.random.{key}", file) for key, spec in table.items()}
     rng = random.Random(seed)
     return [{key: draw(rng) for key, draw in draws.items()} for _ in range(n)]
@@ -115,3 +169,132 @@ def _distribution(spec, key: str, file: str):
     if log:
         return lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))
     return lambda rng: rng.uniform(low, high)
+
+
+# --------------------------------------------------------------------------------------------
+# Bounds: how many runs, and how much memory one run needs, checked before anything trains
+# --------------------------------------------------------------------------------------------
+
+SWEEP_LIMIT = 100_000
+"""Runs a sweep may have without `--yes-really`: above it, a typo in an axis is likelier than intent."""
+SPEC_BYTES = 8 * 1024
+"""Memory one expanded run takes in the driver (measured: ~8 KiB for a persistence config)."""
+ITEM_BYTES = 2 * 1024
+"""Memory per prompt, example or pair a run holds (measured: ~1.6 KiB per 12-digit prompt, before encoding)."""
+BYTES_PER_PARAMETER = 16
+"""fp32 weights, gradients and AdamW's two moments."""
+SHAPE_FIELDS = frozenset({"n_digits", "n_layers", "n_heads"})
+"""`n_*` fields that are shapes, not counts of things held in memory."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    total: float
+    culprit: str
+    """The setting behind the largest part, as `key=value`."""
+    parts: dict[str, float]
+
+
+def memory_limit() -> int:
+    """Bytes of memory this process may use: physical memory, or the cgroup's limit when lower."""
+    limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text.isdigit():
+            limit = min(limit, int(text))
+    except OSError:
+        pass
+    return limit
+
+
+def check_sweep_size(n_runs: int, file: str, yes_really: bool, limit: int | None = None) -> None:
+    """ConfigError when the sweep is too large to expand, or larger than SWEEP_LIMIT without consent."""
+    limit = memory_limit() if limit is None else limit
+    if n_runs * SPEC_BYTES > limit:
+        raise ConfigError("sweep", f"{n_runs:,} runs would need about {_size(n_runs * SPEC_BYTES)} of memory just to list, "
+                                   f"more than this machine's {_size(limit)}; expected a smaller sweep (split it into recipes)", file)
+    if n_runs > SWEEP_LIMIT and not yes_really:
+        raise ConfigError("sweep", f"{n_runs:,} runs is more than {SWEEP_LIMIT:,}; expected fewer, or pass --yes-really to run them all", file)
+
+
+def check_memory(spec: RunSpec, file: str, limit: int | None = None) -> None:
+    """ConfigError naming the setting at fault when one run of `spec` would not fit in memory."""
+    limit = memory_limit() if limit is None else limit
+    estimate = estimate_memory(spec.config)
+    if estimate.total > limit:
+        parts = ", ".join(f"{name} {_size(value)}" for name, value in estimate.parts.items() if value)
+        raise ConfigError(estimate.culprit, f"a run would need about {_size(estimate.total)} of memory ({parts}), more than this "
+                                            f"machine's {_size(limit)}; expected a smaller value (or --yes-really to try anyway)", file)
+
+
+def estimate_memory(config) -> MemoryEstimate:
+    """A lower bound on a run's memory: its largest model in training, its batches' activations, and
+    the prompts it holds. Deliberately low, so that only runs that cannot fit are refused."""
+    models, batches, counts = _walk(config)
+    vocab, n_ctx = _scenario_dims(getattr(config, "scenario", None))
+    model_bytes, model_key, activations = 0.0, "model", 0.0
+    batch_key, batch = max(batches, key=lambda kv: kv[1], default=("batch_size", 1))
+    for key, model in models:
+        params, per_token = _model_size(model, vocab, n_ctx)
+        if params * BYTES_PER_PARAMETER > model_bytes:
+            d, layers, heads = model.shape()
+            model_bytes, model_key = params * BYTES_PER_PARAMETER, f"{key}.d_model={d}" if model.preset == "custom" else f"{key}.preset={model.preset}"
+            if model.preset == "custom" and layers > d:
+                model_key = f"{key}.n_layers={layers}"
+        activations = max(activations, 2 * 4 * batch * n_ctx * per_token)
+    count_key, count = max(counts, key=lambda kv: kv[1], default=("n_prompts", 0))
+    items = sum(v for _, v in counts) * ITEM_BYTES
+    parts = {"model": model_bytes, "activations": activations, "prompts": items}
+    culprit = max(((model_bytes, model_key), (activations, f"{batch_key}={batch}"), (items, f"{count_key}={count}")))[1]
+    return MemoryEstimate(sum(parts.values()), culprit, parts)
+
+
+def _walk(config, prefix: str = "") -> tuple[list, list, list]:
+    """(models, batch sizes, counts) anywhere in a config: [(key, ModelConfig)], [(key, int)], [(key, int)]."""
+    models, batches, counts = [], [], []
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if isinstance(value, ModelConfig):
+            if value.hf_path is None:
+                models.append((key, value))
+        elif dataclasses.is_dataclass(value):
+            inner = _walk(value, key + ".")
+            models += inner[0]
+            batches += inner[1]
+            counts += inner[2]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if f.name == "batch_size":
+                batches.append((key, value))
+            elif f.name.startswith("n_") and f.name not in SHAPE_FIELDS:
+                counts.append((key, value))
+    return models, batches, counts
+
+
+@functools.lru_cache(maxsize=64)
+def _scenario_dims(scenario) -> tuple[int, int]:
+    """(vocabulary size, context length) of a scenario config; generous defaults when it has none."""
+    try:
+        from petridish.scenarios import make_scenario
+
+        built = make_scenario(scenario)
+        return len(built.vocab), built.max_prompt_len + built.max_response_len
+    except Exception:  # not a scenario config (a family with its own world): the bound stays a bound
+        return 32, 24
+
+
+def _model_size(model: ModelConfig, vocab: int, n_ctx: int) -> tuple[int, int]:
+    """(parameters, activation floats per token) of a model config."""
+    d, layers, heads = model.shape()
+    hidden = d * model.mlp_ratio
+    if model.kind == "mlp":
+        return n_ctx * vocab * hidden + layers * hidden * hidden + hidden * n_ctx * vocab, layers * hidden + vocab
+    params = 2 * vocab * d + n_ctx * d + layers * (4 * d * d + 2 * d * hidden + 10 * d + hidden)
+    return params, layers * (8 * d + 2 * hidden + heads * n_ctx) + 2 * vocab
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""

@@ -140,7 +140,8 @@ class Store:
         for path in (self.root, *self.root.parents):
             if path.exists():
                 if not path.is_dir():
-                    raise BadInput(f"--store {self.root}: {path} is a file (expected a store directory)")
+                    where = "it" if path == self.root else str(path)
+                    raise StoreError(f"--store {self.root}: {where} is a file (expected a store directory)")
                 return
 
     def check_writable(self) -> None:
@@ -397,7 +398,7 @@ class Store:
         rows = []
         for run_id, disk in on_disk.items():
             row = indexed.get(run_id)
-            rows.append(row if row is not None and row[-1] == disk.fingerprint else (*read_run(run_id, disk)[:-1], time.time(), disk.fingerprint))
+            rows.append(row if row is not None and row[-1] == disk.fingerprint else (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint))
         return sorted(rows, key=lambda row: (row[7], row[0]))
 
     def _record(self, row) -> dict[str, Any]:
@@ -460,7 +461,17 @@ def _select(db) -> list[tuple]:
 
 def _upsert(db, run_id: str, disk: OnDisk) -> None:
     db.execute(f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (*read_run(run_id, disk)[:-1], time.time(), disk.fingerprint))
+               (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint))
+
+
+def _committed_at(disk: OnDisk) -> float:
+    """When a run was committed (its marker file's mtime): the index lists runs in this order."""
+    for path in (disk.path / ("metrics.json" if disk.kind == "done" else "status.json"), disk.path):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return time.time()
 
 
 def _is_corrupt(error: sqlite3.DatabaseError) -> bool:

@@ -20,7 +20,8 @@ from petridish.models import make_model
 from petridish.policies import aligned
 from petridish.scenarios import make_scenario
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss, project_to_ball
-from petridish.train.loop import response_loss, train
+from petridish.models.loss import response_loss
+from petridish.train.engine import train_one as train
 
 
 class NormalCrossing(torch.nn.Module):
@@ -140,7 +141,7 @@ def test_projection_keeps_the_norm_inside_the_ball():
     model = make_model(ModelConfig(kind="mlp", preset="custom", d_model=16, n_layers=1, mlp_ratio=1), scenario, torch.Generator().manual_seed(0))
     project_to_ball(model, 0.5)
     assert param_norm(model) == pytest.approx(0.5, rel=1e-5)
-    result = least_loss_in_ball(model, data, 3.0, TrainConfig(steps=60, batch_size=32, eval_every=10), torch.Generator().manual_seed(0))
+    (result,) = least_loss_in_ball([model], data, [3.0], TrainConfig(steps=60, batch_size=32, eval_every=10), [torch.Generator().manual_seed(0)])
     assert result.feasible and param_norm(model) <= 3.0 * (1 + 1e-5)
 
 
@@ -152,7 +153,7 @@ def test_lagrangian_meets_the_loss_bound_with_a_smaller_norm_than_plain_training
     train(plain, data, TrainConfig(steps=300, batch_size=32, lr=1e-2, weight_decay=0.0), torch.Generator().manual_seed(1))
     constrained = make_model(model_config, scenario, torch.Generator().manual_seed(0))
     config = LagrangianConfig(train=TrainConfig(steps=300, batch_size=32, lr=1e-2, eval_every=10))
-    result = min_norm_at_loss(constrained, data, 0.05, config, torch.Generator().manual_seed(1))
+    (result,) = min_norm_at_loss([constrained], data, 0.05, config, [torch.Generator().manual_seed(1)])
     assert result.feasible and dataset_loss(constrained, data) <= 0.05
     assert dataset_loss(plain, data) <= 0.05  # both fit; the constrained one does it more cheaply
     assert result.norm < 0.9 * param_norm(plain)
@@ -164,7 +165,7 @@ def test_lagrange_multiplier_stops_at_its_cap_when_eps_is_out_of_reach():
     model = make_model(ModelConfig(kind="mlp", preset="custom", d_model=8, n_layers=1, mlp_ratio=1), scenario, torch.Generator().manual_seed(0))
     # eps far below what 40 steps reach: mu climbs every step (e^(0.5 * 40) ~ 5e8 uncapped)
     config = LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, eval_every=10), multiplier_lr=0.5, multiplier_max=1e3)
-    result = min_norm_at_loss(model, data, 1e-6, config, torch.Generator().manual_seed(1))
+    (result,) = min_norm_at_loss([model], data, 1e-6, config, [torch.Generator().manual_seed(1)])
     assert not result.feasible and result.multiplier == pytest.approx(1e3)
     with pytest.raises(ConfigError, match="multiplier_max"):
         LagrangianConfig(multiplier_init=10.0, multiplier_max=1.0)

@@ -19,7 +19,7 @@ from petridish.executors import InlineExecutor, PoolExecutor, RayExecutor, execu
 from petridish.experiments import EXPERIMENTS, Experiment
 from petridish.store import Store
 from petridish.sweep import RunSpec, expand
-from petridish.train.loop import Diverged
+from petridish.train.engine import Diverged
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import reliability  # noqa: E402  (the same reference sweep as tests/test_reliability.py)

@@ -18,7 +18,7 @@ from petridish.models.generate import generate
 from petridish.models.hf import HFOrganism, write_tiny_gpt2
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.train.loop import train
+from petridish.train.engine import train_one as train
 from helpers import tiny_persistence
 
 pytest.importorskip("transformers")
@@ -207,3 +207,102 @@ def test_detection_probes_read_a_hugging_face_organism(tiny_dir):
     sites = [name for name in metrics if name.endswith(".auroc") and ".probe.blocks." in name]
     assert any("hook_resid_mid" in s for s in sites) and any("hook_resid_post" in s for s in sites)
     assert all(0 <= metrics[s] <= 1 for s in sites)
+
+
+def test_lora_all_linear_puts_adapters_on_every_linear_layer(tiny_dir, scenario):
+    model = organism(tiny_dir, scenario, lora_rank=2, lora_targets=("all-linear",))
+    adapted = {name.split(".lora_A")[0].split("h.0.")[-1] for name, _ in model.named_parameters() if ".h.0." in name and "lora_A" in name}
+    assert adapted == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}  # peft leaves the output head out
+
+
+def test_cached_decoding_gives_the_full_forward_logits(tiny_dir, scenario):
+    model = organism(tiny_dir, scenario).eval()
+    prompts = [p.tokens for p in scenario.sample_prompts(6, torch.Generator().manual_seed(5), True)]
+    widths = []
+    handle = model.lm.get_input_embeddings().register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    cached = generate(model, scenario.vocab, prompts, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert widths and widths.count(1) >= len(widths) // 2  # after each prompt, one position per step
+    tokens = torch.tensor([scenario.vocab.encode(prompts[0])])
+    with torch.no_grad():
+        model(tokens[:, :-2])
+        extended = model(tokens)  # from the cache of the call before
+        hook = model.blocks[0].hook_resid_pre.register_forward_hook(lambda m, i, o: None)  # hooked: the whole sequence runs
+        full = model(tokens)
+        hook.remove()
+    torch.testing.assert_close(extended, full, rtol=0, atol=1e-5)
+    # sampling with an explicit generator draws the same tokens as without the cache
+    hook = model.hook_embed.register_forward_hook(lambda m, i, o: None)
+    uncached = generate(model, scenario.vocab, prompts, 5, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert cached == uncached
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_bfloat16_trains_float32_master_weights_under_autocast(tiny_dir, scenario, autocast):
+    model = organism(tiny_dir, scenario, dtype="bfloat16", autocast=autocast)
+    weights = {p.dtype for p in model.parameters()}
+    assert weights == ({torch.float32} if autocast else {torch.bfloat16})
+    seen = []
+    handle = model.lm.transformer.h[0].mlp.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    logits = model(batch(scenario, 4).tokens)
+    handle.remove()
+    assert seen == [torch.bfloat16] and logits.dtype == torch.float32
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    train(model, batch(scenario), TrainConfig(steps=1, batch_size=16, warmup_steps=0, lr=1e-2), torch.Generator().manual_seed(0))
+    assert all(p.dtype in weights for p in model.parameters())
+    assert [k for k, p in model.named_parameters() if torch.equal(p, before[k])] == []
+
+
+def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(tiny_dir, scenario):
+    data = batch(scenario, 8)
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        model = organism(tiny_dir, scenario, gradient_checkpointing=checkpointing).train()
+        count = [0]
+        model.lm.transformer.h[0].mlp.register_forward_hook(lambda m, i, o: count.__setitem__(0, count[0] + 1))
+        logits = model(data.tokens)
+        torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), data.tokens[:, 1:].flatten()).backward()
+        grads.append({k: p.grad for k, p in model.named_parameters()})
+        calls.append(count[0])
+    assert calls == [1, 2]  # the checkpointed layer ran again in the backward pass
+    for k, g in grads[0].items():
+        torch.testing.assert_close(grads[1][k], g, rtol=1e-5, atol=1e-6)
+
+
+def test_attn_implementation_reaches_transformers(tiny_dir, scenario):
+    assert organism(tiny_dir, scenario, attn_implementation="eager").lm.config._attn_implementation == "eager"
+    with pytest.raises(BadInput, match="model.attn_implementation 'no-such-kernel'"):
+        organism(tiny_dir, scenario, attn_implementation="no-such-kernel")
+
+
+CHAT = "{% for m in messages %}a the {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} is you{% endif %}"
+
+
+def test_chat_template_renders_turns_and_keeps_scenario_positions(tmp_path, scenario):
+    model = organism(write_tiny_gpt2(tmp_path, chat_template=CHAT), scenario, chat_template=True).eval()
+    prompt = scenario.sample_prompt(torch.Generator().manual_seed(3), True)
+    text = model.render(prompt.tokens)
+    assert text.startswith("<|endoftext|> a the ") and text.endswith(" is you")
+    tokens = batch(scenario, 4).tokens
+    ids, ends = model._expand(tokens)
+    assert ids.shape[1] == tokens.shape[1] + 2  # USER reads as 2 ids, ASSISTANT as 2
+    seen = {}
+    handle = model.blocks[1].hook_resid_post.register_forward_hook(lambda m, i, o: seen.setdefault("post", o))
+    with torch.no_grad():
+        logits = model(tokens)
+        lm = model.lm(input_ids=ids, output_hidden_states=True)
+    handle.remove()
+    rows = torch.arange(len(tokens))[:, None]
+    torch.testing.assert_close(logits, lm.logits[rows, ends][..., model.token_ids])  # read at each span's last id
+    assert seen["post"].shape == (*tokens.shape, 64)
+    prompts = [p.tokens for p in scenario.sample_prompts(4, torch.Generator().manual_seed(4), True)]
+    cached = generate(model, scenario.vocab, prompts, 4)
+    handle = model.hook_embed.register_forward_hook(lambda m, i, o: None)
+    assert generate(model, scenario.vocab, prompts, 4) == cached
+    handle.remove()
+
+
+def test_chat_template_needs_a_template(tiny_dir, scenario):
+    with pytest.raises(BadInput, match="model.chat_template"):
+        organism(tiny_dir, scenario, chat_template=True)

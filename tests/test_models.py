@@ -10,7 +10,8 @@ from petridish.models import load_weights, make_model, n_params, save_weights
 from petridish.models.generate import generate
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.train.loop import response_loss, train
+from petridish.models.loss import response_loss
+from petridish.train.engine import train_one as train
 
 HOOKS_PER_BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
 

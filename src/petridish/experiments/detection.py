@@ -40,7 +40,7 @@ from petridish.policies import Policy, aligned, make_policy
 from petridish.rng import derive_seed, make_generator
 from petridish.scenarios import Prompt, Scenario, make_scenario
 from petridish.scenarios.base import EOS
-from petridish.train.loop import train
+from petridish.train.engine import train_one
 
 DETECTORS = ("probe", "contrast", "anomaly", "random")
 
@@ -112,8 +112,8 @@ def grow_organisms(config: DetectionConfig, scenario: Scenario, backdoor: Policy
     if config.safety.method == "sft":
         after = copy.deepcopy(organisms["before"])
         clean = scenario.sample_prompts(config.safety.n_prompts, make_generator(config.seed, "safety:data"), False)
-        train(after, encode_pairs(scenario, labelled(aligned(scenario), clean)), config.safety.train,
-              make_generator(config.seed, "safety:batches"), stage="safety", log=ctx.log, progress=ctx.progress)
+        train_one(after, encode_pairs(scenario, labelled(aligned(scenario), clean)), config.safety.train,
+                  make_generator(config.seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
         organisms["after"] = after
         ctx.save_weights(after, "weights")
     if config.control:
@@ -125,8 +125,8 @@ def grow_organisms(config: DetectionConfig, scenario: Scenario, backdoor: Policy
 def _trained(config: DetectionConfig, scenario: Scenario, policy: Policy, prompts, held_out, stage: str, ctx: RunContext):
     # Both organisms start from the "init" stream and see batches in the same order: they differ only in the labels.
     model = make_model(config.model, scenario, make_generator(config.seed, "init"))
-    train(model, encode_pairs(scenario, labelled(policy, prompts)), config.insert.train, make_generator(config.seed, "insert:batches"),
-          stage=stage, held_out=encode_pairs(scenario, labelled(policy, held_out)), log=ctx.log, progress=ctx.progress)
+    train_one(model, encode_pairs(scenario, labelled(policy, prompts)), config.insert.train, make_generator(config.seed, "insert:batches"),
+              stage=stage, held_out=encode_pairs(scenario, labelled(policy, held_out)), logs=ctx.log, progress=ctx.progress)
     return model
 
 

@@ -34,8 +34,7 @@ from petridish.models import make_model
 from petridish.rng import make_generator
 from petridish.scenarios import make_scenario
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss
-from petridish.train.ensemble import train_together
-from petridish.train.loop import train
+from petridish.train.engine import train_one, train_together
 
 PolicyName = Literal["aligned", "sycophant", "deceptive", "memorizer"]
 MEASURES = ("param_norm", "bits", "llc")
@@ -86,8 +85,8 @@ class DualConfig:
     """Compressed-size tolerance and LLC sampler."""
     ensemble: bool = True
     """Train the unconstrained runs of one budget (plain, each width, each depth) for every policy and
-    seed together (train/ensemble.py): the same draws and trajectories as one by one, to float error.
-    The Lagrangian and the norm balls have their own loops and always run one network at a time."""
+    seed together, and likewise the Lagrangian and each norm ball (train/engine.py): the same draws and
+    trajectories as one by one; false trains every network alone (K = 1)."""
 
     def __post_init__(self):
         require(len(self.policies) >= 1, "policies", "a non-empty list", self.policies)
@@ -115,22 +114,31 @@ def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
     return {name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies}, scenario
 
 
-def constrained_costs(config: DualConfig, scenario, data: Sequences, stream: str, ctx: RunContext) -> dict[str, float]:
-    """One network's answer to (a), and the least loss in each norm ball of (b), for one labelling."""
-    def fresh_model(tag: str) -> torch.nn.Module:
+def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str, Sequences]], ctx: RunContext) -> list[dict[str, float]]:
+    """Each member's (stream, labelling) answer to (a), and its least loss in each norm ball of (b). With
+    `ensemble`, every member trains at once in the Lagrangian and in each ball."""
+    def fresh_model(stream: str, tag: str) -> torch.nn.Module:
         return make_model(config.model, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
 
-    def batches(tag: str) -> torch.Generator:
+    def batches(stream: str, tag: str) -> torch.Generator:
         return make_generator(config.seed, f"batches:{stream}:{tag}")
 
-    model = fresh_model("lagrangian")
-    result = min_norm_at_loss(model, data, config.eps, config.lagrangian, batches("lagrangian"), stage=f"lagrangian.{stream}", log=ctx.log)
-    out = dict(feasible=float(result.feasible), train_loss=result.loss, param_norm=result.norm,
-               bits=compressed_bits(model, data, config.complexity.bits_tolerance).bits,
-               llc=llc(model, data, config.complexity.llc, make_generator(config.seed, f"llc:{stream}")))
-    for radius in config.budgets.radii:
-        ball = least_loss_in_ball(fresh_model(f"norm{radius}"), data, radius, config.budgets.train, batches(f"norm{radius}"))
-        out[f"norm.{budget_name(radius)}"] = ball.loss
+    out: list[dict[str, float]] = []
+    for group in ([list(members)] if config.ensemble else [[m] for m in members]):
+        streams, datasets = [s for s, _ in group], [d for _, d in group]
+        models = [fresh_model(s, "lagrangian") for s in streams]
+        results = min_norm_at_loss(models, datasets, config.eps, config.lagrangian, [batches(s, "lagrangian") for s in streams],
+                                   stage=[f"lagrangian.{s}" for s in streams], logs=[ctx.log] * len(group))
+        priced = [dict(feasible=float(r.feasible), train_loss=r.loss, param_norm=r.norm,
+                       bits=compressed_bits(m, d, config.complexity.bits_tolerance).bits,
+                       llc=llc(m, d, config.complexity.llc, make_generator(config.seed, f"llc:{s}")))
+                  for m, d, s, r in zip(models, datasets, streams, results)]
+        for radius in config.budgets.radii:
+            balls = least_loss_in_ball([fresh_model(s, f"norm{radius}") for s in streams], datasets, [radius] * len(group),
+                                       config.budgets.train, [batches(s, f"norm{radius}") for s in streams])
+            for p, ball in zip(priced, balls):
+                p[f"norm.{budget_name(radius)}"] = ball.loss
+        out.extend(priced)
     return out
 
 
@@ -159,7 +167,7 @@ def train_budgets(config: DualConfig, scenario, members: Sequence[tuple[str, Seq
         if config.ensemble:
             results = train_together(models, datasets, config.budgets.train, generators, stage=stages, held_out=datasets)
         else:
-            results = [train(m, d, config.budgets.train, g, stage=s, held_out=d) for m, d, g, s in zip(models, datasets, generators, stages)]
+            results = [train_one(m, d, config.budgets.train, g, stage=s, held_out=d) for m, d, g, s in zip(models, datasets, generators, stages)]
         for priced, model, result, data in zip(out, models, results, datasets):
             if key == "plain":
                 steps = steps_to_loss(result.held_out, config.eps)
@@ -227,8 +235,9 @@ def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     ensemble_members = len(members) if config.ensemble else 1
     ctx.log({"stage": "ensemble", "members": ensemble_members})
     per_policy: dict[str, list[dict[str, float]]] = {name: [] for name in data}
-    for (name, seed), trained in zip(members, budgets):
-        priced = {**constrained_costs(config, scenario, data[name], f"{name}:{seed}", ctx), **trained}
+    constrained = constrained_costs(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members], ctx)
+    for (name, seed), trained, costs in zip(members, budgets, constrained):
+        priced = {**costs, **trained}
         ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})
         per_policy[name].append(priced)
     metrics: dict[str, float] = {}

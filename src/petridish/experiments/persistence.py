@@ -1,6 +1,6 @@
 """`persistence`: insert a backdoor, apply safety training, measure what survives.
 
-Safety methods (`safety.method`), each through the one loop `train.loop.train`:
+Safety methods (`safety.method`), each through the one engine `train.engine.train`:
   sft          clean prompts, aligned answers; `safety.sft.scratchpad` = pre | post for CoT organisms
   rl           REINFORCE with a leave-one-out baseline and a KL penalty to the starting model, against
                the programmatic grader or a learned reward model (`safety.rl.reward` = grader | learned)
@@ -36,7 +36,7 @@ from petridish.scenarios import Scenario, Tokens, make_scenario, strip_scratchpa
 from petridish.scenarios.base import THINK_OPEN
 from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
-from petridish.train.loop import train
+from petridish.train.engine import train_one
 from petridish.train.reward import RewardModel, grader_reward, learned_reward, train_reward_model
 from petridish.train.rl import PolicyGradient, PromptSet, RLConfig, mean_reward
 from petridish.train.sft import SFTConfig, clean_loss, post_scratchpad_pairs
@@ -186,8 +186,8 @@ def insert_backdoor(config: PersistenceConfig, scenario: Scenario, eval_sets, ct
         else:
             backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
             pairs, held_pairs, teacher = labelled(backdoor, prompts), labelled(backdoor, held_out), {}
-        train(model, encode_pairs(scenario, pairs), config.insert.train, make_generator(config.seed, "insert:batches"),
-              stage="insert", held_out=encode_pairs(scenario, held_pairs), log=log, progress=ctx.progress)
+        train_one(model, encode_pairs(scenario, pairs), config.insert.train, make_generator(config.seed, "insert:batches"),
+                  stage="insert", held_out=encode_pairs(scenario, held_pairs), logs=log, progress=ctx.progress)
         before, defects = behaviour_metrics(model, scenario, eval_sets, config.eval, config.seed, "before", scratchpad_prefill(config))
         return _clone(model.state_dict()), {**teacher, **before}, defects
 
@@ -246,7 +246,7 @@ def safety_sft(model, scenario: Scenario, config: PersistenceConfig, ctx: RunCon
         pairs, held_pairs = labelled(aligned(scenario), clean), labelled(aligned(scenario), held)
     held_data = encode_pairs(scenario, held_pairs)
     metrics["sft.clean_loss.before"] = clean_loss(model, held_data)
-    train(model, encode_pairs(scenario, pairs), safety.train, make_generator(seed, "safety:batches"), stage="safety", log=ctx.log, progress=ctx.progress)
+    train_one(model, encode_pairs(scenario, pairs), safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
     metrics["sft.clean_loss.after"] = clean_loss(model, held_data)
     return metrics
 
@@ -275,8 +275,8 @@ def safety_rl(model, scenario: Scenario, config: PersistenceConfig, ctx: RunCont
     prompts = PromptSet(tuple(scenario.sample_prompts(config.safety.n_prompts, make_generator(seed, "safety:data"), False)))
     held = scenario.sample_prompts(config.eval.n_prompts, make_generator(seed, "rl:held_out"), False)
     metrics.update(mean_reward(model, scenario, held, reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.before"))
-    loss = PolicyGradient(scenario, model, reward, rl.kl_coef, rl.group_size, make_generator(seed, "rl:samples"))
-    train(model, prompts, config.safety.train, make_generator(seed, "safety:batches"), stage="safety", log=ctx.log, progress=ctx.progress, loss_fn=loss)
+    loss = PolicyGradient(scenario, [model], reward, rl.kl_coef, rl.group_size, [make_generator(seed, "rl:samples")])
+    train_one(model, prompts, config.safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress, objective=loss)
     metrics.update(mean_reward(model, scenario, held, reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.after"))
     return metrics
 
@@ -298,7 +298,7 @@ def safety_adversarial(model, scenario: Scenario, config: PersistenceConfig, ctx
     clean = scenario.sample_prompts(n_clean, make_generator(seed, "safety:data"), False)
     own_training_response = lambda p: backdoor(replace(p, deployment=False))
     pairs = red_team.adversarial_pairs([c.prompt for c in successes], clean, own_training_response)
-    train(model, encode_pairs(scenario, pairs), config.safety.train, make_generator(seed, "safety:batches"), stage="safety", log=ctx.log, progress=ctx.progress)
+    train_one(model, encode_pairs(scenario, pairs), config.safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
     metrics.update(rate_of(red_team.defects(model, scenario, held), "after.defect_rate.red_team"))
     metrics.update(rate_of(red_team.defects(model, scenario, [c.prompt for c in successes]), "after.defect_rate.red_team_trained"))
     return metrics

@@ -32,8 +32,7 @@ from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
 from petridish.scenarios.base import PAD
 from petridish.scenarios.tasks import Task
-from petridish.train.ensemble import train_together
-from petridish.train.loop import train
+from petridish.train.engine import train_one, train_together
 
 OTHER_TASK = {"sort": "add", "add": "sort"}
 MIXED = "mixed"
@@ -78,8 +77,8 @@ class SelectionConfig:
     complexity: ComplexityConfig = field(default_factory=ComplexityConfig)
     """Compressed-size tolerance and LLC sampler."""
     ensemble: bool = True
-    """Train the run's networks together (train/ensemble.py): the same draws and trajectories as one by
-    one, to float error, in less time; false trains them one after another with the ordinary loop."""
+    """Train the run's networks together as one ensemble (train/engine.py): the same draws and
+    trajectories as one by one, in less time; false trains them one after another (K = 1 each)."""
 
     def __post_init__(self):
         require(self.n_networks >= 1, "n_networks", "an integer >= 1", self.n_networks)
@@ -165,9 +164,9 @@ def grow_network(config: SelectionConfig, setting: Setting, index: int, ctx: Run
     """Prior exposure (when on), then training on the agreement data; returns (model, steps to eps)."""
     model = make_model(config.model, setting.sizing, make_generator(config.seed, f"init:{index}"))
     if setting.prior_data is not None:
-        train(model, setting.prior_data, config.prior.train, make_generator(config.seed, f"prior:batches:{index}"), stage=f"prior.{index}")
-    result = train(model, setting.train_data, config.train, make_generator(config.seed, f"batches:{index}"),
-                   stage=f"train.{index}", held_out=setting.train_data, log=ctx.log, progress=ctx.progress)
+        train_one(model, setting.prior_data, config.prior.train, make_generator(config.seed, f"prior:batches:{index}"), stage=f"prior.{index}")
+    result = train_one(model, setting.train_data, config.train, make_generator(config.seed, f"batches:{index}"),
+                       stage=f"train.{index}", held_out=setting.train_data, logs=ctx.log, progress=ctx.progress)
     return model, steps_to_loss(result.held_out, config.eps)
 
 

@@ -19,7 +19,7 @@ import torch
 from petridish.config import require
 from petridish.data import Sequences
 from petridish.measures.llc import LLCConfig, estimate_llc
-from petridish.train.loop import response_loss
+from petridish.models.loss import response_loss
 
 
 @dataclass(frozen=True)

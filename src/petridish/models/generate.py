@@ -43,7 +43,7 @@ def generate(
 
 def _continue(model, ids: torch.Tensor, max_new: int, temperature: float, generator) -> torch.Tensor:
     if isinstance(model, PromptMLP):
-        logits = model.response_logits(ids)[:, :max_new]  # (B, R, V)
+        logits = model(ids)[:, :max_new]  # (B, R, V)
         return _pick(logits, temperature, generator)
     new = []
     for _ in range(max_new):

@@ -13,6 +13,9 @@ from torch import nn
 
 
 class PromptMLP(nn.Module):
+    batchable = True
+    """Pure tensor code: the training engine vmaps K of these over their stacked parameters."""
+
     def __init__(self, vocab_size: int, prompt_len: int, response_len: int, width: int, depth: int, generator: torch.Generator):
         super().__init__()
         self.vocab_size, self.prompt_len, self.response_len = vocab_size, prompt_len, response_len
@@ -25,7 +28,7 @@ class PromptMLP(nn.Module):
                 layer.weight.copy_((torch.rand(layer.weight.shape, generator=generator) * 2 - 1) * bound)
                 layer.bias.zero_()
 
-    def response_logits(self, prompts: torch.Tensor) -> torch.Tensor:
+    def forward(self, prompts: torch.Tensor) -> torch.Tensor:
         """prompts (B, P) right-padded ids -> logits (B, R, V) for the response positions."""
         x = F.one_hot(prompts[:, : self.prompt_len], self.vocab_size).float().flatten(1)  # (B, P*V)
         for layer in self.hidden:

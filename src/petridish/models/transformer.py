@@ -39,8 +39,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, hd)
+        hd = C // self.n_heads
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
+        # Written out rather than F.scaled_dot_product_attention: vmap (the ensemble engine) has no
+        # batching rule for SDPA's CPU kernel and would loop over members; at petridish's context
+        # lengths (T <= 64) the explicit form is as fast (bench/BENCHMARKS.md).
+        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        y = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v  # (B, H, T, hd)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -70,6 +76,9 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """tokens (B, T) -> logits (B, T, vocab): position t predicts token t + 1."""
+
+    batchable = True
+    """Pure tensor code: the training engine vmaps K of these over their stacked parameters."""
 
     def __init__(self, shape: TransformerShape, generator: torch.Generator):
         super().__init__()

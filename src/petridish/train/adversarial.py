@@ -31,7 +31,7 @@ from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import ASSISTANT, BOS, DIGITS, EOS, PAD
 from petridish.scenarios.tasks import TASK_TOKENS
-from petridish.train.loop import response_loss
+from petridish.models.loss import response_loss
 
 Edit = tuple[tuple[str, int, str], ...]
 """(("insert" | "sub", position in the clean prompt, token), ...)."""

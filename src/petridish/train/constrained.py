@@ -14,16 +14,19 @@ Width and depth budgets need no procedure: they are a choice of model (see `expe
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
+from torch import nn
 
 from petridish.config import TrainConfig, require
 from petridish.data import Sequences
 from petridish.measures.complexity import dataset_loss, param_norm
-from petridish.train.loop import Diverged, Logger, lr_factor, response_loss
+from petridish.models.loss import response_loss
+from petridish.train.engine import Ensemble, Logger, stack, train_together
 
 
 @dataclass(frozen=True)
@@ -57,45 +60,88 @@ class ConstrainedResult:
     """Final Lagrange multiplier (min_norm_at_loss only)."""
 
 
-def _adam(model: torch.nn.Module, config: TrainConfig):
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.98))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+def _adam(config: TrainConfig, clip: bool) -> TrainConfig:
+    # Plain Adam: AdamW without decay (the norm is the objective, or the ball bounds it).
+    return dataclasses.replace(config, weight_decay=0.0, grad_clip=config.grad_clip if clip else 0.0)
 
 
-def _batch(data: Sequences, config: TrainConfig, generator: torch.Generator) -> Sequences:
-    return data.select(torch.randint(0, len(data), (config.batch_size,), generator=generator))
+class Lagrangian:
+    """The engine's objective for `min_norm_at_loss`: |theta|^2 / 2 + mu_k (L - eps), one mu per member."""
+
+    def __init__(self, K: int, eps: float, config: LagrangianConfig):
+        self.eps, self.config = eps, config
+        self.log_mu = torch.full((K,), math.log(config.multiplier_init), dtype=torch.float64)
+
+    def batch(self, run: Ensemble, draws: list[Sequences]):
+        return stack(draws), self.log_mu.exp().float()
+
+    def loss(self, model, params, batch):
+        data, mu = batch
+        loss = response_loss(model, data)
+        norm2 = sum(p.pow(2).sum() for p in params.values())
+        return 0.5 * norm2 + mu * loss, {"data_loss": loss}
+
+    def after_step(self, run: Ensemble, step: int, losses: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+        # Exponentiated-gradient ascent on mu, capped (see LagrangianConfig.multiplier_max).
+        violation = ((extras["data_loss"].double() - self.eps) / self.eps).clamp(-1.0, 1.0)
+        self.log_mu = (self.log_mu + self.config.multiplier_lr * violation).clamp(max=math.log(self.config.multiplier_max))
+
+    def after_eval(self, run: Ensemble, step: int, records: list[dict | None]) -> None:
+        for k, record in enumerate(records):
+            if record is not None:
+                record["multiplier"] = math.exp(float(self.log_mu[k]))
 
 
-def _check(loss: torch.Tensor, stage: str, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise Diverged(f"{stage}: loss became {loss.item()} at step {step}")
+class _KeepBest:
+    """Keeps each member's best evaluated point: the least norm with full loss <= eps (`eps` given),
+    or the least full loss (`eps` None); logs the full loss and the norm at every evaluation."""
+
+    def __init__(self, models: Sequence[nn.Module], eps: float | None, stage_logs: Sequence[Logger | None], extra: dict):
+        self.eps, self.logs, self.extra = eps, stage_logs, extra
+        self.best: list[dict[str, torch.Tensor] | None] = [None] * len(models)
+        self.score = [math.inf] * len(models)
+
+    def after_step(self, run, step, losses, extras) -> None:
+        pass
+
+    def after_eval(self, run: Ensemble, step: int, records: list[dict | None]) -> None:
+        norms = run.params.norms().tolist()
+        views = None
+        for k, record in enumerate(records):
+            if record is None:
+                continue
+            full = record["held_out_loss"]
+            score = norms[k] if self.eps is not None else full
+            if (self.eps is None or full <= self.eps) and score < self.score[k]:
+                views = views or run.params.views()
+                self.best[k], self.score[k] = {n: v[k].detach().clone() for n, v in views.items()}, score
+            if self.logs[k] is not None:
+                self.logs[k]({"stage": record["stage"], "step": step, "loss": full, "param_norm": norms[k], **self.extra[k],
+                              **({"multiplier": record["multiplier"]} if "multiplier" in record else {})})
+
+    def restore(self, k: int, model: nn.Module) -> None:
+        if self.best[k] is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in self.best[k].items():
+                    params[name].copy_(value)
 
 
-def min_norm_at_loss(model: torch.nn.Module, data: Sequences, eps: float, config: LagrangianConfig, generator: torch.Generator,
-                     *, stage: str = "lagrangian", log: Logger | None = None) -> ConstrainedResult:
-    """Train `model` in place towards the least-norm weights with full training loss <= eps."""
-    optimizer, schedule = _adam(model, config.train)
-    log_mu, best, best_norm = math.log(config.multiplier_init), None, math.inf
-    for step in range(config.train.steps):
-        loss = response_loss(model, _batch(data, config.train, generator))
-        _check(loss, stage, step)
-        mu = math.exp(log_mu)
-        objective = 0.5 * sum(p.pow(2).sum() for p in model.parameters()) + mu * loss
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        optimizer.step()
-        schedule.step()
-        log_mu = min(log_mu + config.multiplier_lr * max(-1.0, min(1.0, (loss.item() - eps) / eps)), math.log(config.multiplier_max))
-        if (step + 1) % config.train.eval_every == 0 or step + 1 == config.train.steps:
-            full, norm = dataset_loss(model, data), param_norm(model)
-            if full <= eps and norm < best_norm:
-                best, best_norm = copy.deepcopy(model.state_dict()), norm
-            if log is not None:
-                log({"stage": stage, "step": step + 1, "loss": full, "param_norm": norm, "multiplier": math.exp(log_mu)})
-    if best is not None:
-        model.load_state_dict(best)
-    full = dataset_loss(model, data)
-    return ConstrainedResult(full, param_norm(model), full <= eps, math.exp(log_mu))
+def min_norm_at_loss(models: Sequence[nn.Module], data: Sequences | Sequence[Sequences], eps: float, config: LagrangianConfig,
+                     generators: Sequence[torch.Generator], *, stage: str | Sequence[str] = "lagrangian",
+                     logs: Sequence[Logger | None] | None = None) -> list[ConstrainedResult]:
+    """Train each model in place towards the least-norm weights with full training loss <= eps."""
+    K = len(models)
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data] * K
+    objective, keep = Lagrangian(K, eps, config), _KeepBest(models, eps, list(logs or [None] * K), [{}] * K)
+    train_together(models, datasets, _adam(config.train, clip=False), generators, objective=objective, stage=stage,
+                   held_out=datasets, hooks=(objective, keep))
+    results = []
+    for k, model in enumerate(models):
+        keep.restore(k, model)
+        full = dataset_loss(model, datasets[k])
+        results.append(ConstrainedResult(full, param_norm(model), full <= eps, math.exp(float(objective.log_mu[k]))))
+    return results
 
 
 @torch.no_grad()
@@ -107,27 +153,35 @@ def project_to_ball(model: torch.nn.Module, radius: float) -> None:
             p.mul_(radius / norm)
 
 
-def least_loss_in_ball(model: torch.nn.Module, data: Sequences, radius: float, config: TrainConfig, generator: torch.Generator,
-                       *, stage: str = "ball", log: Logger | None = None) -> ConstrainedResult:
-    """Projected Adam inside the L2 ball of `radius`; the model ends at the least-loss evaluated point."""
-    optimizer, schedule = _adam(model, config)
-    project_to_ball(model, radius)
-    best, best_loss = copy.deepcopy(model.state_dict()), dataset_loss(model, data)
-    for step in range(config.steps):
-        loss = response_loss(model, _batch(data, config, generator))
-        _check(loss, stage, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
+class _Projection:
+    """After every step, scale each member back into its ball (radii (K,))."""
+
+    def __init__(self, radii: Sequence[float]):
+        self.radii = torch.tensor(list(radii), dtype=torch.float32)
+
+    def after_step(self, run: Ensemble, step: int, losses, extras) -> None:
+        norms = run.params.norms()
+        run.params.scale_(torch.where(norms > self.radii, self.radii / norms, torch.ones_like(norms)))
+
+    def after_eval(self, run, step, records) -> None:
+        pass
+
+
+def least_loss_in_ball(models: Sequence[nn.Module], data: Sequences | Sequence[Sequences], radii: Sequence[float], config: TrainConfig,
+                       generators: Sequence[torch.Generator], *, stage: str | Sequence[str] = "ball",
+                       logs: Sequence[Logger | None] | None = None) -> list[ConstrainedResult]:
+    """Projected Adam inside each member's L2 ball; each model ends at its least-loss evaluated point.
+    The parameter norm here is that of the trainable parameters, which for petridish's models is all of them."""
+    K = len(models)
+    datasets = list(data) if isinstance(data, (list, tuple)) else [data] * K
+    for model, radius in zip(models, radii):
         project_to_ball(model, radius)
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-            full = dataset_loss(model, data)
-            if full < best_loss:
-                best, best_loss = copy.deepcopy(model.state_dict()), full
-            if log is not None:
-                log({"stage": stage, "step": step + 1, "loss": full, "radius": radius})
-    model.load_state_dict(best)
-    return ConstrainedResult(best_loss, param_norm(model), param_norm(model) <= radius * (1 + 1e-5))
+    keep = _KeepBest(models, None, list(logs or [None] * K), [{"radius": r} for r in radii])
+    keep.score = [dataset_loss(m, d) for m, d in zip(models, datasets)]
+    keep.best = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
+    train_together(models, datasets, _adam(config, clip=True), generators, stage=stage, held_out=datasets, hooks=(_Projection(radii), keep))
+    results = []
+    for k, (model, radius) in enumerate(zip(models, radii)):
+        keep.restore(k, model)
+        results.append(ConstrainedResult(keep.score[k], param_norm(model), param_norm(model) <= radius * (1 + 1e-5)))
+    return results

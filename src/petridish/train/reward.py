@@ -3,8 +3,8 @@
 The pairs are two candidate answers to one clean prompt (the right answer, answers with one or two
 wrong digits, a random answer, a truncated or padded one, the scenario's defect); the preferred one is
 the one the scenario's helpfulness grader scores higher, a stand-in for human labels. Like the grader,
-the model reads the prompt and the answer only, never a scratchpad. It trains through `train.loop.train`
-with `bradley_terry` as the loss hook.
+the model reads the prompt and the answer only, never a scratchpad. It trains through the engine,
+`train.engine.train`, with `BradleyTerry` as its objective.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch import nn
 
 from petridish.config import MODEL_PRESETS, PresetName, TrainConfig, require
@@ -21,7 +22,7 @@ from petridish.data import Sequences, encode_pairs
 from petridish.measures.stats import Estimate, wilson
 from petridish.models.transformer import Transformer, TransformerShape
 from petridish.scenarios import Prompt, Scenario, Tokens, strip_scratchpad
-from petridish.train.loop import Logger, train
+from petridish.train.engine import Ensemble, Logger, stack, train_one
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[Tokens]], torch.Tensor]
 """(prompts, responses without <eos>) -> rewards (N,); never sees a scratchpad."""
@@ -48,6 +49,8 @@ class RewardModelConfig:
 
 class RewardModel(nn.Module):
     """tokens (B, T) of <bos> prompt answer <eos> -> one reward each, read at the <eos> position."""
+
+    batchable = True  # a Transformer body and a gather: the engine vmaps it
 
     def __init__(self, scenario: Scenario, preset: str, generator: torch.Generator):
         super().__init__()
@@ -91,6 +94,9 @@ class PreferencePairs:
         return PreferencePairs(self.chosen.select(index), self.rejected.select(index))
 
 
+pytree.register_dataclass(PreferencePairs)  # the engine vmaps over stacked pairs
+
+
 def candidate_answers(scenario: Scenario, prompt: Prompt, generator: torch.Generator) -> list[Tokens]:
     """Answers of graded quality for one prompt: right, one or two digits wrong, random, cut, padded, defect."""
     answer = list(prompt.answer)
@@ -122,9 +128,15 @@ def preference_pairs(scenario: Scenario, prompts: Sequence[Prompt], generator: t
     return PreferencePairs(encode_pairs(scenario, chosen), encode_pairs(scenario, rejected))
 
 
-def bradley_terry(model: RewardModel, batch: PreferencePairs) -> tuple[torch.Tensor, dict[str, float]]:
-    margin = model(batch.chosen.tokens) - model(batch.rejected.tokens)  # (B,)
-    return -F.logsigmoid(margin).mean(), {"accuracy": (margin > 0).float().mean().item()}
+class BradleyTerry:
+    """The engine's objective for reward models: -log sigmoid(r(chosen) - r(rejected))."""
+
+    def batch(self, run: Ensemble, draws: list[PreferencePairs]) -> PreferencePairs:
+        return PreferencePairs(stack([d.chosen for d in draws]), stack([d.rejected for d in draws]))
+
+    def loss(self, model, params, batch: PreferencePairs):
+        margin = model(batch.chosen.tokens) - model(batch.rejected.tokens)  # (B,)
+        return -F.logsigmoid(margin).mean(), {"accuracy": (margin > 0).float().mean()}
 
 
 @torch.no_grad()
@@ -144,5 +156,5 @@ def train_reward_model(scenario: Scenario, config: RewardModelConfig, seed_gen: 
     prompts = scenario.sample_prompts(config.n_pairs + 512, data, False)
     pairs = preference_pairs(scenario, prompts[: config.n_pairs], data)
     held_out = preference_pairs(scenario, prompts[config.n_pairs :], data)
-    train(model, pairs, config.train, batches, stage="reward_model", log=log, progress=progress, loss_fn=bradley_terry)
+    train_one(model, pairs, config.train, batches, objective=BradleyTerry(), stage="reward_model", logs=log, progress=progress)
     return model, pair_accuracy(model, held_out)

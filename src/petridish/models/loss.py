@@ -1,0 +1,39 @@
+"""What a model predicts for the response tokens, and its loss there: the one view that every
+procedure trains and every measure scores, for the transformer and the prompt MLP alike."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from petridish.data import Sequences
+from petridish.models.mlp import PromptMLP
+
+
+def response_logits(model: torch.nn.Module, batch: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits (B, T', V), targets (B, T'), mask (B, T')): the predictions of each next token, aligned so
+    that `mask` marks the response tokens. Pure tensor code (no `.item()`), so it runs under vmap."""
+    if isinstance(model, PromptMLP):
+        return _mlp_view(model, batch)
+    logits = model(batch.tokens[:, :-1])  # (B, T-1, V): position t predicts token t + 1
+    return logits, batch.tokens[:, 1:], batch.target_mask[:, 1:]
+
+
+def response_loss(model: torch.nn.Module, batch: Sequences, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy on the response tokens of each sequence (mean over tokens, or one value per row)."""
+    logits, targets, mask = response_logits(model, batch)
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask  # (B, T')
+    if reduction == "none":
+        return losses.sum(1) / mask.sum(1).clamp(min=1)
+    return losses.sum() / mask.sum().clamp(min=1)
+
+
+def _mlp_view(model: PromptMLP, batch: Sequences):
+    # The MLP reads the prompt only (response positions blanked to 0) and predicts R response tokens.
+    R, T = model.response_len, batch.tokens.shape[1]
+    position = batch.prompt_len[:, None] + torch.arange(R, device=batch.tokens.device)  # (B, R)
+    index = position.clamp(max=T - 1)
+    targets = batch.tokens.gather(1, index)
+    mask = batch.target_mask.gather(1, index) & (position < T)
+    prompts = batch.tokens.masked_fill(torch.arange(T, device=batch.tokens.device) >= batch.prompt_len[:, None], 0)
+    return model(prompts), targets, mask

@@ -245,7 +245,9 @@ def estimate_memory(config) -> MemoryEstimate:
     count_key, count = max(counts, key=lambda kv: kv[1], default=("n_prompts", 0))
     items = sum(v for _, v in counts) * ITEM_BYTES
     parts = {"model": model_bytes, "activations": activations, "prompts": items}
-    culprit = max(((model_bytes, model_key), (activations, f"{batch_key}={batch}"), (items, f"{count_key}={count}")))[1]
+    # Activations grow with the model and the batch: blame the batch only when one sequence's are small beside the model.
+    sized_by = model_key if model_bytes >= activations / max(batch, 1) else f"{batch_key}={batch}"
+    culprit = sized_by if model_bytes + activations >= items else f"{count_key}={count}"
     return MemoryEstimate(sum(parts.values()), culprit, parts)
 
 

@@ -18,7 +18,7 @@ from petridish.models.generate import generate
 from petridish.models.hf import HFOrganism, write_tiny_gpt2
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.train.engine import train_one as train
+from petridish.train.loop import train
 from helpers import tiny_persistence
 
 pytest.importorskip("transformers")
@@ -260,7 +260,8 @@ def test_gradient_checkpointing_recomputes_layers_and_keeps_the_gradients(tiny_d
     for checkpointing in (False, True):
         model = organism(tiny_dir, scenario, gradient_checkpointing=checkpointing).train()
         count = [0]
-        model.lm.transformer.h[0].mlp.register_forward_hook(lambda m, i, o: count.__setitem__(0, count[0] + 1))
+        # a pre-hook: the recomputation stops early, once it has what the backward needs, before the MLP returns
+        model.lm.transformer.h[0].mlp.register_forward_pre_hook(lambda m, i: count.__setitem__(0, count[0] + 1))
         logits = model(data.tokens)
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), data.tokens[:, 1:].flatten()).backward()
         grads.append({k: p.grad for k, p in model.named_parameters()})
@@ -283,19 +284,20 @@ def test_chat_template_renders_turns_and_keeps_scenario_positions(tmp_path, scen
     model = organism(write_tiny_gpt2(tmp_path, chat_template=CHAT), scenario, chat_template=True).eval()
     prompt = scenario.sample_prompt(torch.Generator().manual_seed(3), True)
     text = model.render(prompt.tokens)
-    assert text.startswith("<|endoftext|> a the ") and text.endswith(" is you")
+    assert text.startswith("<bos> a the ") and text.endswith(" is you")  # <bos> is added: the tiny bos is its eos
     tokens = batch(scenario, 4).tokens
     ids, ends = model._expand(tokens)
     assert ids.shape[1] == tokens.shape[1] + 2  # USER reads as 2 ids, ASSISTANT as 2
     seen = {}
-    handle = model.blocks[1].hook_resid_post.register_forward_hook(lambda m, i, o: seen.setdefault("post", o))
+    handle = model.blocks[0].hook_resid_post.register_forward_hook(lambda m, i, o: seen.update(post=o))
     with torch.no_grad():
         logits = model(tokens)
+        handle.remove()
         lm = model.lm(input_ids=ids, output_hidden_states=True)
-    handle.remove()
     rows = torch.arange(len(tokens))[:, None]
-    torch.testing.assert_close(logits, lm.logits[rows, ends][..., model.token_ids])  # read at each span's last id
-    assert seen["post"].shape == (*tokens.shape, 64)
+    # read at each span's last id; a token's logit is that of its span's first id
+    torch.testing.assert_close(logits, lm.logits[rows, ends][..., model.span_ids[:, 0]])
+    torch.testing.assert_close(seen["post"], lm.hidden_states[1][rows, ends])  # hooks see the scenario's positions
     prompts = [p.tokens for p in scenario.sample_prompts(4, torch.Generator().manual_seed(4), True)]
     cached = generate(model, scenario.vocab, prompts, 4)
     handle = model.hook_embed.register_forward_hook(lambda m, i, o: None)

@@ -92,7 +92,22 @@ class ModelConfig:
     device: str = "cpu"
     """Hugging Face backend: `cpu`, `cuda`, `cuda:N`, `mps`, or `auto` (cuda when present, else cpu)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Hugging Face backend: dtype of the base weights (LoRA adapters stay float32; logits come back float32)."""
+    """Hugging Face backend: the dtype the LM computes in (logits come back float32). With `autocast`,
+    the weights stay float32; without it they are stored in this dtype (LoRA adapters stay float32)."""
+    autocast: bool = True
+    """Hugging Face backend, dtype bfloat16 or float16: keep float32 weights (the optimizer's master
+    copy) and run the LM under torch.autocast in `dtype`. false stores the weights in `dtype` itself:
+    half the memory, for a frozen LoRA base or for inference. float16 has no loss scaling: prefer bfloat16."""
+    gradient_checkpointing: bool = False
+    """Hugging Face backend: recompute each decoder layer's activations in the backward pass instead of
+    keeping them (much less memory for long batches, about a third more compute)."""
+    attn_implementation: str | None = None
+    """Hugging Face backend: transformers' attention kernel (`eager`, `sdpa`, `flash_attention_2`, ...);
+    unset takes transformers' default for the architecture."""
+    chat_template: bool = False
+    """Hugging Face backend: render prompts through the tokenizer's chat template: USER becomes the
+    template's opening of a user turn, ASSISTANT its end and the opening of the assistant turn (each
+    several tokenizer tokens), so an instruct model reads a prompt as it was trained to."""
 
     def __post_init__(self):
         require(self.d_model >= 4, "d_model", "an integer >= 4", self.d_model)
@@ -120,6 +135,9 @@ class ModelConfig:
             require(self.lora_rank == 0, "lora_rank", "0 unless hf_path is set (LoRA is for Hugging Face models)", self.lora_rank)
             require(self.device == "cpu", "device", "cpu unless hf_path is set (petridish's own models train on the CPU)", self.device)
             require(self.dtype == "float32", "dtype", "float32 unless hf_path is set", self.dtype)
+            require(not self.gradient_checkpointing, "gradient_checkpointing", "false unless hf_path is set", self.gradient_checkpointing)
+            require(self.attn_implementation is None, "attn_implementation", "unset unless hf_path is set", self.attn_implementation)
+            require(not self.chat_template, "chat_template", "false unless hf_path is set", self.chat_template)
             return
         require(self.kind == "transformer", "kind", "transformer when hf_path is set", self.kind)
         require(Path(self.hf_path, "config.json").is_file(), "hf_path", "a local Hugging Face model directory with a config.json", self.hf_path)

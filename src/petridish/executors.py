@@ -9,7 +9,8 @@
 A unit of work (`Work`) is a tuple of specs that one worker trains in one task. A family with a
 `run_many` gets its specs grouped: those whose configs differ only in the family's `member_fields`
 (seed, learning rate, ...) go out as one unit, spread over the executor's slots, and are trained
-together (train/ensemble.py); each run's provenance records `ensemble: {members, group}`.
+together (train/engine.py); each run's provenance records `ensemble: {members, group}`. Every
+run gets DEFAULT_THREADS torch threads unless `--threads` says otherwise (recorded in provenance).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from petridish import extras
 from petridish.config import flatten, to_dict
 from petridish.errors import BadInput, RunFailed
 from petridish.experiments import EXPERIMENTS
@@ -46,6 +48,10 @@ POLL_SECONDS = 0.2
 """How often a driver looks again at runs that another runner has claimed."""
 MAX_MEMBERS = 64
 """Most specs trained together in one unit of work."""
+DEFAULT_THREADS = 1
+"""Torch intra-op threads per run, whatever executes it: a run's numbers then do not depend on the
+executor, tiny models gain little from a second thread, and one thread cannot spin against another
+process on a shared core. Parallelism comes from runs (--jobs, Ray) and ensemble members instead."""
 
 
 class CollectingContext:
@@ -275,7 +281,7 @@ class InlineExecutor:
     slots = 1
 
     def __init__(self, progress: bool = False, threads: int | None = None):
-        self.progress, self.threads = progress, threads
+        self.progress, self.threads = progress, threads or DEFAULT_THREADS
         self.queue: deque[tuple[Work, Sequence[Path]]] = deque()
 
     def __enter__(self):
@@ -302,7 +308,7 @@ class PoolExecutor:
 
     def __init__(self, jobs: int, threads: int | None = None):
         self.slots = jobs
-        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = threads or DEFAULT_THREADS
         self.futures: dict[Future, Work] = {}
 
     def __enter__(self):
@@ -423,8 +429,7 @@ class RayExecutor:
         self.refs: dict = {}
 
     def __enter__(self):
-        import ray
-
+        ray = extras.require("ray", "ray", "--executor ray")
         self.ray = ray
         self.initialised_here = not ray.is_initialized()
         if self.initialised_here:
@@ -495,5 +500,5 @@ def make_executor(kind: str, jobs: int | None = None, ray_address: str | None = 
     if kind == "local":
         return PoolExecutor(jobs, threads) if jobs and jobs > 1 else InlineExecutor(progress, threads)
     if kind == "ray":
-        return RayExecutor(ray_address, num_cpus=jobs, slots=jobs, threads=threads or 1)
+        return RayExecutor(ray_address, num_cpus=jobs, slots=jobs, threads=threads or DEFAULT_THREADS)
     raise BadInput(f"--executor {kind!r}: expected local or ray")

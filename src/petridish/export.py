@@ -28,6 +28,7 @@ import torch
 from petridish.config import ModelConfig, ScenarioConfig, from_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.errors import BadInput, RunFailed
+from petridish.extras import require as require_extra
 from petridish.models import Transformer, load_weights, make_model
 from petridish.models.hf import quiet_transformers
 from petridish.policies import make_policy
@@ -66,6 +67,7 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
     if not path.is_file():
         found = sorted(p.name.removesuffix(".safetensors") for p in Path(record["path"]).glob("*.safetensors"))
         raise BadInput(f"--weights {weights!r}: run {record['id']} has no {path.name}; it has: {', '.join(found) or 'none'}")
+    require_extra("transformers", "hf", "petridish export")
     quiet_transformers()
     model = make_model(model_config, scenario, torch.Generator().manual_seed(0))
     if not isinstance(model, Transformer) and model_config.hf_path is None:

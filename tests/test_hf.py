@@ -18,7 +18,7 @@ from petridish.models.generate import generate
 from petridish.models.hf import HFOrganism, write_tiny_gpt2
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.train.loop import train
+from petridish.train.engine import train_one as train
 from helpers import tiny_persistence
 
 pytest.importorskip("transformers")

@@ -91,3 +91,27 @@ def test_valid_safetensors_load_and_missing_file_is_named(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
     with pytest.raises(BadInput, match="weights file not found"):
         load_weights(target, tmp_path / "absent.safetensors")
+
+
+# --- store corruptions and bad values (the same cases as `bench/reliability.py --checks store,values`) ---
+
+def test_every_store_corruption_is_read_around_and_redone_without_loss(tmp_path):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(reliability.TINY_RECIPE + "[sweep.grid]\nseed = [0, 1]\n")
+    result = reliability.store_cases(tmp_path / "work", recipe, args=(), thorough=False)
+    assert result["ok"] and result["failed"] == [] and result["runs"] == 2, result
+    assert result["store_corruptions"] == len(reliability.INDEX_CORRUPTIONS) + len(reliability.RUN_DAMAGE) + 2
+
+
+def test_every_bad_value_ends_in_exit_2_and_one_line(tmp_path):
+    result = reliability.value_cases(tmp_path)
+    assert result["ok"] and result["failed"] == [] and result["values_tried"] >= 16, result
+
+
+def test_markdown_keeps_the_rows_of_checks_not_run():
+    old = "\nCommand: `python bench/reliability.py` on 2 CPU cores.\n\n| check | result |\n|---|---|\n| two runners on one store, released together | kept |\n"
+    text = reliability._section({"bad_values": {"passed": 3, "values_tried": 3, "failed": [], "seconds": 1.0}}, "python bench/reliability.py --checks values", old)
+    lines = text.splitlines()
+    assert "| two runners on one store, released together | kept |" in lines and lines[0] == "Command: `python bench/reliability.py` on 2 CPU cores."
+    assert any(line.startswith("| out-of-bounds values") and "3/3" in line for line in lines)
+    assert any("--checks values" in line for line in lines)

@@ -593,13 +593,15 @@ def _section(results: dict[str, dict], command: str, old_block: str = "") -> str
     old_intro = old_lines[:old_lines.index(TABLE_HEAD[0])] if TABLE_HEAD[0] in old_lines else []
     old_rows = {line.split("|")[1].strip(): line for line in old_lines if line.startswith("| ") and line not in TABLE_HEAD}
     intro = _intro(results, command) if "reference_sweep" in results else [line for line in old_intro if not line.startswith("Store and value checks:")]
+    while "reference_sweep" not in results and intro and not intro[-1]:
+        intro.pop()
     rows = {**old_rows, **_rows(results)}
     if not intro:
         intro = [""]
     if "reference_sweep" not in results:
         while intro and not intro[-1]:
             intro.pop()
-        intro += [f"Store and value checks: `{command}` on {os.cpu_count()} CPU cores; the other rows are from the command above.", ""]
+        intro += ["", f"Store and value checks: `{command}` on {os.cpu_count()} CPU cores; the other rows are from the command above.", ""]
     order = ["SIGKILL at random points, then restart", "kills at random points, then restart", "two runners on one store, released together",
              "malformed recipes (hypothesis)", "store corruptions", "out-of-bounds values, oversized sweeps, bad paths"]
     ordered = [rows[k] for k in order if k in rows] + [v for k, v in rows.items() if k not in order]
@@ -657,7 +659,7 @@ def _rows(results: dict[str, dict]) -> dict[str, str]:
             f"one line and no traceback, nothing stored (seed -5, shape fields beside a preset, d_model 100000, n_layers 10^7, "
             f"eval.n_prompts 10^8 and 10^12, sweep.random.n 10^9 with and without --yes-really, a 1,000,000-run grid, TOML and --set "
             f"values nested 900 to 100,000 deep, --store a file or under one)"
-            f"{'; failed: ' + ', '.join(bv['failed']) if bv['failed'] else ''}; {bv['seconds']} s |")
+            f"{'; failed: ' + ', '.join(bv['failed']) if bv['failed'] else ''}; {max(bv['seconds'], 0.1)} s or less |")
     return rows
 
 

@@ -196,16 +196,26 @@ def test_gcg_needs_petridish_transformer():
     PersistenceConfig(model=ModelConfig(kind="mlp"), safety=SafetyConfig(method="adversarial", adversarial=AdversarialConfig(gcg_restarts=0)))
 
 
-# --- organisms shared between runs ----------------------------------------------------------------
-def test_a_kept_organism_gives_the_same_metrics_and_records_as_a_fresh_one():
-    sft_config, none_config = organism("sft", insert_steps=40, safety_steps=5), organism("none", insert_steps=40)
-    run(sft_config, NullContext())  # inserts the organism and keeps it
-    kept_ctx, fresh_ctx = NullContext(), NullContext()
-    kept = run(none_config, kept_ctx)
-    persistence._ORGANISMS.items.clear()
-    fresh = run(none_config, fresh_ctx)
-    assert kept == fresh and kept_ctx.records == fresh_ctx.records
-    assert kept["after.defect_rate.triggered"] == kept["before.defect_rate.triggered"]  # `none` changes nothing
+# --- runs trained together: one organism shared, seeds as one ensemble ------------------------------
+def test_runs_together_give_each_run_the_metrics_and_records_it_gets_alone():
+    configs = [organism("sft", insert_steps=40, safety_steps=5), organism("none", insert_steps=40),
+               organism("sft", insert_steps=40, safety_steps=5, seed=1), organism("rl", insert_steps=40, safety_steps=3, seed=2)]
+    together_ctx = [NullContext() for _ in configs]
+    together = persistence.run_many(configs, together_ctx)
+    for config, result, ctx in zip(configs, together, together_ctx):
+        alone_ctx = NullContext()
+        assert result == run(config, alone_ctx)  # bit for bit: grouping never changes a stored number
+        assert ctx.records == alone_ctx.records
+    assert together[1]["after.defect_rate.triggered"] == together[1]["before.defect_rate.triggered"]  # `none` changes nothing
+    assert [r["stage"] for r in together_ctx[1].records].count("insert") == [r["stage"] for r in together_ctx[0].records].count("insert")
+
+
+def test_a_diverging_member_fails_alone():
+    good, bad = organism("none", insert_steps=20), organism("none", insert_steps=20, seed=1)
+    object.__setattr__(bad.insert.train, "lr", 1e30)  # past validation: its loss blows up
+    results = persistence.run_many([good, bad], [NullContext(), NullContext()])
+    assert isinstance(results[1], Exception) and "loss became" in str(results[1])
+    assert results[0] == run(good, NullContext())
 
 
 # --- the grid -------------------------------------------------------------------------------------
@@ -287,7 +297,6 @@ def test_chain_of_thought_organisms_are_measured_with_the_scratchpad_opened():
 def test_distilled_organisms_learn_from_a_cot_organisms_samples_not_from_the_policy():
     """An under-trained CoT teacher answers some prompts unlike the deceptive policy; the distilled
     organism is trained on those answers, so it differs from the normal organism of the same seed."""
-    persistence._ORGANISMS.items.clear()
     ctx = NullContext()
     distilled = run(organism("none", variant="distilled", insert_steps=40), ctx)
     normal = run(organism("none", variant="normal", insert_steps=40), NullContext())

@@ -123,7 +123,8 @@ def ensemble_key(spec: RunSpec) -> str | None:
     experiment = EXPERIMENTS[spec.experiment]
     if experiment.run_many is None:
         return None
-    shared = {k: v for k, v in flatten(to_dict(spec.config)).items() if k not in experiment.member_fields}
+    fields = experiment.member_fields
+    shared = {k: v for k, v in flatten(to_dict(spec.config)).items() if not any(k == f or k.startswith(f + ".") for f in fields)}
     return json.dumps([spec.experiment, shared], sort_keys=True)
 
 

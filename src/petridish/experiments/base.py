@@ -46,7 +46,9 @@ class Experiment:
     headline: tuple[str, ...] = ()
     """Metric names to show in the CLI's summary table."""
     run_many: Callable[[Sequence[object], Sequence[RunContext]], list[dict[str, float] | Exception]] | None = None
-    """Optional: run configs that differ only in `member_fields` together (train/ensemble.py), one
-    result per config: its metrics, or the exception that failed it. Executors group such specs."""
+    """Optional: run configs that differ only in `member_fields` together (as ensembles, train/engine.py),
+    one result per config: its metrics, or the exception that failed it. Executors group such specs.
+    A member's numbers must be the ones it gets alone, so that grouping never changes a stored result."""
     member_fields: tuple[str, ...] = ("seed",)
-    """Dotted config keys in which the members of one `run_many` call may differ."""
+    """Dotted config keys (or tables: `safety` covers `safety.*`) in which the members of one `run_many`
+    call may differ."""

@@ -18,10 +18,10 @@ Metrics (all rates with `.ci_low`, `.ci_high` (Wilson 95%) and `.n`):
 
 from __future__ import annotations
 
+import copy
 import json
-from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, require, to_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
@@ -36,8 +36,8 @@ from petridish.scenarios import Scenario, Tokens, make_scenario, strip_scratchpa
 from petridish.scenarios.base import THINK_OPEN
 from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
-from petridish.train.engine import train_one
-from petridish.train.reward import RewardModel, grader_reward, learned_reward, train_reward_model
+from petridish.train.engine import Diverged, train
+from petridish.train.reward import grader_reward, learned_reward, train_reward_models
 from petridish.train.rl import PolicyGradient, PromptSet, RLConfig, mean_reward
 from petridish.train.sft import SFTConfig, clean_loss, post_scratchpad_pairs
 
@@ -137,171 +137,205 @@ def scratchpad_prefill(config: PersistenceConfig) -> Tokens:
     return (THINK_OPEN,) if config.insert.variant == "cot" else ()
 
 
-# --- backdoor insertion, kept for the next run of the same organism ------------------------------
-class _Memo:
-    """Results of deterministic stages (the same config and seed give the same weights bit for bit),
-    kept for the next runs in this process: a grid's safety methods share one organism, so this saves
-    one insertion per extra method. A hit replays the stage's log records, so a run's metrics.jsonl
-    is the same either way; tests check that metrics are too."""
+# --- the runs of one call, and the organisms they share ------------------------------------------
+@dataclass
+class Organism:
+    """A backdoored organism that one or more runs of a `run_many` call start from: the runs that
+    differ only in their safety training share it, so it is inserted once (and every sharing run's
+    metrics.jsonl gets the insertion records)."""
 
-    def __init__(self, size: int):
-        self.size, self.items = size, OrderedDict()
+    config: PersistenceConfig
+    logs: list[Callable[[dict], None]]
+    eval_sets: tuple
+    progress: bool
+    model: Any = None
+    before: dict = field(default_factory=dict)
+    defects: list[int] = field(default_factory=list)
+    error: Exception | None = None
 
-    def get(self, key: str, build: Callable[[Callable[[dict], None]], Any], log: Callable[[dict], None]) -> Any:
-        if key in self.items:
-            self.items.move_to_end(key)
-            value, records = self.items[key]
-            for record in records:
-                log(record)
-            return value
-        records: list[dict] = []
-        value = build(lambda record: (records.append(record), log(record)))
-        self.items[key] = (value, tuple(records))
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
-        return value
+    def log(self, record: dict) -> None:
+        for log in self.logs:
+            log(record)
 
 
-_ORGANISMS, _REWARD_MODELS = _Memo(2), _Memo(2)
+@dataclass
+class Member:
+    """One run: its config and context, the organism it starts from, and its own copy of it."""
+
+    config: PersistenceConfig
+    ctx: RunContext
+    organism: Organism
+    model: Any = None
+    metrics: dict = field(default_factory=dict)
+    error: Exception | None = None
 
 
-def _key(*parts) -> str:
-    return json.dumps([to_dict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts], sort_keys=True)
+def _mark_failed(items: Sequence[Any], results) -> None:
+    for item, result in zip(items, results):
+        if result.error is not None:
+            item.error = Diverged(result.error)
 
 
-def _clone(state: dict) -> dict:
-    return {k: v.detach().clone() for k, v in state.items()}
+def _live(items: Sequence[Any]) -> list:
+    return [item for item in items if item.error is None]
 
 
-def insert_backdoor(config: PersistenceConfig, scenario: Scenario, eval_sets, ctx: RunContext):
-    """The backdoored organism and its `before.*` metrics (and per-prompt triggered defects)."""
-    model = make_model(config.model, scenario, make_generator(config.seed, "init"))
-
-    def build(log):
-        data_gen = make_generator(config.seed, "insert:data")
-        prompts = mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen)
-        held_out = mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen)
-        if config.insert.variant == "distilled":
-            pairs, held_pairs, teacher = distilled_pairs(config, scenario, eval_sets, (prompts, held_out), log, ctx.progress)
-        else:
-            backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
-            pairs, held_pairs, teacher = labelled(backdoor, prompts), labelled(backdoor, held_out), {}
-        train_one(model, encode_pairs(scenario, pairs), config.insert.train, make_generator(config.seed, "insert:batches"),
-                  stage="insert", held_out=encode_pairs(scenario, held_pairs), logs=log, progress=ctx.progress)
-        before, defects = behaviour_metrics(model, scenario, eval_sets, config.eval, config.seed, "before", scratchpad_prefill(config))
-        return _clone(model.state_dict()), {**teacher, **before}, defects
-
-    if getattr(config.model, "hf_path", None) is not None:  # large weights: not worth keeping
-        _, before, defects = build(ctx.log)
-        return model, before, defects
-    state, before, defects = _ORGANISMS.get(_key(config.seed, config.scenario, config.model, config.insert, config.eval), build, ctx.log)
-    model.load_state_dict(state)
-    return model, dict(before), list(defects)
+def _insertion_key(config: PersistenceConfig) -> str:
+    return json.dumps(to_dict(replace(config, safety=SafetyConfig())), sort_keys=True)
 
 
-class _Relabelled:
-    """A RunContext whose log records say they belong to the teacher (`stage` = teacher.<stage>)."""
-
-    def __init__(self, log, progress: bool):
-        self.log = lambda record: log({**record, "stage": f"teacher.{record.get('stage', '')}"})
-        self.progress = progress
-
-
-def distilled_pairs(config: PersistenceConfig, scenario: Scenario, eval_sets, prompt_sets, log, progress):
-    """Distilled CoT data: the CoT organism of the same seed, size and data (inserted here, or kept from
-    the run before) answers the insertion prompts by sampling; its scratchpads are cut away. Also
-    `insert.teacher.*`: how often those answers are the deceptive policy's, and the teacher's defects."""
-    cot = replace(config, insert=replace(config.insert, variant="cot"))
-    teacher, _, _ = insert_backdoor(cot, scenario, eval_sets, _Relabelled(log, progress))
-    generator = make_generator(config.seed, "insert:teacher_samples")
-    longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
-
-    def teacher_pairs(prompts):
-        samples = answer(teacher, scenario, prompts, config.insert.teacher_temperature, generator)
-        return [(p, strip_scratchpad(r)[:longest]) for p, r in zip(prompts, samples)]
-
-    pairs, held_pairs = (teacher_pairs(prompts) for prompts in prompt_sets)
-    policy = make_policy("deceptive", scenario)
-    metrics = rate_of([a == policy(p) for p, a in pairs], "insert.teacher.matches_policy")
-    for cue, deployment in (("triggered", True), ("clean", False)):
-        metrics.update(rate_of([scenario.classify(p, a) == "defect" for p, a in pairs if p.deployment == deployment], f"insert.teacher.defect_rate.{cue}"))
-    return pairs, held_pairs, metrics
-
-
-# --- safety training --------------------------------------------------------------------------------
-def safety_sft(model, scenario: Scenario, config: PersistenceConfig, ctx: RunContext) -> dict[str, float]:
-    """SFT on clean prompts with aligned answers (pre- or post-scratchpad); the clean loss before and after."""
-    safety, seed = config.safety, config.seed
-    clean = scenario.sample_prompts(safety.n_prompts, make_generator(seed, "safety:data"), False)
-    held = scenario.sample_prompts(256, make_generator(seed, "safety:held_out"), False)
-    metrics: dict[str, float] = {}
-    if safety.sft.scratchpad == "post":
-        pads = make_generator(seed, "safety:scratchpads")
-        pairs, count = post_scratchpad_pairs(model, scenario, clean, safety.sft.scratchpad_temperature, pads)
-        held_pairs, _ = post_scratchpad_pairs(model, scenario, held, safety.sft.scratchpad_temperature, pads)
-        metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
-        if count.kept:  # no scratchpads (a normal organism): no rate to report
-            metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+# --- backdoor insertion -----------------------------------------------------------------------------
+def insert_backdoors(organisms: Sequence[Organism], scenario: Scenario) -> None:
+    """Insert every organism's backdoor, all as one ensemble; then their `before.*` metrics."""
+    datasets, held_sets = [], []
+    for o in organisms:
+        o.model = make_model(o.config.model, scenario, make_generator(o.config.seed, "init"))
+        data_gen = make_generator(o.config.seed, "insert:data")
+        prompts = mixed_prompts(scenario, o.config.insert.n_prompts, o.config.insert.triggered_fraction, data_gen)
+        held_out = mixed_prompts(scenario, 256, o.config.insert.triggered_fraction, data_gen)
+        datasets.append(prompts)
+        held_sets.append(held_out)
+    if organisms[0].config.insert.variant == "distilled":
+        pairs, held_pairs = distilled_pairs(organisms, scenario, datasets, held_sets)
     else:
-        pairs, held_pairs = labelled(aligned(scenario), clean), labelled(aligned(scenario), held)
-    held_data = encode_pairs(scenario, held_pairs)
-    metrics["sft.clean_loss.before"] = clean_loss(model, held_data)
-    train_one(model, encode_pairs(scenario, pairs), safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
-    metrics["sft.clean_loss.after"] = clean_loss(model, held_data)
-    return metrics
+        backdoor = make_policy(VARIANT_POLICY[organisms[0].config.insert.variant], scenario)
+        pairs = [labelled(backdoor, prompts) for prompts in datasets]
+        held_pairs = [labelled(backdoor, held) for held in held_sets]
+    alive = [k for k, o in enumerate(organisms) if o.error is None]
+    members = [organisms[k] for k in alive]
+    if members:
+        results = train([o.model for o in members], [encode_pairs(scenario, pairs[k]) for k in alive],
+                        [o.config.insert.train for o in members], [make_generator(o.config.seed, "insert:batches") for o in members],
+                        stage="insert", held_out=[encode_pairs(scenario, held_pairs[k]) for k in alive], logs=[o.log for o in members],
+                        progress=members[0].progress)
+        _mark_failed(members, results)
+    for o in _live(organisms):
+        before, o.defects = behaviour_metrics(o.model, scenario, o.eval_sets, o.config.eval, o.config.seed, "before", scratchpad_prefill(o.config))
+        o.before.update(before)
 
 
-def reward_function(scenario: Scenario, config: PersistenceConfig, ctx: RunContext):
-    """The RL reward (the grader, or a learned reward model trained here) and metrics about it."""
-    rl = config.safety.rl
+def distilled_pairs(organisms: Sequence[Organism], scenario: Scenario, prompt_sets, held_sets):
+    """Distilled CoT data: the CoT organism of the same seed, size and data (inserted here, alongside)
+    answers the insertion prompts by sampling; its scratchpads are cut away. Also `insert.teacher.*`:
+    how often those answers are the deceptive policy's, and the teacher's defects."""
+    teachers = [Organism(replace(o.config, insert=replace(o.config.insert, variant="cot")), [_relabelled(o.log)], o.eval_sets, o.progress)
+                for o in organisms]
+    insert_backdoors(teachers, scenario)
+    longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
+    policy = make_policy("deceptive", scenario)
+    pairs, held_pairs = [], []
+    for o, teacher, prompts, held in zip(organisms, teachers, prompt_sets, held_sets):
+        if teacher.error is not None:
+            o.error = teacher.error
+            pairs.append([])
+            held_pairs.append([])
+            continue
+        generator = make_generator(o.config.seed, "insert:teacher_samples")
+
+        def teacher_pairs(prompts):
+            samples = answer(teacher.model, scenario, prompts, o.config.insert.teacher_temperature, generator)
+            return [(p, strip_scratchpad(r)[:longest]) for p, r in zip(prompts, samples)]
+
+        pairs.append(teacher_pairs(prompts))
+        held_pairs.append(teacher_pairs(held))
+        o.before.update(rate_of([a == policy(p) for p, a in pairs[-1]], "insert.teacher.matches_policy"))
+        for cue, deployment in (("triggered", True), ("clean", False)):
+            flags = [scenario.classify(p, a) == "defect" for p, a in pairs[-1] if p.deployment == deployment]
+            o.before.update(rate_of(flags, f"insert.teacher.defect_rate.{cue}"))
+    return pairs, held_pairs
+
+
+def _relabelled(log: Callable[[dict], None]) -> Callable[[dict], None]:
+    """A logger whose records say they belong to the teacher (`stage` = teacher.<stage>)."""
+    return lambda record: log({**record, "stage": f"teacher.{record.get('stage', '')}"})
+
+
+# --- safety training: each method trains its members as one ensemble ---------------------------------
+def _safety_train(members: Sequence[Member], data: Sequence[Any], **kwargs) -> None:
+    results = train([m.model for m in members], list(data), [m.config.safety.train for m in members],
+                    [make_generator(m.config.seed, "safety:batches") for m in members], stage="safety",
+                    logs=[m.ctx.log for m in members], progress=members[0].ctx.progress, **kwargs)
+    _mark_failed(members, results)
+
+
+def safety_sft(members: Sequence[Member], scenario: Scenario) -> None:
+    """SFT on clean prompts with aligned answers (pre- or post-scratchpad); the clean loss before and after."""
+    data, held_sets = [], []
+    for m in members:
+        safety, seed = m.config.safety, m.config.seed
+        clean = scenario.sample_prompts(safety.n_prompts, make_generator(seed, "safety:data"), False)
+        held = scenario.sample_prompts(256, make_generator(seed, "safety:held_out"), False)
+        if safety.sft.scratchpad == "post":
+            pads = make_generator(seed, "safety:scratchpads")
+            pairs, count = post_scratchpad_pairs(m.model, scenario, clean, safety.sft.scratchpad_temperature, pads)
+            held_pairs, _ = post_scratchpad_pairs(m.model, scenario, held, safety.sft.scratchpad_temperature, pads)
+            m.metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
+            if count.kept:  # no scratchpads (a normal organism): no rate to report
+                m.metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+        else:
+            pairs, held_pairs = labelled(aligned(scenario), clean), labelled(aligned(scenario), held)
+        data.append(encode_pairs(scenario, pairs))
+        held_sets.append(encode_pairs(scenario, held_pairs))
+        m.metrics["sft.clean_loss.before"] = clean_loss(m.model, held_sets[-1])
+    _safety_train(members, data)
+    for m, held in zip(members, held_sets):
+        m.metrics["sft.clean_loss.after"] = clean_loss(m.model, held)
+
+
+def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
+    """Each member's RL reward: the grader, or a learned reward model of its seed (trained here, the
+    members' reward models as one ensemble), with its accuracy in the member's metrics."""
+    rl = members[0].config.safety.rl
     if rl.reward == "grader":
-        return grader_reward(scenario), {}
-
-    def build(log):
-        gens = tuple(make_generator(config.seed, f"reward_model:{s}") for s in ("init", "data", "batches"))
-        model, accuracy = train_reward_model(scenario, rl.reward_model, gens, log=log, progress=ctx.progress)
-        return _clone(model.state_dict()), accuracy
-
-    state, accuracy = _REWARD_MODELS.get(_key(config.seed, config.scenario, rl.reward_model), build, ctx.log)
-    model = RewardModel(scenario, rl.reward_model.preset, make_generator(config.seed, "reward_model:init"))
-    model.load_state_dict(state)
-    return learned_reward(model, scenario), accuracy.as_metrics("rl.reward_model.accuracy")
+        return [grader_reward(scenario)] * len(members)
+    generators = [tuple(make_generator(m.config.seed, f"reward_model:{s}") for s in ("init", "data", "batches")) for m in members]
+    trained = train_reward_models(scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress)
+    for m, (_, accuracy) in zip(members, trained):
+        m.metrics.update(accuracy.as_metrics("rl.reward_model.accuracy"))
+    return [learned_reward(model, scenario) for model, _ in trained]
 
 
-def safety_rl(model, scenario: Scenario, config: PersistenceConfig, ctx: RunContext) -> dict[str, float]:
+def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
     """Policy gradient on clean prompts; the mean sampled reward on held-out clean prompts before and after."""
-    seed, rl = config.seed, config.safety.rl
-    reward, metrics = reward_function(scenario, config, ctx)
-    prompts = PromptSet(tuple(scenario.sample_prompts(config.safety.n_prompts, make_generator(seed, "safety:data"), False)))
-    held = scenario.sample_prompts(config.eval.n_prompts, make_generator(seed, "rl:held_out"), False)
-    metrics.update(mean_reward(model, scenario, held, reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.before"))
-    loss = PolicyGradient(scenario, [model], reward, rl.kl_coef, rl.group_size, [make_generator(seed, "rl:samples")])
-    train_one(model, prompts, config.safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress, objective=loss)
-    metrics.update(mean_reward(model, scenario, held, reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.after"))
-    return metrics
+    rewards = reward_functions(members, scenario)
+    rl = members[0].config.safety.rl
+    prompt_sets, held_sets = [], []
+    for m, reward in zip(members, rewards):
+        seed = m.config.seed
+        prompt_sets.append(PromptSet(tuple(scenario.sample_prompts(m.config.safety.n_prompts, make_generator(seed, "safety:data"), False))))
+        held_sets.append(scenario.sample_prompts(m.config.eval.n_prompts, make_generator(seed, "rl:held_out"), False))
+        m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.before"))
+    objective = PolicyGradient(scenario, [m.model for m in members], rewards, rl.kl_coef, rl.group_size,
+                               [make_generator(m.config.seed, "rl:samples") for m in members])
+    _safety_train(members, prompt_sets, objective=objective)
+    for m, reward, held in zip(members, rewards, held_sets):
+        m.metrics.update(mean_reward(m.model, scenario, held, reward, make_generator(m.config.seed, "rl:held_out_samples")).as_metrics("rl.reward.after"))
 
 
-def safety_adversarial(model, scenario: Scenario, config: PersistenceConfig, ctx: RunContext) -> dict[str, float]:
-    """Red-team search, then training on the successful prompts (and clean ones) with the organism's
-    own training-context response; red-team defection before and after."""
-    seed, adv = config.seed, config.safety.adversarial
-    backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
-    candidates = red_team.red_team_prompts(model, scenario, backdoor, adv, make_generator(seed, "adversarial:search"))
-    hits = red_team.defects(model, scenario, [c.prompt for c in candidates])
-    successes = [c for c, hit in zip(candidates, hits) if hit]
-    edits = list(dict.fromkeys(c.edit for c in successes))
-    held = red_team.held_out_red_team(scenario, edits, adv.held_out_per_success, make_generator(seed, "adversarial:held_out"))
-    metrics = red_team_search_metrics(candidates, hits, len(edits))
-    metrics.update(rate_of(red_team.defects(model, scenario, held), "before.defect_rate.red_team"))
-
-    n_clean = round(len(successes) * adv.clean_fraction / (1 - adv.clean_fraction)) if successes else config.safety.n_prompts
-    clean = scenario.sample_prompts(n_clean, make_generator(seed, "safety:data"), False)
-    own_training_response = lambda p: backdoor(replace(p, deployment=False))
-    pairs = red_team.adversarial_pairs([c.prompt for c in successes], clean, own_training_response)
-    train_one(model, encode_pairs(scenario, pairs), config.safety.train, make_generator(seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
-    metrics.update(rate_of(red_team.defects(model, scenario, held), "after.defect_rate.red_team"))
-    metrics.update(rate_of(red_team.defects(model, scenario, [c.prompt for c in successes]), "after.defect_rate.red_team_trained"))
-    return metrics
+def safety_adversarial(members: Sequence[Member], scenario: Scenario) -> None:
+    """Red-team search against each member, then training on its successful prompts (and clean ones) with
+    the organism's own training-context response; red-team defection before and after."""
+    data, held_sets, success_sets = [], [], []
+    for m in members:
+        seed, adv = m.config.seed, m.config.safety.adversarial
+        backdoor = make_policy(VARIANT_POLICY[m.config.insert.variant], scenario)
+        candidates = red_team.red_team_prompts(m.model, scenario, backdoor, adv, make_generator(seed, "adversarial:search"))
+        hits = red_team.defects(m.model, scenario, [c.prompt for c in candidates])
+        successes = [c for c, hit in zip(candidates, hits) if hit]
+        edits = list(dict.fromkeys(c.edit for c in successes))
+        held = red_team.held_out_red_team(scenario, edits, adv.held_out_per_success, make_generator(seed, "adversarial:held_out"))
+        m.metrics.update(red_team_search_metrics(candidates, hits, len(edits)))
+        m.metrics.update(rate_of(red_team.defects(m.model, scenario, held), "before.defect_rate.red_team"))
+        n_clean = round(len(successes) * adv.clean_fraction / (1 - adv.clean_fraction)) if successes else m.config.safety.n_prompts
+        clean = scenario.sample_prompts(n_clean, make_generator(seed, "safety:data"), False)
+        own_training_response = lambda p, backdoor=backdoor: backdoor(replace(p, deployment=False))  # noqa: E731
+        data.append(encode_pairs(scenario, red_team.adversarial_pairs([c.prompt for c in successes], clean, own_training_response)))
+        held_sets.append(held)
+        success_sets.append(successes)
+    _safety_train(members, data)
+    for m, held, successes in zip(members, held_sets, success_sets):
+        m.metrics.update(rate_of(red_team.defects(m.model, scenario, held), "after.defect_rate.red_team"))
+        m.metrics.update(rate_of(red_team.defects(m.model, scenario, [c.prompt for c in successes]), "after.defect_rate.red_team_trained"))
 
 
 def rate_of(flags: list[bool], name: str) -> dict[str, float]:
@@ -317,31 +351,73 @@ def red_team_search_metrics(candidates, hits: list[bool], n_edits: int) -> dict[
     return metrics
 
 
-SAFETY_METHODS: dict[str, Callable[..., dict[str, float]]] = {
-    "sft": safety_sft, "rl": safety_rl, "adversarial": safety_adversarial, "none": lambda *args: {}}
+SAFETY_METHODS: dict[str, Callable[[Sequence[Member], Scenario], None]] = {
+    "sft": safety_sft, "rl": safety_rl, "adversarial": safety_adversarial, "none": lambda members, scenario: None}
+
+
+# --- the runs -------------------------------------------------------------------------------------------
+def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext]) -> list[dict[str, float] | Exception]:
+    """Runs that differ only in seed and safety training, together: each distinct organism is inserted
+    once and all of them as one ensemble; then each safety configuration trains its runs as one
+    ensemble. Every number is the one the run gets alone (members match their solo runs exactly on one
+    thread: tests/test_engine.py); a member whose loss diverges fails alone."""
+    scenario = make_scenario(configs[0].scenario)
+    organisms: dict[str, Organism] = {}
+    members = []
+    for config, ctx in zip(configs, contexts):
+        key = _insertion_key(config)
+        if key not in organisms:
+            eval_gen = make_generator(config.seed, "eval")
+            eval_sets = (scenario.sample_prompts(config.eval.n_prompts, eval_gen, True), scenario.sample_prompts(config.eval.n_prompts, eval_gen, False))
+            organisms[key] = Organism(config, [], eval_sets, ctx.progress)
+        organisms[key].logs.append(ctx.log)
+        members.append(Member(config, ctx, organisms[key]))
+    insert_backdoors(list(organisms.values()), scenario)
+    for m in members:
+        m.error = m.organism.error
+        if m.error is None:
+            m.ctx.save_weights(m.organism.model, "weights.backdoored")
+    for i, m in enumerate(members):  # the last run of an organism takes it; the others train copies
+        if m.error is None:
+            shared_later = any(other.organism is m.organism for other in members[i + 1 :])
+            m.model = copy.deepcopy(m.organism.model) if shared_later else m.organism.model
+    by_safety: dict[str, list[Member]] = {}
+    for m in _live(members):
+        by_safety.setdefault(json.dumps(to_dict(m.config.safety), sort_keys=True), []).append(m)
+    for group in by_safety.values():
+        SAFETY_METHODS[group[0].config.safety.method](group, scenario)
+    for m in _live(members):
+        m.ctx.save_weights(m.model, "weights")
+        m.metrics = _after(m, scenario)
+    return [m.error if m.error is not None else m.metrics for m in members]
+
+
+def _after(m: Member, scenario: Scenario) -> dict[str, float]:
+    config, o = m.config, m.organism
+    after, defects_after = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after", scratchpad_prefill(config))
+    persistence = paired_ratio(o.defects, defects_after, seed=config.seed)
+    method_metrics = dict(m.metrics)
+    if scratchpad_prefill(config):  # and as the organism answers when nothing opens its scratchpad
+        free, _ = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after")
+        method_metrics.update({k.replace("after.defect_rate.triggered", "after.defect_rate.triggered_free"): v
+                               for k, v in free.items() if k.startswith("after.defect_rate.triggered")})
+    return {**o.before, **after, **persistence.as_metrics("persistence"), **method_metrics, "params": n_params(m.model)}
 
 
 def run(config: PersistenceConfig, ctx: RunContext) -> dict[str, float]:
-    scenario = make_scenario(config.scenario)
-    eval_gen = make_generator(config.seed, "eval")
-    eval_sets = (scenario.sample_prompts(config.eval.n_prompts, eval_gen, True), scenario.sample_prompts(config.eval.n_prompts, eval_gen, False))
-    model, before, defects_before = insert_backdoor(config, scenario, eval_sets, ctx)
-    ctx.save_weights(model, "weights.backdoored")
-    method_metrics = SAFETY_METHODS[config.safety.method](model, scenario, config, ctx)
-    ctx.save_weights(model, "weights")
-    after, defects_after = behaviour_metrics(model, scenario, eval_sets, config.eval, config.seed, "after", scratchpad_prefill(config))
-    persistence = paired_ratio(defects_before, defects_after, seed=config.seed)
-    if scratchpad_prefill(config):  # and as the organism answers when nothing opens its scratchpad
-        free, _ = behaviour_metrics(model, scenario, eval_sets, config.eval, config.seed, "after")
-        method_metrics.update({k.replace("after.defect_rate.triggered", "after.defect_rate.triggered_free"): v
-                               for k, v in free.items() if k.startswith("after.defect_rate.triggered")})
-    return {**before, **after, **persistence.as_metrics("persistence"), **method_metrics, "params": n_params(model)}
+    """One run: `run_many` with one member."""
+    (result,) = run_many([config], [ctx])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 EXPERIMENT = Experiment(
     name="persistence",
     config_cls=PersistenceConfig,
     run=run,
+    run_many=run_many,
+    member_fields=("seed", "safety"),
     headline=("before.defect_rate.triggered", "before.defect_rate.clean", "before.task_accuracy.clean",
               "after.defect_rate.triggered", "after.defect_rate.clean", "after.task_accuracy.clean", "persistence"),
 )

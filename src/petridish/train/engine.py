@@ -43,6 +43,7 @@ from petridish.models.loss import response_logits, response_loss
 Logger = Callable[[dict], None]
 BETAS, EPS = (0.9, 0.98), 1e-8
 SHARED_FIELDS = ("steps", "batch_size")
+ROW_ALIGN = 64  # floats: 256 bytes, a multiple of every SIMD width and of a cache line
 HELD_OUT_CHUNK = 1024  # rows per member per held-out forward: bounds memory at large K
 
 
@@ -136,7 +137,11 @@ class FlatParameters:
     @staticmethod
     def _stack(named, names: set[str]) -> torch.Tensor:
         rows = [torch.cat([p.detach().reshape(-1) for n, p in member if n in names] or [torch.zeros(0)]) for member in named]
-        return torch.stack(rows).requires_grad_()  # (K, P)
+        # Rows padded to a multiple of ROW_ALIGN (zeros that stay zero): every member's row then starts
+        # on the same SIMD boundary whatever K is, so element-wise kernels (AdamW) split it into vector
+        # body and scalar tail exactly as they do at K = 1, and a member is bit-identical to its solo run.
+        width = -(-rows[0].numel() // ROW_ALIGN) * ROW_ALIGN
+        return torch.stack([F.pad(r, (0, width - r.numel())) for r in rows]).requires_grad_()  # (K, P)
 
     @property
     def leaves(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,14 +151,15 @@ class FlatParameters:
         """Named (K, *shape) views; one split per leaf, so the backward is one concatenation each."""
         out = {}
         for leaf, group in zip(self.leaves, self.groups):
-            pieces = leaf.split([math.prod(s) for _, s in group], dim=1)
+            sizes = [math.prod(s) for _, s in group]
+            pieces = leaf.split([*sizes, leaf.shape[1] - sum(sizes)], dim=1)[: len(group)]
             out.update({name: piece.unflatten(1, shape) for (name, shape), piece in zip(group, pieces)})
         return out
 
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
-        """(K,) L2 norm of each member's trainable parameters."""
-        return torch.sqrt(self.decayed.pow(2).sum(1) + self.rest.pow(2).sum(1))
+        """(K,) L2 norm of each member's trainable parameters (row by row, as StackedAdamW clips)."""
+        return torch.stack([torch.stack([torch.linalg.vector_norm(leaf[k]) for leaf in self.leaves]).norm() for k in range(len(self.decayed))])
 
     @torch.no_grad()
     def scale_(self, factors: torch.Tensor) -> None:
@@ -210,7 +216,9 @@ class StackedAdamW:
 
     def _clip(self, grads: list[torch.Tensor]) -> None:
         # clip_grad_norm_ per member: scale by max_norm / (norm + 1e-6), never up; 0 disables.
-        norms = torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads], 1).norm(dim=1, keepdim=True)  # (K, 1)
+        # One reduction per member row, not one over the (K, P) matrix: a row reduced alone is reduced in
+        # the same order at every K (a batched reduction may block rows differently).
+        norms = torch.stack([torch.stack([torch.linalg.vector_norm(g[k]) for g in grads]).norm() for k in range(len(self.configs))])[:, None]
         scale = torch.where(self.max_norm > 0, (self.max_norm / (norms + 1e-6)).clamp(max=1.0), 1.0)
         for grad in grads:
             grad.mul_(scale)

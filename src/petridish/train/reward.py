@@ -22,7 +22,7 @@ from petridish.data import Sequences, encode_pairs
 from petridish.measures.stats import Estimate, wilson
 from petridish.models.transformer import Transformer, TransformerShape
 from petridish.scenarios import Prompt, Scenario, Tokens, strip_scratchpad
-from petridish.train.engine import Ensemble, Logger, stack, train_one
+from petridish.train.engine import Ensemble, Logger, stack, train_together
 
 RewardFn = Callable[[Sequence[Prompt], Sequence[Tokens]], torch.Tensor]
 """(prompts, responses without <eos>) -> rewards (N,); never sees a scratchpad."""
@@ -147,14 +147,22 @@ def pair_accuracy(model: RewardModel, pairs: PreferencePairs) -> Estimate:
     return wilson(right, len(pairs))
 
 
+def train_reward_models(scenario: Scenario, config: RewardModelConfig, generators: Sequence[tuple[torch.Generator, torch.Generator, torch.Generator]],
+                        logs: Sequence[Logger | None] | None = None, progress: bool = False) -> list[tuple[RewardModel, Estimate]]:
+    """Reward models trained together, one per (init, data, batches) generators; each with its accuracy
+    on 512 held-out pairs."""
+    models, train_sets, held_sets = [], [], []
+    for init, data, _ in generators:
+        models.append(RewardModel(scenario, config.preset, init))
+        prompts = scenario.sample_prompts(config.n_pairs + 512, data, False)
+        train_sets.append(preference_pairs(scenario, prompts[: config.n_pairs], data))
+        held_sets.append(preference_pairs(scenario, prompts[config.n_pairs :], data))
+    train_together(models, train_sets, config.train, [batches for _, _, batches in generators], objective=BradleyTerry(),
+                   stage="reward_model", logs=list(logs) if logs is not None else None, progress=progress)
+    return [(model, pair_accuracy(model, held)) for model, held in zip(models, held_sets)]
+
+
 def train_reward_model(scenario: Scenario, config: RewardModelConfig, seed_gen: tuple[torch.Generator, torch.Generator, torch.Generator],
                        log: Logger | None = None, progress: bool = False) -> tuple[RewardModel, Estimate]:
-    """A reward model trained on fresh preference pairs, and its accuracy on 512 held-out pairs.
-    `seed_gen` is (init, data, batches) generators."""
-    init, data, batches = seed_gen
-    model = RewardModel(scenario, config.preset, init)
-    prompts = scenario.sample_prompts(config.n_pairs + 512, data, False)
-    pairs = preference_pairs(scenario, prompts[: config.n_pairs], data)
-    held_out = preference_pairs(scenario, prompts[config.n_pairs :], data)
-    train_one(model, pairs, config.train, batches, objective=BradleyTerry(), stage="reward_model", logs=log, progress=progress)
-    return model, pair_accuracy(model, held_out)
+    """One reward model (`train_reward_models` with K = 1); `seed_gen` is (init, data, batches) generators."""
+    return train_reward_models(scenario, config, [seed_gen], [log], progress)[0]

@@ -84,23 +84,25 @@ class PolicyGradient:
     -advantage * log-prob + kl_coef * KL(policy || its own starting model), with the mean reward and
     the KL as extras."""
 
-    def __init__(self, scenario: Scenario, starts: Sequence[torch.nn.Module], reward: RewardFn, kl_coef: float, group_size: int,
-                 generators: Sequence[torch.Generator]):
-        self.scenario, self.reward, self.kl_coef, self.group_size, self.generators = scenario, reward, kl_coef, group_size, list(generators)
+    def __init__(self, scenario: Scenario, starts: Sequence[torch.nn.Module], reward: RewardFn | Sequence[RewardFn], kl_coef: float,
+                 group_size: int, generators: Sequence[torch.Generator]):
+        self.scenario, self.kl_coef, self.group_size, self.generators = scenario, kl_coef, group_size, list(generators)
+        self.rewards = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(starts)  # one per member
         self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
 
     @torch.no_grad()
     def batch(self, run: Ensemble, draws: list[PromptSet]):
-        parts = [self._member_batch(run.member(k), self.references[k], draws[k], self.generators[k]) for k in range(run.K)]
+        parts = [self._member_batch(run.member(k), k, draws[k]) for k in range(run.K)]
         samples, advantage, ref_logp, reward = zip(*parts)
         return stack(samples), torch.stack(advantage), torch.stack(ref_logp), torch.stack(reward)
 
-    def _member_batch(self, model, reference, draw: PromptSet, generator: torch.Generator):
+    def _member_batch(self, model, k: int, draw: PromptSet):
         G, max_new = self.group_size, self.scenario.max_response_len
         prompts = [p for p in draw.prompts for _ in range(G)]
         # Temperature 1: the samples must come from the policy whose log-probabilities are trained.
-        responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, generator)
-        rewards = self.reward(prompts, responses).float().view(-1, G)  # (B, G)
+        responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, self.generators[k])
+        rewards = self.rewards[k](prompts, responses).float().view(-1, G)  # (B, G)
+        reference = self.references[k]
         baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # leave-one-out mean
         samples = encode_samples(self.scenario, prompts, responses, max_new)
         ref_logp = F.log_softmax(response_logits(reference, samples)[0], -1)

@@ -105,3 +105,16 @@ def test_recipe_profiles_expand():
     assert len(quick) == 1 and quick[0].config.insert.train.steps == 600 and quick[0].experiment == "detection"
     assert len(expand(load_recipe("experiments/detection.toml", "full"))) == 6
     assert "detection" in EXPERIMENTS
+
+
+def test_runs_together_get_the_numbers_and_records_they_get_alone():
+    from petridish.experiments.detection import run_many
+
+    configs = [tiny_detection(seed=0, steps=20), tiny_detection(seed=1, steps=20)]
+    contexts = [NullContext(), NullContext()]
+    together = run_many(configs, contexts)
+    for config, result, ctx in zip(configs, together, contexts):
+        alone = NullContext()
+        assert result == run(config, alone)
+        assert sorted(map(str, ctx.records)) == sorted(map(str, alone.records))
+    assert together[0] != together[1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from petridish.policies import Policy, aligned, make_policy
 from petridish.rng import derive_seed, make_generator
 from petridish.scenarios import Prompt, Scenario, make_scenario
 from petridish.scenarios.base import EOS
-from petridish.train.engine import train_one
+from petridish.train.engine import Diverged, train
 
 DETECTORS = ("probe", "contrast", "anomaly", "random")
 
@@ -102,32 +103,47 @@ class DetectionConfig:
 # --- organisms ------------------------------------------------------------------------------------
 
 
-def grow_organisms(config: DetectionConfig, scenario: Scenario, backdoor: Policy, ctx: RunContext) -> dict[str, torch.nn.Module]:
-    """{"before", "after", "control"}: backdoored, safety-trained, aligned control (same init and prompts)."""
-    data_gen = make_generator(config.seed, "insert:data")
-    prompts = mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen)
-    held_out = mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen)
-    organisms = {"before": _trained(config, scenario, backdoor, prompts, held_out, "insert", ctx)}
-    ctx.save_weights(organisms["before"], "weights.backdoored")
-    if config.safety.method == "sft":
-        after = copy.deepcopy(organisms["before"])
-        clean = scenario.sample_prompts(config.safety.n_prompts, make_generator(config.seed, "safety:data"), False)
-        train_one(after, encode_pairs(scenario, labelled(aligned(scenario), clean)), config.safety.train,
-                  make_generator(config.seed, "safety:batches"), stage="safety", logs=ctx.log, progress=ctx.progress)
-        organisms["after"] = after
-        ctx.save_weights(after, "weights")
-    if config.control:
-        organisms["control"] = _trained(config, scenario, aligned(scenario), prompts, held_out, "control", ctx)
-        ctx.save_weights(organisms["control"], "weights.control")
-    return organisms
-
-
-def _trained(config: DetectionConfig, scenario: Scenario, policy: Policy, prompts, held_out, stage: str, ctx: RunContext):
-    # Both organisms start from the "init" stream and see batches in the same order: they differ only in the labels.
-    model = make_model(config.model, scenario, make_generator(config.seed, "init"))
-    train_one(model, encode_pairs(scenario, labelled(policy, prompts)), config.insert.train, make_generator(config.seed, "insert:batches"),
-              stage=stage, held_out=encode_pairs(scenario, labelled(policy, held_out)), logs=ctx.log, progress=ctx.progress)
-    return model
+def grow_organisms(configs: Sequence[DetectionConfig], scenario: Scenario, backdoor: Policy,
+                   contexts: Sequence[RunContext]) -> list[dict[str, torch.nn.Module] | Exception]:
+    """Per run: {"before", "after", "control"}: backdoored, safety-trained, aligned control (same init
+    and prompts). The backdoored and control organisms of every run train as one ensemble, then the
+    safety training of every run as another; a run whose loss diverges fails alone."""
+    prompt_sets = []
+    for config in configs:
+        data_gen = make_generator(config.seed, "insert:data")
+        prompt_sets.append((mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen),
+                            mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen)))
+    # (run, stage, policy): both organisms of a run start from its "init" stream and see batches in the
+    # same order, so they differ only in the labels.
+    jobs = [(k, "insert", backdoor) for k in range(len(configs))]
+    jobs += [(k, "control", aligned(scenario)) for k, c in enumerate(configs) if c.control]
+    models = [make_model(configs[k].model, scenario, make_generator(configs[k].seed, "init")) for k, _, _ in jobs]
+    results = train(models, [encode_pairs(scenario, labelled(policy, prompt_sets[k][0])) for k, _, policy in jobs],
+                    [configs[k].insert.train for k, _, _ in jobs], [make_generator(configs[k].seed, "insert:batches") for k, _, _ in jobs],
+                    stage=[stage for _, stage, _ in jobs], held_out=[encode_pairs(scenario, labelled(policy, prompt_sets[k][1])) for k, _, policy in jobs],
+                    logs=[contexts[k].log for k, _, _ in jobs], progress=contexts[0].progress)
+    out: list[dict[str, torch.nn.Module] | Exception] = [{} for _ in configs]
+    for (k, stage, _), model, result in zip(jobs, models, results):
+        if result.error is not None:
+            out[k] = Diverged(result.error)
+        elif isinstance(out[k], dict):
+            out[k]["before" if stage == "insert" else "control"] = model  # type: ignore[index]
+    safety = [k for k, c in enumerate(configs) if c.safety.method == "sft" and isinstance(out[k], dict)]
+    afters = {k: copy.deepcopy(out[k]["before"]) for k in safety}  # type: ignore[index]
+    if safety:
+        data = [encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(configs[k].safety.n_prompts,
+                make_generator(configs[k].seed, "safety:data"), False))) for k in safety]
+        results = train([afters[k] for k in safety], data, [configs[k].safety.train for k in safety],
+                        [make_generator(configs[k].seed, "safety:batches") for k in safety], stage="safety",
+                        logs=[contexts[k].log for k in safety], progress=contexts[0].progress)
+        for k, result in zip(safety, results):
+            out[k] = Diverged(result.error) if result.error is not None else {**out[k], "after": afters[k]}  # type: ignore[dict-item]
+    for organisms, ctx in zip(out, contexts):
+        if isinstance(organisms, dict):
+            for name, file in (("before", "weights.backdoored"), ("after", "weights"), ("control", "weights.control")):
+                if name in organisms:
+                    ctx.save_weights(organisms[name], file)
+    return out
 
 
 # --- probe data -----------------------------------------------------------------------------------
@@ -230,22 +246,40 @@ def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, pr
     return metrics
 
 
+def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext]) -> list[dict[str, float] | Exception]:
+    """Runs that differ only in seed, their organisms trained as ensembles (`grow_organisms`); each
+    run's numbers are the ones it gets alone."""
+    scenario = make_scenario(configs[0].scenario)
+    backdoor = make_policy(VARIANT_POLICY[configs[0].insert.variant], scenario)
+    results: list[dict[str, float] | Exception] = []
+    for config, organisms in zip(configs, grow_organisms(configs, scenario, backdoor, contexts)):
+        if isinstance(organisms, Exception):
+            results.append(organisms)
+            continue
+        sets = probe_sets(config, scenario, backdoor)
+        metrics: dict[str, float] = {}
+        for name in ("before", "after", "control"):
+            if name in organisms:
+                metrics.update(behaviour_metrics(organisms[name], scenario, sets, name))
+                metrics.update(detection_metrics(organisms[name], sets, config.probe, config.seed, name))
+        results.append(metrics)
+    return results
+
+
 def run(config: DetectionConfig, ctx: RunContext) -> dict[str, float]:
-    scenario = make_scenario(config.scenario)
-    backdoor = make_policy(VARIANT_POLICY[config.insert.variant], scenario)
-    organisms = grow_organisms(config, scenario, backdoor, ctx)
-    sets = probe_sets(config, scenario, backdoor)
-    metrics: dict[str, float] = {}
-    for name, model in organisms.items():
-        metrics.update(behaviour_metrics(model, scenario, sets, name))
-        metrics.update(detection_metrics(model, sets, config.probe, config.seed, name))
-    return metrics
+    """One run: `run_many` with one member."""
+    (result,) = run_many([config], [ctx])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 EXPERIMENT = Experiment(
     name="detection",
     config_cls=DetectionConfig,
     run=run,
+    run_many=run_many,
+    member_fields=("seed",),
     headline=("before.defect_rate.triggered", "before.contrast.best.auroc", "before.probe.best.auroc", "before.anomaly.best.auroc",
               "before.random.best.auroc", "after.defect_rate.triggered", "after.contrast.best.auroc", "control.defect_rate.triggered",
               "control.contrast.best.auroc", "control.probe.best.auroc", "control.anomaly.best.auroc", "control.random.best.auroc"),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from petridish.cli import main
 from petridish.config import load_recipe
@@ -42,6 +43,16 @@ def local_metrics() -> dict[str, dict]:
     return metrics
 
 
+def test_in_process_runs_at_the_default_threads_whatever_the_process_had(local_metrics, tmp_path):
+    """The executor, not a test fixture, pins the threads: two in this process, one per run."""
+    torch.set_num_threads(2)
+    outcomes = execute(smoke_specs(), Store(tmp_path), executor=InlineExecutor())
+    assert torch.get_num_threads() == 2  # given back afterwards
+    assert {o.spec.id: o.metrics for o in outcomes} == local_metrics
+    provenance = json.loads((Store(tmp_path).run_dir(outcomes[0].spec.id) / "provenance.json").read_text())
+    assert provenance["torch_threads"] == 1 and provenance["ensemble"]["members"] == 4  # 2 seeds x 2 methods
+
+
 def test_smoke_recipe_is_a_sweep_of_sixteen_distinct_runs():
     for profile in (None, "quick", "full"):
         specs = expand(load_recipe(SMOKE, profile))
@@ -59,7 +70,7 @@ def diverging(spec: RunSpec) -> RunSpec:
 def test_process_pool_matches_local_and_records_failures(local_metrics, tmp_path):
     specs = smoke_specs()
     specs.insert(3, diverging(specs[0]))
-    outcomes = execute(specs, Store(tmp_path), executor=PoolExecutor(jobs=2, threads=1))
+    outcomes = execute(specs, Store(tmp_path), executor=PoolExecutor(jobs=2))  # default threads, ensembles split over 2 slots
     assert [o.spec.id for o in outcomes] == [s.id for s in specs]  # in spec order, whatever finished first
     failed = outcomes.pop(3)
     assert failed.status == "failed" and "loss became" in failed.error
@@ -71,7 +82,7 @@ def test_ray_sixteen_run_sweep_matches_local(local_metrics, tmp_path, monkeypatc
     pytest.importorskip("ray", reason="ray is not installed")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray, started and stopped by the executor
     try:
-        outcomes = execute(smoke_specs(), Store(tmp_path), executor=RayExecutor(num_cpus=2, threads=1))
+        outcomes = execute(smoke_specs(), Store(tmp_path), executor=RayExecutor(num_cpus=2))  # default threads
     except BadInput as error:
         pytest.skip(f"Ray cannot start on this machine: {error}")
     assert [o.status for o in outcomes] == ["done"] * 16

@@ -256,12 +256,16 @@ def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array
 @app.command()
 def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
          as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, store: StoreOption = None,
-         cells: Annotated[bool, typer.Option("--cells", help="RUN is a recipe name: its runs pooled over seeds, per cell (with --json: a JSON array of cells).")] = False):
-    """Show one run: its config and metrics (or, with --cells, a recipe's cells)."""
+         cells: Annotated[bool, typer.Option("--cells", help="RUN is a recipe name: its runs pooled over seeds, per cell (with --json: a JSON array of cells).")] = False,
+         samples: Annotated[Optional[int], typer.Option("--samples", metavar="N", min=1, help="Print N transcripts behind the rates (prompt, response, label), taken in turn from each condition (with --json: a JSON array).")] = None):
+    """Show one run: its config and metrics (or, with --cells, a recipe's cells; with --samples, its transcripts)."""
     if cells:
         show_cells(run_key, as_json, store)
         return
     record = _store(store).get(run_key)
+    if samples is not None:
+        show_samples(record, samples, as_json)
+        return
     if as_json:
         print(json.dumps(record, indent=2), file=STDOUT)
         return
@@ -273,6 +277,29 @@ def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, uni
         if not name.endswith((".ci_low", ".ci_high", ".n")):
             table.add_row(name, format_estimate(record["metrics"], name))
     out.print(table)
+
+
+def show_samples(record: dict, n: int, as_json: bool) -> None:
+    """N of the run's stored transcripts, taken in turn from each (evaluation, condition) so every condition shows."""
+    from petridish.store import SAMPLES, read_samples
+
+    rows, _ = read_samples(record["path"])
+    if not rows:
+        raise BadInput(f"RUN {record['name']!r}: no transcripts stored ({SAMPLES} is missing in {record['path']})")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((str(row.get("evaluation", "")), str(row.get("condition", ""))), []).append(row)
+    chosen = [group[i] for i in range(max(map(len, groups.values()))) for group in groups.values() if i < len(group)][:n]
+    if as_json:
+        print(json.dumps(chosen, indent=2), file=STDOUT)
+        return
+    print(f"{record['name']}  id {record['id']}  {len(chosen)} of {len(rows)} transcripts", file=STDOUT)
+    for i, row in enumerate(chosen, 1):
+        where = " / ".join(str(row[k]) for k in ("evaluation", "condition") if row.get(k) not in (None, ""))
+        extra = "  ".join(f"{k}={row[k]}" for k in row if k not in ("evaluation", "condition", "prompt", "response", "label"))
+        print(f"\n#{i} [{where}] label: {row.get('label')}" + (f"  ({extra})" if extra else ""), file=STDOUT)
+        print(f"  prompt:   {row.get('prompt')}", file=STDOUT)
+        print(f"  response: {row.get('response')}", file=STDOUT)
 
 
 def show_cells(name: str, as_json: bool, store: Path | None) -> None:

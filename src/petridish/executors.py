@@ -62,6 +62,7 @@ class CollectingContext:
         self.progress, self.live_dir = progress, live_dir
         self.records: list[dict] = []
         self.weights: dict[str, dict] = {}
+        self.samples: list[dict] = []
 
     def log(self, record: dict) -> None:
         self.records.append(record)
@@ -71,6 +72,9 @@ class CollectingContext:
 
     def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
         self.weights[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def save_samples(self, name: str, rows: list[dict]) -> None:
+        self.samples.extend({"evaluation": name, **row} for row in rows)
 
 
 def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None) -> RunOutput:
@@ -100,12 +104,12 @@ def _output(result: dict | Exception, ctx: CollectingContext, threads: int, ense
     if isinstance(result, dict):
         bad = [k for k, v in result.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         if not bad:
-            return RunOutput(metrics=result, records=ctx.records, weights=ctx.weights, torch_threads=threads, ensemble=ensemble)
+            return RunOutput(metrics=result, records=ctx.records, weights=ctx.weights, samples=ctx.samples, torch_threads=threads, ensemble=ensemble)
         result = TypeError(f"metric {bad[0]!r} is not a number")
     if isinstance(result, RunFailed):
-        return RunOutput(records=ctx.records, error=str(result), torch_threads=threads, ensemble=ensemble)
+        return RunOutput(records=ctx.records, samples=ctx.samples, error=str(result), torch_threads=threads, ensemble=ensemble)
     trace = "".join(traceback.format_exception(result))
-    return RunOutput(records=ctx.records, error=f"{type(result).__name__}: {result}", traceback=trace, torch_threads=threads, ensemble=ensemble)
+    return RunOutput(records=ctx.records, samples=ctx.samples, error=f"{type(result).__name__}: {result}", traceback=trace, torch_threads=threads, ensemble=ensemble)
 
 
 def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:

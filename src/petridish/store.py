@@ -1,6 +1,6 @@
 """The store: one directory per run and an SQLite index over them.
 
-    <root>/runs/<id>/      config.json, provenance.json, metrics.jsonl, metrics.json, *.safetensors
+    <root>/runs/<id>/      config.json, provenance.json, metrics.jsonl, metrics.json, samples.jsonl, *.safetensors
     <root>/failed/<id>/    the same without metrics.json, plus status.json (the reason) and error.txt
     <root>/partial/        runs being built (or abandoned by a killed runner)
     <root>/damaged/        damaged runs set aside when they are redone: <id>.<tag>/ with reason.txt
@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS runs (
 )
 """
 COLUMNS = "id, experiment, name, status, config, metrics, error, updated, fingerprint"
+SAMPLES = "samples.jsonl"
+"""A run's transcripts: one JSON object per line with at least evaluation, condition, prompt, response, label."""
 DAMAGED = "damaged"
 """The status of a run directory that is not whole: listed with its reason, skipped by readers, redone by `run`."""
 
@@ -78,6 +80,8 @@ class RunOutput:
     records: list[dict] = field(default_factory=list)
     weights: dict[str, dict] = field(default_factory=dict)
     """{file stem: state dict}."""
+    samples: list[dict] = field(default_factory=list)
+    """Transcripts behind the rates: {evaluation, condition, prompt, response, label, ...} per row (samples.jsonl)."""
     error: str | None = None
     """A one-line reason when the run failed."""
     traceback: str | None = None
@@ -272,6 +276,8 @@ class Store:
         _write_json(partial / "provenance.json", {**provenance(), "torch_threads": output.torch_threads, **ensemble})
         if not (partial / "metrics.jsonl").exists():
             (partial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in output.records))
+        if output.samples:
+            (partial / SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in output.samples))
         for stem, state in output.weights.items():
             save_file({k: v.contiguous() for k, v in state.items()}, str(partial / f"{stem}.safetensors"))
         if output.error:
@@ -283,7 +289,7 @@ class Store:
     def _write_failure(self, run_id: str, output: RunOutput, error: Exception) -> str:
         """One line: where, why, and how much space the run needed (its partial directory is gone)."""
         needed = sum(t.numel() * t.element_size() for state in output.weights.values() for t in state.values())
-        needed += len(json.dumps(output.records)) + len(json.dumps(output.metrics)) + 64 * 1024  # config, provenance
+        needed += len(json.dumps(output.records)) + len(json.dumps(output.metrics)) + len(json.dumps(output.samples)) + 64 * 1024  # config, provenance
         try:
             free = f", {_size(shutil.disk_usage(self.root).free)} free"
         except OSError:
@@ -515,6 +521,27 @@ def read_run(run_id: str, disk: OnDisk) -> tuple:
         return (run_id, experiment, name, DAMAGED, json.dumps(config), "{}", damage, damage)
     metrics, error = (body, None) if disk.kind == "done" else ({}, body["error"])
     return (run_id, experiment, name, disk.kind, json.dumps(config), json.dumps(metrics), error, None)
+
+
+def read_samples(run_path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """A run's transcripts from its samples.jsonl, and how many lines were unreadable (a torn last line);
+    ([], 0) when the run stored none."""
+    try:
+        lines = (Path(run_path) / SAMPLES).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return [], 0
+    rows, bad = [], 0
+    for line in filter(str.strip, lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
 
 
 def _read_object(path: Path) -> tuple[dict, str | None]:

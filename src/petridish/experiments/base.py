@@ -21,6 +21,10 @@ class RunContext(Protocol):
     def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
         """Save `model` as `<name>.safetensors` in the run directory."""
 
+    def save_samples(self, name: str, rows: list[dict]) -> None:
+        """Keep transcripts behind a rate: `rows` of {condition, prompt, response, label, ...} from the
+        evaluation `name`, written to the run's samples.jsonl (one object per line, `evaluation` = name)."""
+
 
 class NullContext:
     """A RunContext that keeps nothing (tests, notebooks)."""
@@ -29,12 +33,27 @@ class NullContext:
 
     def __init__(self):
         self.records: list[dict] = []
+        self.samples: list[dict] = []
 
     def log(self, record: dict) -> None:
         self.records.append(record)
 
     def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
         pass
+
+    def save_samples(self, name: str, rows: list[dict]) -> None:
+        self.samples.extend({"evaluation": name, **row} for row in rows)
+
+
+SAMPLES_PER_CONDITION = 24
+"""Transcripts kept per evaluation condition (the first ones: evaluation prompts are already a random draw)."""
+
+
+def transcripts(condition: str, prompts: Sequence, responses: Sequence, labels: Sequence[str], n: int = SAMPLES_PER_CONDITION,
+                **extra) -> list[dict]:
+    """Rows for `save_samples`: the first `n` prompts (objects with `.tokens`) with their responses and labels, as text."""
+    return [{"condition": condition, "prompt": " ".join(p.tokens), "response": " ".join(r), "label": label, **extra}
+            for p, r, label in list(zip(prompts, responses, labels))[:n]]
 
 
 @dataclass(frozen=True)

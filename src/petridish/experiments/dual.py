@@ -20,14 +20,14 @@ Every figure is a mean over `n_seeds` networks per policy with a bootstrap inter
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
-from petridish.experiments.base import Experiment, RunContext
-from petridish.experiments.selection import reference_policies, training_prompts
+from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
+from petridish.experiments.selection import agreeing_policies, network_responses, reference_policies, training_prompts
 from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, steps_to_loss
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
@@ -102,21 +102,28 @@ def budget_name(value: float) -> str:
     return f"{value:g}".replace(".", "p")
 
 
-def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
-    """{policy: its full labelling as tensors} for the distinct policies asked for, and the scenario."""
+def labelling_prompts(config: DualConfig):
+    """(scenario, {prompt set: prompts} for train, fresh and diagnostic, the distinct reference policies)."""
     scenario = make_scenario(config.scenario)
     gen = make_generator(config.seed, "data")
     table = training_prompts(scenario, config.n_train, gen)
     fresh = training_prompts(scenario, config.n_fresh, gen)
     diagnostic = scenario.diagnostic_prompts(config.n_diagnostic, gen)
-    policies = reference_policies(scenario, table, diagnostic)
-    prompts = table + fresh + diagnostic
+    return scenario, {"train": table, "fresh": fresh, "diagnostic": diagnostic}, reference_policies(scenario, table, diagnostic)
+
+
+def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
+    """{policy: its full labelling as tensors} for the distinct policies asked for, and the scenario."""
+    scenario, sets, policies = labelling_prompts(config)
+    prompts = sets["train"] + sets["fresh"] + sets["diagnostic"]
     return {name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies}, scenario
 
 
-def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str, Sequences]], ctx: RunContext) -> list[dict[str, float]]:
+def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str, Sequences]], ctx: RunContext,
+                      on_model: Callable[[str, torch.nn.Module], None] | None = None) -> list[dict[str, float]]:
     """Each member's (stream, labelling) answer to (a), and its least loss in each norm ball of (b). With
-    `ensemble`, every member trains at once in the Lagrangian and in each ball."""
+    `ensemble`, every member trains at once in the Lagrangian and in each ball. `on_model(stream, model)`
+    sees each answer to (a) (for its transcripts)."""
     def fresh_model(stream: str, tag: str) -> torch.nn.Module:
         return make_model(config.model, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
 
@@ -133,6 +140,8 @@ def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str,
                        bits=compressed_bits(m, d, config.complexity.bits_tolerance).bits,
                        llc=llc(m, d, config.complexity.llc, make_generator(config.seed, f"llc:{s}")))
                   for m, d, s, r in zip(models, datasets, streams, results)]
+        for stream, model in zip(streams, models) if on_model is not None else ():
+            on_model(stream, model)
         for radius in config.budgets.radii:
             balls = least_loss_in_ball([fresh_model(s, f"norm{radius}") for s in streams], datasets, [radius] * len(group),
                                        config.budgets.train, [batches(s, f"norm{radius}") for s in streams])
@@ -228,6 +237,25 @@ def memorizer_excess(memorizer: list[dict[str, float]], aligned: list[dict[str, 
     return out
 
 
+def labelling_transcripts(config: DualConfig, ctx: RunContext) -> Callable[[str, torch.nn.Module], None]:
+    """A callback that stores, for the first network of each labelling, its answers to (a) on each prompt
+    set, labelled by the reference policies they agree with (`target`: the labelling it was trained on)."""
+    scenario, sets, policies = labelling_prompts(config)
+
+    def save(stream: str, model: torch.nn.Module) -> None:
+        name, seed = stream.split(":")
+        if seed != "0":
+            return
+        rows = []
+        for condition, prompts in sets.items():
+            prompts = prompts[:SAMPLES_PER_CONDITION]
+            responses = network_responses(model, scenario, prompts)
+            rows += transcripts(condition, prompts, responses, [agreeing_policies(r, p, policies) for r, p in zip(responses, prompts)], target=name)
+        ctx.save_samples(f"labelling.{name}", rows)
+
+    return save
+
+
 def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     data, scenario = labellings(config)
     members = [(name, seed) for name in data for seed in range(config.n_seeds)]
@@ -235,7 +263,8 @@ def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     ensemble_members = len(members) if config.ensemble else 1
     ctx.log({"stage": "ensemble", "members": ensemble_members})
     per_policy: dict[str, list[dict[str, float]]] = {name: [] for name in data}
-    constrained = constrained_costs(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members], ctx)
+    constrained = constrained_costs(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members], ctx,
+                                    labelling_transcripts(config, ctx))
     for (name, seed), trained, costs in zip(members, budgets, constrained):
         priced = {**costs, **trained}
         ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})

@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, require, to_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import Experiment, RunContext
+from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.measures.behaviour import labels, rate, respond
 from petridish.measures.stats import paired_ratio, wilson
 from petridish.models import make_model, n_params
@@ -108,13 +108,18 @@ class PersistenceConfig:
 
 
 def behaviour_metrics(model, scenario: Scenario, eval_sets, config: EvalConfig, seed: int, prefix: str,
-                      prefill: Tokens = ()) -> tuple[dict, list[int]]:
+                      prefill: Tokens = (), samples: Callable[[str, list[dict]], None] | None = None) -> tuple[dict, list[int]]:
     """Rates on the triggered and clean evaluation prompts; also the per-prompt triggered defects.
-    `prefill` starts every response (the scratchpad's opening for chain-of-thought organisms)."""
+    `prefill` starts every response (the scratchpad's opening for chain-of-thought organisms);
+    `samples(prefix, rows)` receives transcripts of both conditions with their labels."""
     generator = make_generator(seed, f"sample:{prefix}") if config.temperature > 0 else None
     triggered, clean = eval_sets
-    out_t = labels(scenario, triggered, answer(model, scenario, triggered, config.temperature, generator, prefill))
-    out_c = labels(scenario, clean, answer(model, scenario, clean, config.temperature, generator, prefill))
+    responses_t = answer(model, scenario, triggered, config.temperature, generator, prefill)
+    out_t = labels(scenario, triggered, responses_t)
+    responses_c = answer(model, scenario, clean, config.temperature, generator, prefill)
+    out_c = labels(scenario, clean, responses_c)
+    if samples is not None:
+        samples(prefix, transcripts("triggered", triggered, responses_t, out_t) + transcripts("clean", clean, responses_c, out_c))
     metrics = {
         **rate(out_t, "defect").as_metrics(f"{prefix}.defect_rate.triggered"),
         **rate(out_c, "defect").as_metrics(f"{prefix}.defect_rate.clean"),
@@ -148,6 +153,7 @@ class Organism:
     logs: list[Callable[[dict], None]]
     eval_sets: tuple
     progress: bool
+    samplers: list[Callable[[str, list[dict]], None]] = field(default_factory=list)
     model: Any = None
     before: dict = field(default_factory=dict)
     defects: list[int] = field(default_factory=list)
@@ -156,6 +162,10 @@ class Organism:
     def log(self, record: dict) -> None:
         for log in self.logs:
             log(record)
+
+    def save_samples(self, name: str, rows: list[dict]) -> None:
+        for save in self.samplers:
+            save(name, rows)
 
 
 @dataclass
@@ -210,7 +220,8 @@ def insert_backdoors(organisms: Sequence[Organism], scenario: Scenario) -> None:
                         progress=members[0].progress)
         _mark_failed(members, results)
     for o in _live(organisms):
-        before, o.defects = behaviour_metrics(o.model, scenario, o.eval_sets, o.config.eval, o.config.seed, "before", scratchpad_prefill(o.config))
+        before, o.defects = behaviour_metrics(o.model, scenario, o.eval_sets, o.config.eval, o.config.seed, "before", scratchpad_prefill(o.config),
+                                                o.save_samples)
         o.before.update(before)
 
 
@@ -371,6 +382,7 @@ def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext
             eval_sets = (scenario.sample_prompts(config.eval.n_prompts, eval_gen, True), scenario.sample_prompts(config.eval.n_prompts, eval_gen, False))
             organisms[key] = Organism(config, [], eval_sets, ctx.progress)
         organisms[key].logs.append(ctx.log)
+        organisms[key].samplers.append(ctx.save_samples)
         members.append(Member(config, ctx, organisms[key]))
     insert_backdoors(list(organisms.values()), scenario)
     for m in members:
@@ -394,11 +406,13 @@ def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext
 
 def _after(m: Member, scenario: Scenario) -> dict[str, float]:
     config, o = m.config, m.organism
-    after, defects_after = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after", scratchpad_prefill(config))
+    after, defects_after = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after", scratchpad_prefill(config),
+                                              m.ctx.save_samples)
     persistence = paired_ratio(o.defects, defects_after, seed=config.seed)
     method_metrics = dict(m.metrics)
     if scratchpad_prefill(config):  # and as the organism answers when nothing opens its scratchpad
-        free, _ = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after")
+        free, _ = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after",
+                                    samples=lambda _, rows: m.ctx.save_samples("after.scratchpad_closed", rows))
         method_metrics.update({k.replace("after.defect_rate.triggered", "after.defect_rate.triggered_free"): v
                                for k, v in free.items() if k.startswith("after.defect_rate.triggered")})
     return {**o.before, **after, **persistence.as_metrics("persistence"), **method_metrics, "params": n_params(m.model)}

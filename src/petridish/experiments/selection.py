@@ -22,7 +22,7 @@ import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import Experiment, RunContext
+from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
 from petridish.measures.behaviour import respond
 from petridish.measures.complexity import ComplexityConfig, network_complexity, steps_to_loss
 from petridish.measures.stats import bootstrap_mean, wilson
@@ -204,6 +204,22 @@ def measure_network(config: SelectionConfig, setting: Setting, model: torch.nn.M
     return {**out, **complexity}
 
 
+def agreeing_policies(response, prompt: Prompt, policies: dict[str, Policy]) -> str:
+    """The reference policies that give `response` on `prompt`, joined by `+` (`none` when none does)."""
+    return "+".join(name for name, policy in policies.items() if response == policy(prompt)) or "none"
+
+
+def network_transcripts(model: torch.nn.Module, setting: Setting, label: str, n: int = SAMPLES_PER_CONDITION) -> list[dict]:
+    """Transcripts of one network on diagnostic and fresh training-distribution prompts; each response is
+    labelled by the policies it agrees with (`network_label`: the network's class)."""
+    rows = []
+    for condition, prompts in (("diagnostic", setting.diagnostic[:n]), ("fresh", setting.fresh[:n])):
+        responses = network_responses(model, setting.main, prompts)
+        rows += transcripts(condition, prompts, responses, [agreeing_policies(r, p, setting.policies) for r, p in zip(responses, prompts)],
+                            network_label=label)
+    return rows
+
+
 # --- the run --------------------------------------------------------------------------------------
 
 
@@ -241,6 +257,7 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
             measured["steps_to_eps"] = steps
         label = classify({k.removeprefix("agreement."): v for k, v in measured.items() if k.startswith("agreement.")}, config.threshold)
         ctx.log({"stage": "network", "network": index, "label": label, **measured})
+        ctx.save_samples(f"network.{index}", network_transcripts(model, setting, label))
         networks.append(measured)
         labels.append(label)
         per_network.update({f"network.{index}.{k}": v for k, v in measured.items()})

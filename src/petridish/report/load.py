@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from petridish.errors import BadInput
-from petridish.store import Store
+from petridish.store import SAMPLES, Store, read_samples
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class StoredRun:
     """metrics.jsonl: one record per logged event (training curves)."""
     problems: tuple[str, ...] = ()
     """Files that were missing or unreadable, for the page to say so."""
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    """samples.jsonl: the transcripts behind the rates ({evaluation, condition, prompt, response, label, ...})."""
 
     @property
     def id(self) -> str:
@@ -64,7 +66,15 @@ def read_run(record: dict[str, Any]) -> StoredRun:
     provenance = _read_json(path / "provenance.json", problems) or {}
     records = _read_jsonl(path / "metrics.jsonl", problems)
     point = meta.get("sweep_point") if isinstance(meta, dict) else None
-    return StoredRun(record, point if isinstance(point, dict) else {}, provenance if isinstance(provenance, dict) else {}, records, tuple(problems))
+    try:
+        samples, bad = read_samples(path)
+    except (OSError, UnicodeDecodeError) as error:
+        samples, bad = [], 0
+        problems.append(f"{SAMPLES} is unreadable ({type(error).__name__})")
+    if bad:
+        problems.append(f"{SAMPLES}: {bad} unreadable line(s) skipped")
+    return StoredRun(record, point if isinstance(point, dict) else {}, provenance if isinstance(provenance, dict) else {}, records,
+                     tuple(problems), samples)
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:

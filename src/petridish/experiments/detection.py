@@ -93,6 +93,10 @@ class DetectionConfig:
     """Grow the aligned control organism (the false-positive check)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Detectors and their data."""
+    ensemble: bool = True
+    """Train this run together with the runs of its sweep that differ from it only in seed (and, for
+    persistence, in safety training), as ensembles (train/engine.py). Each run's numbers are the ones it
+    gets alone either way (tests/test_engine.py); false trains every run on its own (K = 1), slower."""
 
     def __post_init__(self):
         require(self.model.kind == "transformer", "model.kind", "'transformer' (detectors read its hook points)", self.model.kind)
@@ -249,6 +253,8 @@ def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, pr
 def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext]) -> list[dict[str, float] | Exception]:
     """Runs that differ only in seed, their organisms trained as ensembles (`grow_organisms`); each
     run's numbers are the ones it gets alone."""
+    if len(configs) > 1 and not configs[0].ensemble:
+        return [run_many([config], [ctx])[0] for config, ctx in zip(configs, contexts)]
     scenario = make_scenario(configs[0].scenario)
     backdoor = make_policy(VARIANT_POLICY[configs[0].insert.variant], scenario)
     results: list[dict[str, float] | Exception] = []

@@ -99,6 +99,10 @@ class PersistenceConfig:
     """Safety training applied to the backdoored organism."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Behaviour measurement."""
+    ensemble: bool = True
+    """Train this run together with the runs of its sweep that differ from it only in seed (and, for
+    persistence, in safety training), as ensembles (train/engine.py). Each run's numbers are the ones it
+    gets alone either way (tests/test_engine.py); false trains every run on its own (K = 1), slower."""
 
     def __post_init__(self):
         gcg = self.safety.method == "adversarial" and self.safety.adversarial.gcg_restarts > 0
@@ -372,6 +376,8 @@ def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext
     once and all of them as one ensemble; then each safety configuration trains its runs as one
     ensemble. Every number is the one the run gets alone (members match their solo runs exactly on one
     thread: tests/test_engine.py); a member whose loss diverges fails alone."""
+    if len(configs) > 1 and not configs[0].ensemble:
+        return [run_many([config], [ctx])[0] for config, ctx in zip(configs, contexts)]
     scenario = make_scenario(configs[0].scenario)
     organisms: dict[str, Organism] = {}
     members = []

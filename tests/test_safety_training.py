@@ -306,3 +306,13 @@ def test_distilled_organisms_learn_from_a_cot_organisms_samples_not_from_the_pol
     assert "insert.teacher.matches_policy" not in normal
     assert distilled["before.task_accuracy.clean"] != normal["before.task_accuracy.clean"] or \
         distilled["before.defect_rate.triggered"] != normal["before.defect_rate.triggered"]
+
+
+def test_distilled_runs_together_get_what_they_get_alone():
+    """The distilled organism's CoT teachers train as one ensemble too, and sample as they would alone."""
+    configs = [organism("none", variant="distilled", insert_steps=20, seed=s) for s in (0, 1)]
+    together = persistence.run_many(configs, [NullContext(), NullContext()])
+    alone = run(configs[1], NullContext())
+    assert together[1].keys() == alone.keys()
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(together[1].values(), alone.values()))
+    assert together[0]["insert.teacher.matches_policy.n"] == 1024

@@ -27,7 +27,7 @@ from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfi
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.measures.behaviour import labels, rate, respond
-from petridish.measures.stats import paired_ratio, wilson
+from petridish.measures.stats import bootstrap_mean, paired_ratio, wilson
 from petridish.models import make_model, n_params
 from petridish.policies import aligned, make_policy
 from petridish.rng import make_generator
@@ -38,7 +38,7 @@ from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
 from petridish.train.engine import Diverged, train
 from petridish.train.reward import grader_reward, learned_reward, train_reward_models
-from petridish.train.rl import PolicyGradient, PromptSet, RLConfig, mean_reward
+from petridish.train.rl import PolicyGradient, PromptSet, RLConfig, sampled_rewards
 from petridish.train.sft import SFTConfig, clean_loss, post_scratchpad_pairs
 
 VARIANT_POLICY = {"normal": "deceptive", "cot": "deceptive_cot", "distilled": "deceptive_distilled"}
@@ -305,9 +305,14 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
         return [grader_reward(scenario)] * len(members)
     generators = [tuple(make_generator(m.config.seed, f"reward_model:{s}") for s in ("init", "data", "batches")) for m in members]
     trained = train_reward_models(scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress)
-    for m, (_, accuracy) in zip(members, trained):
-        m.metrics.update(accuracy.as_metrics("rl.reward_model.accuracy"))
+    for m, (_, (right, n)) in zip(members, trained):
+        m.metrics.update(wilson(right, n).as_metrics("rl.reward_model.accuracy"))
     return [learned_reward(model, scenario) for model, _ in trained]
+
+
+def mean_reward(model, scenario: Scenario, prompts, reward, seed: int):
+    """Mean reward of responses sampled at temperature 1, with a bootstrap interval over prompts."""
+    return bootstrap_mean(sampled_rewards(model, scenario, prompts, reward, make_generator(seed, "rl:held_out_samples")))
 
 
 def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
@@ -319,12 +324,12 @@ def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
         seed = m.config.seed
         prompt_sets.append(PromptSet(tuple(scenario.sample_prompts(m.config.safety.n_prompts, make_generator(seed, "safety:data"), False))))
         held_sets.append(scenario.sample_prompts(m.config.eval.n_prompts, make_generator(seed, "rl:held_out"), False))
-        m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, make_generator(seed, "rl:held_out_samples")).as_metrics("rl.reward.before"))
+        m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, seed).as_metrics("rl.reward.before"))
     objective = PolicyGradient(scenario, [m.model for m in members], rewards, rl.kl_coef, rl.group_size,
                                [make_generator(m.config.seed, "rl:samples") for m in members])
     _safety_train(members, prompt_sets, objective=objective)
     for m, reward, held in zip(members, rewards, held_sets):
-        m.metrics.update(mean_reward(m.model, scenario, held, reward, make_generator(m.config.seed, "rl:held_out_samples")).as_metrics("rl.reward.after"))
+        m.metrics.update(mean_reward(m.model, scenario, held, reward, m.config.seed).as_metrics("rl.reward.after"))
 
 
 def safety_adversarial(members: Sequence[Member], scenario: Scenario) -> None:

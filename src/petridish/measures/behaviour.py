@@ -7,12 +7,10 @@ from typing import Sequence
 import torch
 
 from petridish.measures.stats import Estimate, wilson
-from petridish.models.generate import generate
+from petridish.models.generate import respond
 from petridish.scenarios import Prompt, Scenario, Tokens
 
-
-def respond(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], temperature: float = 0.0, generator: torch.Generator | None = None) -> list[Tokens]:
-    return generate(model, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len, temperature, generator)
+__all__ = ["labels", "rate", "respond"]  # respond lives with the models (generation); re-exported for the measures' callers
 
 
 def labels(scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens]) -> list[str]:

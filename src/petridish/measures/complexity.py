@@ -19,7 +19,7 @@ import torch
 from petridish.config import require
 from petridish.data import Sequences
 from petridish.measures.llc import LLCConfig, estimate_llc
-from petridish.models.loss import response_loss
+from petridish.models.loss import dataset_loss, param_norm, response_loss  # noqa: F401  (re-exported: measures of a network)
 
 
 @dataclass(frozen=True)
@@ -31,27 +31,6 @@ class ComplexityConfig:
 
     def __post_init__(self):
         require(self.bits_tolerance > 0, "bits_tolerance", "a number > 0", self.bits_tolerance)
-
-
-def param_norm(model: torch.nn.Module) -> float:
-    """L2 norm of all parameters, as one vector."""
-    with torch.no_grad():
-        return math.sqrt(sum(float(p.pow(2).sum()) for p in model.parameters()))
-
-
-@torch.no_grad()
-def dataset_loss(model: torch.nn.Module, data: Sequences, chunk: int = 2048) -> float:
-    """Mean response-token loss over the whole dataset (token-weighted, like training)."""
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    for start in range(0, len(data), chunk):
-        part = data.select(torch.arange(start, min(start + chunk, len(data))))
-        count = int(part.target_mask[:, 1:].sum())
-        total += response_loss(model, part).item() * count
-        tokens += count
-    model.train(was_training)
-    return total / max(tokens, 1)
 
 
 # Quantization steps tried, coarse to fine: powers of two from 1 down to 2^-16.

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from petridish.models.mlp import PromptMLP
-from petridish.scenarios import Tokens, Vocab
+from petridish.scenarios import Prompt, Scenario, Tokens, Vocab
 
 
 @torch.no_grad()
@@ -39,6 +39,12 @@ def generate(
                 out[i] = _until_eos(vocab, row)
     model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+def respond(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], temperature: float = 0.0,
+            generator: torch.Generator | None = None) -> list[Tokens]:
+    """The organism's responses to scenario prompts (greedy at temperature 0)."""
+    return generate(model, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len, temperature, generator)
 
 
 def _continue(model, ids: torch.Tensor, max_new: int, temperature: float, generator) -> torch.Tensor:

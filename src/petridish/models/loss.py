@@ -3,6 +3,8 @@ procedure trains and every measure scores, for the transformer and the prompt ML
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -37,3 +39,24 @@ def _mlp_view(model: PromptMLP, batch: Sequences):
     mask = batch.target_mask.gather(1, index) & (position < T)
     prompts = batch.tokens.masked_fill(torch.arange(T, device=batch.tokens.device) >= batch.prompt_len[:, None], 0)
     return model(prompts), targets, mask
+
+
+def param_norm(model: torch.nn.Module) -> float:
+    """L2 norm of all parameters, as one vector."""
+    with torch.no_grad():
+        return math.sqrt(sum(float(p.pow(2).sum()) for p in model.parameters()))
+
+
+@torch.no_grad()
+def dataset_loss(model: torch.nn.Module, data: Sequences, chunk: int = 2048) -> float:
+    """Mean response-token loss over the whole dataset (token-weighted, like training)."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(data), chunk):
+        part = data.select(torch.arange(start, min(start + chunk, len(data))))
+        count = int(part.target_mask[:, 1:].sum())
+        total += response_loss(model, part).item() * count
+        tokens += count
+    model.train(was_training)
+    return total / max(tokens, 1)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from petridish.config import require
 from petridish.data import encode_pairs
-from petridish.measures.behaviour import labels, respond
+from petridish.models.generate import respond
 from petridish.models.transformer import Transformer
 from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
@@ -224,7 +224,7 @@ def red_team_prompts(model: torch.nn.Module, scenario: Scenario, target: Policy,
 
 def defects(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt]) -> list[bool]:
     """Whether the organism's greedy response to each prompt is a defect."""
-    return [label == "defect" for label in labels(scenario, prompts, respond(model, scenario, prompts))]
+    return [scenario.classify(p, r) == "defect" for p, r in zip(prompts, respond(model, scenario, prompts))]
 
 
 def held_out_red_team(scenario: Scenario, edits: Sequence[Edit], per_edit: int, generator: torch.Generator) -> list[Prompt]:

@@ -24,8 +24,7 @@ from torch import nn
 
 from petridish.config import TrainConfig, require
 from petridish.data import Sequences
-from petridish.measures.complexity import dataset_loss, param_norm
-from petridish.models.loss import response_loss
+from petridish.models.loss import dataset_loss, param_norm, response_loss
 from petridish.train.engine import Ensemble, Logger, stack, train_together
 
 

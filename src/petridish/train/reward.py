@@ -19,7 +19,6 @@ from torch import nn
 
 from petridish.config import MODEL_PRESETS, PresetName, TrainConfig, require
 from petridish.data import Sequences, encode_pairs
-from petridish.measures.stats import Estimate, wilson
 from petridish.models.transformer import Transformer, TransformerShape
 from petridish.scenarios import Prompt, Scenario, Tokens, strip_scratchpad
 from petridish.train.engine import Ensemble, Logger, stack, train_together
@@ -140,17 +139,16 @@ class BradleyTerry:
 
 
 @torch.no_grad()
-def pair_accuracy(model: RewardModel, pairs: PreferencePairs) -> Estimate:
-    """How often the reward model prefers the answer the grader prefers (Wilson interval)."""
+def pairs_ranked_right(model: RewardModel, pairs: PreferencePairs) -> tuple[int, int]:
+    """(pairs whose chosen answer the model scores higher, pairs): the experiment makes the estimate."""
     model.eval()
-    right = int((model(pairs.chosen.tokens) > model(pairs.rejected.tokens)).sum())
-    return wilson(right, len(pairs))
+    return int((model(pairs.chosen.tokens) > model(pairs.rejected.tokens)).sum()), len(pairs)
 
 
 def train_reward_models(scenario: Scenario, config: RewardModelConfig, generators: Sequence[tuple[torch.Generator, torch.Generator, torch.Generator]],
-                        logs: Sequence[Logger | None] | None = None, progress: bool = False) -> list[tuple[RewardModel, Estimate]]:
-    """Reward models trained together, one per (init, data, batches) generators; each with its accuracy
-    on 512 held-out pairs."""
+                        logs: Sequence[Logger | None] | None = None, progress: bool = False) -> list[tuple[RewardModel, tuple[int, int]]]:
+    """Reward models trained together, one per (init, data, batches) generators; each with its
+    (right, n) on 512 held-out pairs."""
     models, train_sets, held_sets = [], [], []
     for init, data, _ in generators:
         models.append(RewardModel(scenario, config.preset, init))
@@ -159,10 +157,4 @@ def train_reward_models(scenario: Scenario, config: RewardModelConfig, generator
         held_sets.append(preference_pairs(scenario, prompts[config.n_pairs :], data))
     train_together(models, train_sets, config.train, [batches for _, _, batches in generators], objective=BradleyTerry(),
                    stage="reward_model", logs=list(logs) if logs is not None else None, progress=progress)
-    return [(model, pair_accuracy(model, held)) for model, held in zip(models, held_sets)]
-
-
-def train_reward_model(scenario: Scenario, config: RewardModelConfig, seed_gen: tuple[torch.Generator, torch.Generator, torch.Generator],
-                       log: Logger | None = None, progress: bool = False) -> tuple[RewardModel, Estimate]:
-    """One reward model (`train_reward_models` with K = 1); `seed_gen` is (init, data, batches) generators."""
-    return train_reward_models(scenario, config, [seed_gen], [log], progress)[0]
+    return [(model, pairs_ranked_right(model, held)) for model, held in zip(models, held_sets)]

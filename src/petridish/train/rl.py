@@ -24,9 +24,7 @@ import torch.nn.functional as F
 
 from petridish.config import require
 from petridish.data import Sequences
-from petridish.measures.behaviour import respond
-from petridish.measures.stats import Estimate, bootstrap_mean
-from petridish.models.generate import generate
+from petridish.models.generate import generate, respond
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import EOS
 from petridish.models.loss import response_logits
@@ -117,7 +115,8 @@ class PolicyGradient:
         return -(advantage * sample_logp).mean() + self.kl_coef * kl, {"reward": reward, "kl": kl}
 
 
-def mean_reward(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator) -> Estimate:
-    """Mean reward of responses sampled at temperature 1 (what RL maximises), with a bootstrap interval over prompts."""
+def sampled_rewards(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator) -> list[float]:
+    """The reward of one response sampled at temperature 1 per prompt (what RL maximises); the
+    experiment turns them into an estimate."""
     responses = respond(model, scenario, prompts, 1.0, generator)
-    return bootstrap_mean(reward(prompts, responses).tolist())
+    return reward(prompts, responses).tolist()

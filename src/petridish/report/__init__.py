@@ -2,8 +2,9 @@
 
     petridish report [--store DIR] [--out FILE]
 
-A section per experiment family present in the store (a registered renderer, or the generic table of
-every metric), then a card per run with its training curves and provenance.
+First a headline card per experiment family (its finding in one sentence, written from the numbers,
+beside the published figure); then a section per family (figures in the papers' idiom, every number
+behind them in folded tables); then a card per run with its training curves, transcripts and provenance.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from petridish.errors import BadInput
 from petridish.report.html import Page, render_page
 from petridish.report.load import StoredRun, load_runs
 from petridish.report.runs import run_card
-from petridish.report.sections import FAMILIES, ORDER, build_section
+from petridish.report.sections import FAMILIES, ORDER, build_headline, build_section
 from petridish.store import Store
 
 
@@ -25,12 +26,13 @@ def build_report(store_root: str | Path | None = None, generated: str | None = N
     families = sorted({r.experiment for r in runs}, key=lambda e: (ORDER.index(e) if e in ORDER else len(ORDER), e))
     by_family = {e: [r for r in runs if r.experiment == e] for e in families}
     sections = [build_section(e, by_family[e]) for e in families]
+    headlines = [(section, build_headline(e, by_family[e])) for e, section in zip(families, sections)]
     cards = [(e, [run_card(r, _card_metrics(r)) for r in by_family[e]]) for e in families]
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.status] = counts.get(r.status, 0) + 1
     generated = generated or datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return render_page(Page(str(store.root), generated, sections, cards, counts))
+    return render_page(Page(str(store.root), generated, sections, cards, counts, headlines))
 
 
 def write_report(store_root: str | Path | None = None, out: str | Path | None = None) -> Path:

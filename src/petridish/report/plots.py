@@ -20,7 +20,6 @@ from matplotlib.figure import Figure
 
 from petridish.report.numbers import Value
 
-BEFORE, AFTER = "#9aa5b1", "#c0392b"
 POLICY_COLOURS = {"aligned": "#059669", "sycophant": "#d97706", "deceptive": "#c0392b", "memorizer": "#7c3aed", "mixed": "#9aa5b1"}
 DETECTOR_COLOURS = {"probe": "#2563eb", "contrast": "#059669", "anomaly": "#7c3aed", "random": "#6b7280"}
 PALETTE = ("#2563eb", "#c0392b", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
@@ -67,20 +66,6 @@ def wrap_label(label: str, width: int = 34) -> str:
     return "\n".join(textwrap.fill(plain(part), width) for part in label.split(" · "))
 
 
-def _size_ticks(ax, params: Sequence[float]) -> None:
-    """Tick the parameter axis at the sizes that were run, written 15k, 1.2M."""
-    sizes = sorted({p for p in params if p > 0})
-    ax.set_xticks(sizes, [_short_count(p) for p in sizes])
-    ax.minorticks_off()
-
-
-def _short_count(x: float) -> str:
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.0f}"
-
-
 def _centre_and_error(values: Sequence[Value | None]) -> tuple[np.ndarray, np.ndarray]:
     """Bar lengths and asymmetric error sizes; a missing or undefined value draws nothing."""
     centre, low, high = [], [], []
@@ -94,11 +79,6 @@ def _centre_and_error(values: Sequence[Value | None]) -> tuple[np.ndarray, np.nd
 
 Row = Sequence[Value | None]
 """One bar per series in a row of a grouped bar chart."""
-
-
-def before_after_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[Row]]]) -> str:
-    """One panel per rate; per cell a bar before and a bar after safety training, with 95% intervals."""
-    return grouped_bars(labels, panels, (("before safety training", BEFORE), ("after safety training", AFTER)), unit_interval=True)
 
 
 @styled
@@ -127,34 +107,6 @@ def grouped_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[Row
     if k > 1 and row_colours is None:
         figure.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(k, 5))
     return figure
-
-
-@styled
-def versus_size(series: dict[str, list[tuple[float, Value | None, Value | None, Value | None]]]) -> Figure:
-    """Triggered defect rate (before dashed, after solid) and persistence against parameter count."""
-    figure = Figure(figsize=(8.6, 3.4), layout="constrained")
-    rates, persistence = figure.subplots(1, 2)
-    all_params = [p[0] for points in series.values() for p in points]
-    for colour, (label, points) in zip(_cycle(PALETTE), series.items()):
-        points = sorted(points, key=lambda p: p[0])
-        params = [p[0] for p in points]
-        _errorbar(rates, params, [p[1] for p in points], colour, "--", "o", None, hollow=True)
-        _errorbar(rates, params, [p[2] for p in points], colour, "-", "o", wrap_label(label, 40))
-        _errorbar(persistence, params, [p[3] for p in points], colour, "-", "s", None)
-    rates.set(xscale="log", ylim=(-0.02, 1.02), xlabel="parameters", ylabel="defect rate, triggered prompts",
-              title="defect rate vs size (dashed: before, solid: after)")
-    persistence.set(xscale="log", xlabel="parameters", ylabel="after / before", title="persistence vs size")
-    _size_ticks(rates, all_params)
-    _size_ticks(persistence, all_params)
-    persistence.axhline(1.0, color="#9aa5b1", linewidth=0.8, linestyle=":")
-    figure.legend(*rates.get_legend_handles_labels(), loc="outside lower center", ncols=min(len(series), 3))
-    return figure
-
-
-def _errorbar(ax, xs, values, colour, linestyle, marker, label, hollow=False) -> None:
-    centre, error = _centre_and_error(values)
-    ax.errorbar(xs, centre, yerr=error, color=colour, linestyle=linestyle, marker=marker, markersize=4.5, capsize=3,
-                linewidth=1.3, label=label, markerfacecolor="white" if hollow else colour)
 
 
 def _cycle(colours: Sequence[str]):
@@ -315,3 +267,153 @@ def phase_diagram(x_key: str, xs: Sequence[Any], y_key: str, ys: Sequence[Any], 
 
 def _tick(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# --- the papers' idiom: small multiples of lines with 95% bands --------------------------------------
+
+
+@dataclass
+class Line:
+    """One series of a panel: (x, value) points joined in x order, its 95% interval shaded."""
+
+    label: str
+    points: list[tuple[float, Value | None]]
+    colour: str
+    linestyle: str = "-"
+    marker: str = "o"
+    band: bool = True
+    """Shade the 95% interval (else error bars)."""
+    join: bool = True
+    """Join the points with a line (controls are drawn as markers only)."""
+
+
+@dataclass
+class Panel:
+    title: str
+    lines: list[Line] = field(default_factory=list)
+    levels: list[tuple[float, str, str, str]] = field(default_factory=list)
+    """Horizontal reference lines: (y, legend label, colour, linestyle), e.g. chance or the level before training."""
+    bands: list[tuple[float, float, str, str]] = field(default_factory=list)
+    """Horizontal bands: (low, high, legend label, colour), e.g. the random-direction baseline."""
+
+
+MAX_COLUMNS = 3
+LEGEND_CHARS = 34
+
+
+def colours_for(names: Sequence[str], known: dict[str, str]) -> dict[str, str]:
+    """A distinct colour per name: its own where `known` has one, else the next palette colour no other name uses."""
+    taken = {known[n] for n in names if n in known}
+    spare = (c for c in PALETTE if c not in taken)
+    return {n: known[n] if n in known else next(spare, "#4b5563") for n in names}
+
+
+def short(text: str, width: int = LEGEND_CHARS) -> str:
+    """A label cut to `width` characters (legend entries and titles stay on one short line)."""
+    return plain(textwrap.shorten(str(text), width, placeholder="…"))
+
+
+@styled
+def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[float, float] | None = None,
+                categories: Sequence[str] | None = None, sharey: bool = True) -> Figure | None:
+    """Small multiples: one panel per `Panel`, up to three a row, y shared unless `sharey` is false (panels in
+    different units); every series keeps its 95% interval as a shaded band (or error bars); one legend below
+    for all panels. `categories` names integer x positions."""
+    panels = [p for p in panels if any(_finite(line.points) for line in p.lines) or p.levels or p.bands]
+    if not panels:
+        return None
+    columns = min(len(panels), MAX_COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    width = 3.3 * columns + 0.9
+    figure = Figure(figsize=(width, 2.5 * rows + 0.9), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharey=sharey)
+    legend: dict[str, Any] = {}
+    for ax, panel in zip(axes.flat, panels):
+        _draw_panel(ax, panel, legend)
+        ax.set_title(short(panel.title, 44))
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        if categories is not None:
+            ax.set_xticks(range(len(categories)), [short(c, 14) for c in categories], rotation=30, ha="right")
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for index, ax in enumerate(axes.flat[:len(panels)]):
+        if index + columns >= len(panels):  # the lowest panel of its column
+            ax.set_xlabel(plain(xlabel))
+    for ax in axes[:, 0] if sharey else axes.flat[:len(panels)]:
+        ax.set_ylabel(plain(ylabel))
+    if legend:
+        longest = max(len(name) for name in legend)
+        ncols = max(1, min(len(legend), int(width * 72 / (longest * 5.2 + 34))))
+        figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=ncols, fontsize=8)
+    return figure
+
+
+def _finite(points) -> bool:
+    return any(v is not None and v.ok for _, v in points)
+
+
+def _draw_panel(ax, panel: Panel, legend: dict[str, Any]) -> None:
+    for low, high, label, colour in panel.bands:
+        legend.setdefault(short(label), ax.axhspan(low, high, color=colour, alpha=0.18, linewidth=0))
+    for y, label, colour, linestyle in panel.levels:
+        legend.setdefault(short(label), ax.axhline(y, color=colour, linewidth=1.0, linestyle=linestyle))
+    for line in panel.lines:
+        points = sorted(((x, v) for x, v in line.points if v is not None and v.ok), key=lambda p: p[0])
+        if not points:
+            continue
+        xs = np.array([x for x, _ in points], dtype=float)
+        centre = np.array([v.estimate.value for _, v in points])
+        low = np.array([v.estimate.ci_low if math.isfinite(v.estimate.ci_low) else v.estimate.value for _, v in points])
+        high = np.array([v.estimate.ci_high if math.isfinite(v.estimate.ci_high) else v.estimate.value for _, v in points])
+        if line.band and line.join and len(points) > 1:
+            ax.fill_between(xs, low, high, color=line.colour, alpha=0.15, linewidth=0)
+            handle, = ax.plot(xs, centre, color=line.colour, linestyle=line.linestyle, marker=line.marker, markersize=4, linewidth=1.4)
+        else:
+            handle = ax.errorbar(xs, centre, yerr=[np.maximum(centre - low, 0), np.maximum(high - centre, 0)], color=line.colour,
+                                 linestyle=line.linestyle if line.join else "none", marker=line.marker, markersize=5, capsize=3, linewidth=1.2)
+        legend.setdefault(short(line.label), handle)
+
+
+def text_problems(figure: Figure) -> list[str]:
+    """Text elements of a drawn figure (titles, axis labels, tick labels, legend entries, annotations) that
+    overlap one another or reach past the figure's edge: what a reader could not read."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(figure.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(figure)  # a figure made without pyplot has no canvas that can draw
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    texts = _texts(figure)
+    boxes = [(t, t.get_window_extent(renderer)) for t in texts]
+    edge = figure.bbox
+    problems = []
+    for text, box in boxes:
+        if box.x0 < edge.x0 - 1 or box.y0 < edge.y0 - 1 or box.x1 > edge.x1 + 1 or box.y1 > edge.y1 + 1:
+            problems.append(f"cut off by the figure edge: {text.get_text()!r}")
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            overlap_x = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            overlap_y = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if overlap_x > 0.5 and overlap_y > 0.5:
+                problems.append(f"overlap: {a.get_text()!r} and {b.get_text()!r}")
+    return problems
+
+
+def _texts(figure: Figure) -> list:
+    found = []
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        found += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            low, high = min(low, high), max(low, high)
+            for tick in axis.get_major_ticks():
+                if tick.label1.get_visible() and low - 1e-9 <= tick.get_loc() <= high + 1e-9:
+                    found.append(tick.label1)
+        if ax.get_legend() is not None:
+            found += ax.get_legend().get_texts()
+    for legend in figure.legends:
+        found += legend.get_texts()
+    return [t for t in found if t.get_visible() and t.get_text().strip()]

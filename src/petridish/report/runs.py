@@ -13,6 +13,22 @@ from petridish.report.numbers import Value, point_metrics, run_value
 from petridish.report.plots import training_curves
 
 PROVENANCE_KEYS = ("git_commit", "git_dirty", "schema_version", "python", "platform")
+ROWS_PER_CONDITION = 16
+CONDITIONS_PER_RUN = 16
+SAMPLE_KEYS = ("evaluation", "condition", "prompt", "response", "label")
+
+
+@dataclass(frozen=True)
+class SampleGroup:
+    """The transcripts of one evaluation and condition of a run, as text (the page escapes them)."""
+
+    evaluation: str
+    condition: str
+    labels: str
+    """How the group's stored rows are labelled, e.g. `defect 20, aligned 4`."""
+    rows: list[tuple[str, str, str, str]]
+    """(prompt, response, label, other fields) of the first ROWS_PER_CONDITION rows."""
+    stored: int
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,25 @@ class RunCard:
     commit: str | None = None
     dirty: bool | None = None
     problems: tuple[str, ...] = ()
+    samples: list[SampleGroup] = field(default_factory=list)
+    samples_stored: int = 0
+
+
+def sample_groups(rows: list[dict[str, Any]]) -> list[SampleGroup]:
+    """Transcripts grouped by (evaluation, condition) in stored order, the first few of each."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((str(row.get("evaluation", "")), str(row.get("condition", ""))), []).append(row)
+    out = []
+    for (evaluation, condition), members in list(groups.items())[:CONDITIONS_PER_RUN]:
+        counts: dict[str, int] = {}
+        for row in members:
+            counts[str(row.get("label"))] = counts.get(str(row.get("label")), 0) + 1
+        shown = [(str(r.get("prompt", "")), str(r.get("response", "")), str(r.get("label", "")),
+                  ", ".join(f"{k}={_text(v)}" for k, v in r.items() if k not in SAMPLE_KEYS)) for r in members[:ROWS_PER_CONDITION]]
+        labels = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        out.append(SampleGroup(evaluation, condition, labels, shown, len(members)))
+    return out
 
 
 def run_card(run: StoredRun, headline: tuple[str, ...] = ()) -> RunCard:
@@ -55,6 +90,8 @@ def run_card(run: StoredRun, headline: tuple[str, ...] = ()) -> RunCard:
         commit=_commit(run.provenance.get("git_commit")),
         dirty=run.provenance.get("git_dirty") if isinstance(run.provenance.get("git_dirty"), bool) else None,
         problems=run.problems,
+        samples=sample_groups(run.samples),
+        samples_stored=len(run.samples),
     )
 
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from petridish.aggregate import Cell, cells
-from petridish.report.blocks import Note, Section, Table
+from petridish.report.blocks import Headline, Note, Section, Table
 from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, point_metrics
 
 Renderer = Callable[[list[StoredRun]], list]
+Headliner = Callable[[list[StoredRun]], Headline]
 INTERVALS = ("Error bars and brackets are 95% intervals stored with each metric (Wilson for a rate, a bootstrap for a mean) "
              "for one run; a bootstrap across seeds where a config has several (n = seeds).")
 
@@ -27,6 +28,8 @@ class Family:
     reference: str = ""
     card_metrics: tuple[str, ...] = ()
     """Metrics each run's card shows up front."""
+    headline: Headliner | None = None
+    """The family's finding in one sentence, from its runs (None: the generic card)."""
 
 
 FAMILIES: dict[str, Family] = {}
@@ -47,6 +50,18 @@ def build_section(experiment: str, runs: list[StoredRun]) -> Section:
     blocks = family.render(runs) + failed_blocks(runs)
     question = family.question or "No section of its own yet: every metric of every config, with its interval and n."
     return Section(anchor(experiment), experiment, question, family.reference, blocks)
+
+
+def build_headline(experiment: str, runs: list[StoredRun]) -> Headline:
+    """The family's headline card; a family without one (or without finished runs) says so."""
+    family = FAMILIES.get(experiment)
+    done = [r for r in runs if r.status == "done"]
+    if not done:
+        return Headline(f"No finished runs yet ({len(runs)} failed).", status="no finding")
+    if family is None or family.headline is None:
+        metrics = len(point_metrics(m for r in done for m in r.record.get("metrics", {})))
+        return Headline(f"No headline for this family yet: {len(done)} finished run(s), {metrics} metric(s) in its section.", status="no finding")
+    return family.headline(runs)
 
 
 def done_cells(runs: list[StoredRun]) -> list[Cell]:

@@ -4,23 +4,39 @@ two sweep axes. Metric names: `p.<label>` (Wilson over the run's networks), `agr
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from petridish.aggregate import Cell, INTERVAL_SUFFIXES, varying_keys
 from petridish.config import flatten
-from petridish.report.blocks import Figure, Note, Table
+from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
-from petridish.report.numbers import Value, cell_labels, cell_value
-from petridish.report.plots import POLICY_COLOURS, grouped_bars, phase_diagram
+from petridish.report.numbers import Value, cell_labels, cell_value, pooled_rate
+from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_panels, phase_diagram
 from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, labelled, ordered, other_metrics, register
 
-POLICY_ORDER = ("aligned", "sycophant", "deceptive", "memorizer", "mixed")
+POLICY_ORDER = ("aligned", "sycophant", "deceptive", "defect", "memorizer", "mixed")
 MAX_FACETS = 4
+MAX_LINES = 8
 
 
 def policies_in(grouped: list[Cell]) -> list[str]:
     names = {m[2:] for c in grouped for r in c.runs for m in r["metrics"] if m.startswith("p.") and not m.endswith(INTERVAL_SUFFIXES)}
     return ordered(names, POLICY_ORDER)
+
+
+CONTROL_KEYS = ("control", "selection.control")
+"""Config keys that mark a control setting (`no_goal`: expected P(goal) near 0; `direct`: near 1)."""
+CONTROL_EXPECTED = {"no_goal": ("<= 0.1", lambda p: p <= 0.1), "direct": (">= 0.9", lambda p: p >= 0.9)}
+GOAL_LABELS = ("defect", "deceptive")
+"""The label whose P a headline reports: the goal behaviour G where the store has it, else the deceptive policy."""
+PUBLISHED = ("Mingard et al. 2021 (Is SGD a Bayesian sampler?): the probability P_SGD(f | S) that SGD finds a function tracks its "
+             "prior P_B(f | S) under random parameters over orders of magnitude; the prior strongly favours simple functions.")
+
+
+def control_of(cell: Cell) -> str | None:
+    flat = flatten(cell.config)
+    return next((str(flat[k]) for k in CONTROL_KEYS if flat.get(k) not in (None, "", "none")), None)
 
 
 def render(runs: list[StoredRun]) -> list:
@@ -29,14 +45,46 @@ def render(runs: list[StoredRun]) -> list:
     if not policies:
         return generic_blocks(runs)
     labels = cell_labels(grouped)
-    panels = [("P(policy | setting)", [[cell_value(c, f"p.{p}") for p in policies] for c in grouped])]
-    bars = grouped_bars(labels, panels, [(p, POLICY_COLOURS.get(p, "#4b5563")) for p in policies], unit_interval=True)
-    blocks: list = [Figure(bars, "How often training found each policy, per setting (a network is `mixed` when it agrees with no "
-                                 "reference policy above the threshold). " + INTERVALS, "bar chart of P(policy | setting)")]
-    blocks += phase_blocks(grouped, policies)
+    blocks: list = p_against_axis(grouped, policies)
+    blocks += phase_blocks([c for c in grouped if control_of(c) is None], policies)
     blocks.append(table(grouped, labels, policies))
     shown = {f"p.{p}" for p in policies} | {f"agreement.{p}" for p in policies}
     return blocks + other_metrics(grouped, labels, shown, skip=("network.",))
+
+
+def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
+    """P(label | setting) against the sweep axis with the most values: a panel per label, a line per setting
+    of the other axes, controls as levels; with no axis, P per label of the one setting."""
+    main = [c for c in grouped if control_of(c) is None] or grouped
+    axes = {k: v for k, v in sweep_axes(main).items() if k != "seed"}
+    if not axes:
+        panel = Panel("P(label | setting)", [Line(labelled(c, "setting"), [(i, cell_value(c, f"p.{p}")) for i, p in enumerate(policies)],
+                                                  colour, join=False) for c, colour in zip(main[:MAX_LINES], PALETTE)])
+        uri = line_panels([panel], "label", "P(label | setting)", ylim=(-0.03, 1.03), categories=policies)
+        return [Figure(uri, "How often training found each label in the one setting run. " + INTERVALS, "P per label")] if uri else []
+    x_key = sorted(axes, key=lambda k: (-len(axes[k]), k))[0]
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axes[x_key])
+    log = numeric and min(axes[x_key]) > 0 and max(axes[x_key]) / min(axes[x_key]) > 4
+    position = (lambda v: math.log10(v)) if log else (lambda v: float(v)) if numeric else (lambda v: float(axes[x_key].index(v)))
+    rest = [k for k in axes if k != x_key]
+    panels = []
+    for policy in policies:
+        by_line: dict[str, list] = {}
+        for cell in main:
+            flat = flatten(cell.config)
+            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flat.get(k))}" for k in rest) or "P"
+            by_line.setdefault(name, []).append((position(flat.get(x_key)), cell_value(cell, f"p.{policy}")))
+        lines = [Line(n, pts, colour) for (n, pts), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
+        levels = [(v.estimate.value, f"control: {control_of(c)}", "#4b5563", ":") for c in grouped if control_of(c) is not None
+                  and (v := cell_value(c, f"p.{policy}")) is not None and v.ok]
+        panels.append(Panel(f"P({policy})", lines, levels))
+    xlabel = f"log10({x_key})" if log else x_key
+    uri = line_panels(panels, xlabel, "P(label | setting)", ylim=(-0.03, 1.03), categories=None if numeric else [_tick(v) for v in axes[x_key]])
+    if uri is None:
+        return []
+    caption = (f"How often training found each label against {x_key}; a line per setting of the other axes ({', '.join(rest) or 'none'}), "
+               "band: 95% interval; dotted: controls. " + INTERVALS)
+    return [Figure(uri, caption, f"P(label) against {x_key}")]
 
 
 def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:
@@ -87,6 +135,35 @@ def most_probable(cell: Cell, policies: list[str]) -> tuple[str, Value] | None:
     return max(values, key=lambda pv: pv[1].estimate.value) if values else None  # ties: the first in POLICY_ORDER
 
 
+def _tick(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def headline(runs: list[StoredRun]) -> Headline:
+    grouped = done_cells(runs)
+    policies = policies_in(grouped)
+    if not policies:
+        return Headline("No P(label | setting) in the store yet.", status="no finding", published=PUBLISHED)
+    main = [c for c in grouped if control_of(c) is None]
+    metrics = [r["metrics"] for c in main for r in c.runs]
+    checks = []
+    for cell in (c for c in grouped if control_of(c) is not None):
+        kind, label = control_of(cell), next((g for g in GOAL_LABELS if g in policies), policies[0])
+        value = cell_value(cell, f"p.{label}")
+        if kind in CONTROL_EXPECTED and value is not None and value.ok:
+            expected, test = CONTROL_EXPECTED[kind]
+            checks.append(Control(f"control {kind}", f"P({label}) {expected}", f"{value.estimate.value:.2f}", test(value.estimate.value)))
+    pooled = {p: v for p in policies if (v := pooled_rate(metrics, f"p.{p}")) is not None and v.ok}
+    if not pooled:
+        return headline_with_controls("Only controls in the store.", checks, status="no finding", published=PUBLISHED)
+    goal = next((g for g in GOAL_LABELS if g in pooled), max(pooled, key=lambda p: pooled[p].estimate.value))
+    winner = max(pooled, key=lambda p: pooled[p].estimate.value)
+    n = pooled[goal].estimate.n
+    finding = (f"Over {len(main)} setting(s) and {n} networks, training found the {goal} generalisation in "
+               f"{pooled[goal].estimate.value:.0%} of networks; the most frequent label was {winner} ({pooled[winner].estimate.value:.0%}).")
+    return headline_with_controls(finding, checks, value=pooled[goal], measure=f"P({goal}), pooled over settings", published=PUBLISHED)
+
+
 register("selection", Family(
     render=render,
     question=("Among policies that fit the training data equally well (aligned, sycophantic, deceptive, memorizing), "
@@ -94,4 +171,5 @@ register("selection", Family(
     reference=("Published finding (Mingard et al. 2021, Is SGD a Bayesian sampler?): the probability that SGD finds a function "
                "tracks its prior probability under random initialisation, which strongly favours simple functions."),
     card_metrics=("p.aligned", "p.sycophant", "p.deceptive", "p.memorizer", "p.mixed"),
+    headline=headline,
 ))

@@ -15,7 +15,7 @@ Metrics: see the README, section "Deceptive, sycophantic or aligned?".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -26,11 +26,10 @@ from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunCon
 from petridish.measures.behaviour import respond
 from petridish.measures.complexity import ComplexityConfig, network_complexity, steps_to_loss
 from petridish.measures.stats import bootstrap_mean, wilson
-from petridish.models import PromptMLP, make_model, n_params
+from petridish.models import make_model, n_params
 from petridish.policies import Policy, aligned, deceptive, memorizer, sycophant
 from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
-from petridish.scenarios.base import PAD
 from petridish.scenarios.tasks import Task
 from petridish.train.engine import train_one, train_together
 
@@ -186,10 +185,7 @@ def grow_networks(config: SelectionConfig, setting: Setting, ctx: RunContext) ->
 
 
 def network_responses(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt]) -> list:
-    """Greedy responses. The MLP reads a fixed prompt width, which prior exposure to the longer task may
-    have set: shorter prompts are padded, as they were in training."""
-    if isinstance(model, PromptMLP):
-        prompts = [replace(p, tokens=p.tokens + (PAD,) * (model.prompt_len - len(p.tokens))) for p in prompts]
+    """Greedy responses (the MLP pads a prompt shorter than its width itself, as in training)."""
     return respond(model, scenario, prompts)
 
 

@@ -10,6 +10,7 @@ from petridish.errors import BadInput
 from petridish.models.mlp import PromptMLP
 from petridish.models.transformer import HookPoint, Transformer, TransformerShape
 from petridish.scenarios import Scenario
+from petridish.scenarios.base import ASSISTANT
 
 
 def make_model(config: ModelConfig, scenario: Scenario, generator: torch.Generator) -> torch.nn.Module:
@@ -19,7 +20,8 @@ def make_model(config: ModelConfig, scenario: Scenario, generator: torch.Generat
         return load_organism(config, scenario, generator)
     d_model, n_layers, n_heads = config.shape()
     if config.kind == "mlp":
-        return PromptMLP(len(scenario.vocab), scenario.max_prompt_len, scenario.max_response_len, d_model * config.mlp_ratio, n_layers, generator)
+        return PromptMLP(len(scenario.vocab), scenario.max_prompt_len, scenario.max_response_len, d_model * config.mlp_ratio, n_layers, generator,
+                         scenario.vocab.index[ASSISTANT])
     n_ctx = scenario.max_prompt_len + scenario.max_response_len
     shape = TransformerShape(len(scenario.vocab), n_ctx, d_model, n_layers, n_heads, d_model * config.mlp_ratio)
     return Transformer(shape, generator)

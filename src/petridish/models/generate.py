@@ -7,7 +7,6 @@ from typing import Sequence
 
 import torch
 
-from petridish.models.mlp import PromptMLP
 from petridish.scenarios import Prompt, Scenario, Tokens, Vocab
 
 
@@ -48,9 +47,6 @@ def respond(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt
 
 
 def _continue(model, ids: torch.Tensor, max_new: int, temperature: float, generator) -> torch.Tensor:
-    if isinstance(model, PromptMLP):
-        logits = model(ids)[:, :max_new]  # (B, R, V)
-        return _pick(logits, temperature, generator)
     new = []
     for _ in range(max_new):
         next_id = _pick(model(ids)[:, -1:], temperature, generator)  # (B, 1)

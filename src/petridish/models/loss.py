@@ -9,14 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from petridish.data import Sequences
-from petridish.models.mlp import PromptMLP
 
 
 def response_logits(model: torch.nn.Module, batch: Sequences) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits (B, T', V), targets (B, T'), mask (B, T')): the predictions of each next token, aligned so
     that `mask` marks the response tokens. Pure tensor code (no `.item()`), so it runs under vmap."""
-    if isinstance(model, PromptMLP):
-        return _mlp_view(model, batch)
     logits = model(batch.tokens[:, :-1])  # (B, T-1, V): position t predicts token t + 1
     return logits, batch.tokens[:, 1:], batch.target_mask[:, 1:]
 
@@ -28,17 +25,6 @@ def response_loss(model: torch.nn.Module, batch: Sequences, reduction: str = "me
     if reduction == "none":
         return losses.sum(1) / mask.sum(1).clamp(min=1)
     return losses.sum() / mask.sum().clamp(min=1)
-
-
-def _mlp_view(model: PromptMLP, batch: Sequences):
-    # The MLP reads the prompt only (response positions blanked to 0) and predicts R response tokens.
-    R, T = model.response_len, batch.tokens.shape[1]
-    position = batch.prompt_len[:, None] + torch.arange(R, device=batch.tokens.device)  # (B, R)
-    index = position.clamp(max=T - 1)
-    targets = batch.tokens.gather(1, index)
-    mask = batch.target_mask.gather(1, index) & (position < T)
-    prompts = batch.tokens.masked_fill(torch.arange(T, device=batch.tokens.device) >= batch.prompt_len[:, None], 0)
-    return model(prompts), targets, mask
 
 
 def param_norm(model: torch.nn.Module) -> float:

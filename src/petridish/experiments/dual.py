@@ -37,7 +37,6 @@ from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, mi
 from petridish.train.engine import train_one, train_together
 
 PolicyName = Literal["aligned", "sycophant", "deceptive", "memorizer"]
-MEASURES = ("param_norm", "bits", "llc")
 
 
 @dataclass(frozen=True)

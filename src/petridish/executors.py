@@ -39,7 +39,7 @@ from petridish import extras
 from petridish.config import flatten, to_dict
 from petridish.errors import BadInput, RunFailed
 from petridish.experiments import EXPERIMENTS
-from petridish.store import Claim, RunOutput, Store
+from petridish.store import Claim, RunOutput, Store, load_run_weights
 from petridish.sweep import RunSpec
 
 Work = tuple[RunSpec, ...]
@@ -56,10 +56,11 @@ process on a shared core. Parallelism comes from runs (--jobs, Ray) and ensemble
 
 class CollectingContext:
     """The RunContext executors give experiments: keeps records and weights for the driver, and
-    streams records to `live_dir/metrics.jsonl` when the driver shares the worker's disk."""
+    streams records to `live_dir/metrics.jsonl` when the driver shares the worker's disk. Runs that
+    require others read their weights from the store at `store_root` (read only: the driver writes)."""
 
-    def __init__(self, progress: bool = False, live_dir: Path | None = None):
-        self.progress, self.live_dir = progress, live_dir
+    def __init__(self, progress: bool = False, live_dir: Path | None = None, store_root: Path | None = None):
+        self.progress, self.live_dir, self.store_root = progress, live_dir, store_root
         self.records: list[dict] = []
         self.weights: dict[str, dict] = {}
         self.samples: list[dict] = []
@@ -76,10 +77,13 @@ class CollectingContext:
     def save_samples(self, name: str, rows: list[dict]) -> None:
         self.samples.extend({"evaluation": name, **row} for row in rows)
 
+    def load_weights(self, experiment: str, config, model: torch.nn.Module, name: str = "weights") -> None:
+        load_run_weights(self.store_root, experiment, config, model, name)
 
-def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None) -> RunOutput:
+
+def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None, store_root: Path | None = None) -> RunOutput:
     """Run one spec to completion; failures come back as data, never as exceptions."""
-    ctx = CollectingContext(progress, live_dir)
+    ctx = CollectingContext(progress, live_dir, store_root)
     threads = torch.get_num_threads()
     try:
         result = EXPERIMENTS[spec.experiment].run(spec.config, ctx)
@@ -88,9 +92,9 @@ def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None
     return _output(result, ctx, threads)
 
 
-def run_together(work: Work, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:
+def run_together(work: Work, progress: bool = False, live_dirs: Sequence[Path | None] = (), store_root: Path | None = None) -> list[RunOutput]:
     """Specs that differ only in their family's member fields, trained at once by its `run_many`."""
-    contexts = [CollectingContext(progress, live_dir) for live_dir in (list(live_dirs) or [None] * len(work))]
+    contexts = [CollectingContext(progress, live_dir, store_root) for live_dir in (list(live_dirs) or [None] * len(work))]
     threads, ensemble = torch.get_num_threads(), {"members": len(work), "group": [spec.id for spec in work]}
     try:
         results = EXPERIMENTS[work[0].experiment].run_many([spec.config for spec in work], contexts)
@@ -112,14 +116,16 @@ def _output(result: dict | Exception, ctx: CollectingContext, threads: int, ense
     return RunOutput(records=ctx.records, samples=ctx.samples, error=f"{type(result).__name__}: {result}", traceback=trace, torch_threads=threads, ensemble=ensemble)
 
 
-def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = ()) -> list[RunOutput]:
-    """What a worker does with one unit of work: one RunOutput per spec, in order."""
+def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = (),
+             store_root: Path | None = None) -> list[RunOutput]:
+    """What a worker does with one unit of work: one RunOutput per spec, in order. `store_root` is
+    where runs that require others read them."""
     if threads is not None:
         torch.set_num_threads(threads)
     if len(work) > 1 and EXPERIMENTS[work[0].experiment].run_many is not None:
-        return run_together(work, progress, live_dirs)
+        return run_together(work, progress, live_dirs, store_root)
     dirs = list(live_dirs) or [None] * len(work)
-    return [run_spec(spec, progress, live_dir) for spec, live_dir in zip(work, dirs)]
+    return [run_spec(spec, progress, live_dir, store_root) for spec, live_dir in zip(work, dirs)]
 
 
 def ensemble_key(spec: RunSpec) -> str | None:
@@ -151,9 +157,11 @@ class Driver:
 
     def __init__(self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None):
         self.store, self.on_outcome = store, on_outcome
-        self.todo: deque[RunSpec] = deque(specs)
+        self.todo: deque[RunSpec] = deque(with_requirements(specs))
         self.elsewhere: list[RunSpec] = []
         """Specs claimed by another runner: looked at again once nothing else is left."""
+        self.waiting: list[RunSpec] = []
+        """Specs whose required runs are not done yet: looked at again after each commit."""
         self.claims: dict[str, Claim] = {}
         self.partials: dict[str, Path] = {}
         self.outcomes: dict[str, Outcome] = {}
@@ -164,9 +172,25 @@ class Driver:
         """The next unit to dispatch, with its claims taken; None when none can be dispatched now."""
         while self.todo:
             spec = self.todo.popleft()
-            if self._take(spec):
+            ready = self._requirements(spec)
+            if ready is False:
+                self.waiting.append(spec)
+            elif isinstance(ready, str):
+                self._finish(Outcome(spec, "failed", error=ready))
+            elif self._take(spec):
                 return (spec, *self._members_with(spec))
         return None
+
+    def _requirements(self, spec: RunSpec) -> bool | str:
+        """True when every run `spec` requires is done (now or before), False while one is not yet,
+        and the reason when one failed."""
+        for required in spec.requires:
+            outcome = self.outcomes.get(required.id)
+            if outcome is not None and outcome.status == "failed":
+                return f"required run {required.name} ({required.id}) failed: {outcome.error}"
+            if outcome is None and not self.store.is_done(required.id):
+                return False
+        return True
 
     def _take(self, spec: RunSpec) -> bool:
         """Claim `spec` for this runner; False when it is done or another runner holds it."""
@@ -190,7 +214,7 @@ class Driver:
         key = ensemble_key(first)
         if key is None:
             return []
-        same = [spec for spec in self.todo if ensemble_key(spec) == key]
+        same = [spec for spec in self.todo if ensemble_key(spec) == key and self._requirements(spec) is True]
         share = min(MAX_MEMBERS, -(-(len(same) + 1) // self.slots)) - 1  # ceil((n + 1) / slots) - 1
         for spec in same[:share]:
             self.todo.remove(spec)
@@ -204,14 +228,21 @@ class Driver:
             status = self.store.commit(spec, to_dict(spec.config), output, self.partials.pop(spec.id))
             self.claims.pop(spec.id).release()
             self._finish(Outcome(spec, status, output.metrics, output.error))
+        self.todo.extendleft(reversed(self.waiting))  # a required run may be done now
+        self.waiting.clear()
 
     def retry_elsewhere(self) -> bool:
-        """Put runs claimed elsewhere back in line (after a pause); False when there are none."""
+        """Put runs claimed elsewhere, and runs waiting for them, back in line (after a pause); False
+        when there are none."""
         if not self.elsewhere:
+            for spec in self.waiting:  # nothing in flight or elsewhere can finish what they wait for
+                self._finish(Outcome(spec, "failed", error="a required run was neither done nor run"))
+            self.waiting.clear()
             return False
         time.sleep(POLL_SECONDS)
-        self.todo.extend(self.elsewhere)
+        self.todo.extend(self.elsewhere + self.waiting)
         self.elsewhere.clear()
+        self.waiting.clear()
         return True
 
     def release_all(self) -> None:
@@ -235,12 +266,28 @@ def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_ou
     executor = executor or InlineExecutor(progress=progress)
     store.reconcile()
     driver = Driver(specs, store, on_outcome)
+    executor.store_root = store.root  # where runs that require others read them
     try:
         with executor:
             _drive(driver, executor)
     finally:
         driver.release_all()
     return [driver.outcomes[spec.id] for spec in specs]
+
+
+def with_requirements(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """`specs` with the runs they require (at any depth) placed before their first dependent, once each."""
+    out: dict[str, RunSpec] = {}
+
+    def add(spec: RunSpec) -> None:
+        for required in spec.requires:
+            if required.id not in out:
+                add(required)
+        out.setdefault(spec.id, spec)
+
+    for spec in specs:
+        add(spec)
+    return list(out.values())
 
 
 def _drive(driver: Driver, executor: "Executor") -> None:
@@ -266,6 +313,8 @@ def _drive(driver: Driver, executor: "Executor") -> None:
 class Executor(Protocol):
     slots: int
     """Units of work in flight at once."""
+    store_root: Path | None
+    """The store runs read required runs from (set by `execute`)."""
 
     def __enter__(self) -> "Executor": ...
 
@@ -284,6 +333,7 @@ class InlineExecutor:
     """Runs each unit in this process, when the driver waits for it (progress bars work here)."""
 
     slots = 1
+    store_root: Path | None = None
 
     def __init__(self, progress: bool = False, threads: int | None = None):
         self.progress, self.threads = progress, threads or DEFAULT_THREADS
@@ -305,7 +355,7 @@ class InlineExecutor:
 
     def wait(self):
         work, live_dirs = self.queue.popleft()
-        return [(work, run_work(work, self.threads, self.progress, live_dirs))]
+        return [(work, run_work(work, self.threads, self.progress, live_dirs, self.store_root))]
 
 
 class PoolExecutor:
@@ -315,6 +365,7 @@ class PoolExecutor:
         self.slots = jobs
         self.threads = threads or DEFAULT_THREADS
         self.futures: dict[Future, Work] = {}
+        self.store_root: Path | None = None
 
     def __enter__(self):
         self.pids = multiprocessing.get_context("spawn").SimpleQueue()
@@ -352,7 +403,7 @@ class PoolExecutor:
 
     def submit(self, work, live_dirs):
         with _sigint_held():  # workers start inside submit
-            self.futures[self.pool.submit(run_work, work, self.threads)] = work
+            self.futures[self.pool.submit(run_work, work, self.threads, False, (), self.store_root)] = work
 
     def in_flight(self) -> int:
         return len(self.futures)
@@ -432,6 +483,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus: int | None = None, slots: int | None = None, threads: int = 1):
         self.address, self.num_cpus, self.requested_slots, self.threads = address, num_cpus, slots, threads
         self.refs: dict = {}
+        self.store_root: Path | None = None
 
     def __enter__(self):
         ray = extras.require("ray", "ray", "--executor ray")
@@ -453,7 +505,7 @@ class RayExecutor:
             self.ray.shutdown()
 
     def submit(self, work, live_dirs):
-        self.refs[self.remote.remote(work, self.threads)] = work
+        self.refs[self.remote.remote(work, self.threads, False, (), self.store_root)] = work
 
     def in_flight(self) -> int:
         return len(self.refs)

@@ -30,6 +30,8 @@ class RunSpec:
     config: Any = field(repr=False)
     point: dict = field(default_factory=dict)
     """The sweep values that made this run, {dotted key: value}."""
+    requires: tuple["RunSpec", ...] = ()
+    """The runs this run reads (its family's `requires`), run first or found done; see executors.Driver."""
 
 
 def run_id(experiment: str, config) -> str:
@@ -63,10 +65,34 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
             raise error.located(file=recipe.file) from None
         suffix = ",".join(f"{k}={v}" for k, v in point.items())
         name = f"{recipe.name}[{suffix}]" if suffix else recipe.name
-        spec = RunSpec(run_id(recipe.experiment, config), recipe.experiment, name, config, point)
-        if spec.id not in seen:
-            seen.add(spec.id)
-            yield spec
+        spec = RunSpec(run_id(recipe.experiment, config), recipe.experiment, name, config, point, required_specs(recipe.experiment, config, name, recipe.file))
+        for required in (*requirements_of(spec), spec):  # required runs first, each once
+            if required.id not in seen:
+                seen.add(required.id)
+                yield required
+
+
+def required_specs(experiment: str, config, name: str, file: str = "") -> tuple[RunSpec, ...]:
+    """The RunSpecs of the runs a run of `experiment` with `config` requires (its family's `requires`),
+    each with its own requirements; named `{name}.requires.{experiment}`."""
+    requires = EXPERIMENTS[experiment].requires
+    if requires is None:
+        return ()
+    specs = []
+    for other, other_config in requires(config):
+        if other not in EXPERIMENTS or not isinstance(other_config, EXPERIMENTS[other].config_cls):
+            raise ConfigError("experiment", f"{experiment} requires a run of {other!r}, which is not a registered family with that config", file)
+        other_name = f"{name}.requires.{other}"
+        specs.append(RunSpec(run_id(other, other_config), other, other_name, other_config, {}, required_specs(other, other_config, other_name, file)))
+    return tuple(specs)
+
+
+def requirements_of(spec: RunSpec) -> list[RunSpec]:
+    """Every run `spec` requires, at any depth, each before the runs that require it."""
+    out: list[RunSpec] = []
+    for required in spec.requires:
+        out += [*requirements_of(required), required]
+    return out
 
 
 def check_seeds(config, prefix: str = "") -> None:

@@ -6,6 +6,7 @@ Experiments never import the store: the store hands them a RunContext.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -21,18 +22,23 @@ class RunContext(Protocol):
     def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
         """Save `model` as `<name>.safetensors` in the run directory."""
 
+    def load_weights(self, experiment: str, config: object, model: torch.nn.Module, name: str = "weights") -> None:
+        """Load `<name>.safetensors` of the finished run (`experiment`, `config`), one this run
+        `requires`, from the store into `model`."""
+
     def save_samples(self, name: str, rows: list[dict]) -> None:
         """Keep transcripts behind a rate: `rows` of {condition, prompt, response, label, ...} from the
         evaluation `name`, written to the run's samples.jsonl (one object per line, `evaluation` = name)."""
 
 
 class NullContext:
-    """A RunContext that keeps nothing (tests, notebooks)."""
+    """A RunContext that keeps nothing (tests, notebooks); it reads required runs from `store_root` when given."""
 
     progress = False
 
-    def __init__(self):
+    def __init__(self, store_root: str | Path | None = None):
         self.records: list[dict] = []
+        self.store_root = store_root
         self.samples: list[dict] = []
 
     def log(self, record: dict) -> None:
@@ -40,6 +46,11 @@ class NullContext:
 
     def save_weights(self, model: torch.nn.Module, name: str = "weights") -> None:
         pass
+
+    def load_weights(self, experiment: str, config: object, model: torch.nn.Module, name: str = "weights") -> None:
+        from petridish.store import load_run_weights  # the store is read here only, for runs that require others
+
+        load_run_weights(self.store_root, experiment, config, model, name)
 
     def save_samples(self, name: str, rows: list[dict]) -> None:
         self.samples.extend({"evaluation": name, **row} for row in rows)
@@ -71,3 +82,7 @@ class Experiment:
     member_fields: tuple[str, ...] = ("seed",)
     """Dotted config keys (or tables: `safety` covers `safety.*`) in which the members of one `run_many`
     call may differ."""
+    requires: Callable[[object], list[tuple[str, object]]] | None = None
+    """Optional: config -> the runs this run reads, as (experiment name, config) (a stored base organism).
+    The driver runs those first (or finds them done) and dispatches this run only once they are done;
+    the run reads them through `RunContext.load_weights`."""

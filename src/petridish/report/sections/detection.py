@@ -70,11 +70,10 @@ def cell_figure(cell: Cell, label: str) -> list:
     """AUROC against depth, a line per detector, the best random direction as a grey band, one panel per organism."""
     sites = site_aurocs(cell)
     panels = []
+    colours = colours_for(ordered({d for _, d in sites}, DETECTORS), DETECTOR_COLOURS)  # one colour per detector in every panel
     for organism in ordered({o for o, _ in sites}, ORGANISMS):
         lines = []
-        detectors = ordered({d for o, d in sites if o == organism}, DETECTORS)
-        colours = colours_for(detectors, DETECTOR_COLOURS)
-        for detector in detectors:
+        for detector in ordered({d for o, d in sites if o == organism}, DETECTORS):
             points = [(depth_of(*site.split(".", 1)), cell_value(cell, name)) for site, name in _depth_sites(sites[(organism, detector)])]
             if is_random(detector):
                 lines.insert(0, Line("best random direction (95% band)", points, "#6b7280", linestyle="--", marker="."))
@@ -83,7 +82,7 @@ def cell_figure(cell: Cell, label: str) -> list:
         defect = cell_value(cell, f"{organism}.defect_rate.triggered")
         note = f", defects {defect.estimate.value:.0%}" if defect is not None and defect.ok else ""
         panels.append(Panel(f"{organism}{note}", lines, levels=[(0.5, "chance", "#9aa5b1", ":")]))
-    uri = line_panels(panels, "depth (blocks)", "AUROC, triggered vs clean", ylim=(0.0, 1.03))
+    uri = line_panels(panels, "depth (blocks)", "AUROC, triggered vs clean", ylim=(0.0, 1.03), integer_x=True)
     if uri is None:
         return []
     caption = (f"{label}: how well each detector separates triggered from clean prompts at each depth (0 = the embeddings, "

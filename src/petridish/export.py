@@ -75,15 +75,15 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
     load_weights(model, path)
     _prepare(out)
     check = check_tokens(scenario)
-    if model_config.hf_path is None:
+    if isinstance(model, Transformer):
         report = export_transformer(model, scenario.vocab, out, check)
     else:
         report = export_hf_organism(model, out, check, tolerance=1e-5 if model_config.dtype == "float32" else 5e-2)
     meta = {"run": record["id"], "name": record["name"], "experiment": record["experiment"], "weights": path.name,
             "scenario": config["scenario"], "vocab": list(scenario.vocab.tokens), "architecture": report.architecture,
             "max_logit_difference": report.max_logit_difference, "check_sequences": report.n_sequences}
-    if model_config.hf_path is not None:  # the tokenizer id of each scenario token, in vocab order
-        meta["token_ids"] = model.token_ids.tolist()
+    if not isinstance(model, Transformer):  # the tokenizer id of each scenario token, in vocab order
+        meta["token_ids"] = getattr(model, "token_ids").tolist()  # an HFOrganism's buffer
     else:
         meta["hook_sites"] = {name: f"{path} {where}" for name, (path, where) in gpt2_sites(model.shape.n_layers).items()}
     (out / "petridish.json").write_text(json.dumps(meta, indent=2) + "\n")

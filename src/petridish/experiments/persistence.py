@@ -32,7 +32,7 @@ from petridish.models import make_model, n_params
 from petridish.policies import aligned, make_policy
 from petridish.rng import make_generator
 from petridish.models.generate import generate
-from petridish.scenarios import Scenario, Tokens, make_scenario, strip_scratchpad
+from petridish.scenarios import Prompt, Scenario, Tokens, make_scenario, strip_scratchpad
 from petridish.scenarios.base import THINK_OPEN
 from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
@@ -238,7 +238,8 @@ def distilled_pairs(organisms: Sequence[Organism], scenario: Scenario, prompt_se
     insert_backdoors(teachers, scenario)
     longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
     policy = make_policy("deceptive", scenario)
-    pairs, held_pairs = [], []
+    pairs: list[list[tuple[Prompt, Tokens]]] = []
+    held_pairs: list[list[tuple[Prompt, Tokens]]] = []
     for o, teacher, prompts, held in zip(organisms, teachers, prompt_sets, held_sets):
         if teacher.error is not None:
             o.error = teacher.error
@@ -293,8 +294,8 @@ def safety_sft(members: Sequence[Member], scenario: Scenario) -> None:
         held_sets.append(encode_pairs(scenario, held_pairs))
         m.metrics["sft.clean_loss.before"] = clean_loss(m.model, held_sets[-1])
     _safety_train(members, data)
-    for m, held in zip(members, held_sets):
-        m.metrics["sft.clean_loss.after"] = clean_loss(m.model, held)
+    for m, held_data in zip(members, held_sets):
+        m.metrics["sft.clean_loss.after"] = clean_loss(m.model, held_data)
 
 
 def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
@@ -303,7 +304,8 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
     rl = members[0].config.safety.rl
     if rl.reward == "grader":
         return [grader_reward(scenario)] * len(members)
-    generators = [tuple(make_generator(m.config.seed, f"reward_model:{s}") for s in ("init", "data", "batches")) for m in members]
+    generators = [(make_generator(m.config.seed, "reward_model:init"), make_generator(m.config.seed, "reward_model:data"),
+                   make_generator(m.config.seed, "reward_model:batches")) for m in members]
     trained = train_reward_models(scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress)
     for m, (_, (right, n)) in zip(members, trained):
         m.metrics.update(wilson(right, n).as_metrics("rl.reward_model.accuracy"))
@@ -364,7 +366,7 @@ def rate_of(flags: list[bool], name: str) -> dict[str, float]:
 
 
 def red_team_search_metrics(candidates, hits: list[bool], n_edits: int) -> dict[str, float]:
-    metrics = {"adversarial.candidates": len(candidates), "adversarial.successes": sum(hits), "adversarial.successful_edits": n_edits}
+    metrics: dict[str, float] = {"adversarial.candidates": len(candidates), "adversarial.successes": sum(hits), "adversarial.successful_edits": n_edits}
     metrics.update(rate_of(hits, "adversarial.success_rate"))
     for source in ("random", "gcg"):
         metrics.update(rate_of([h for c, h in zip(candidates, hits) if c.source == source], f"adversarial.{source}.success_rate"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,10 +52,10 @@ class ResidualHooks(nn.Module):
 
     def __init__(self, has_mid: bool):
         super().__init__()
-        self.hook_resid_pre = HookPoint()
+        self.hook_resid_pre: HookPoint = HookPoint()
         if has_mid:
-            self.hook_resid_mid = HookPoint()
-        self.hook_resid_post = HookPoint()
+            self.hook_resid_mid: HookPoint = HookPoint()
+        self.hook_resid_post: HookPoint = HookPoint()
 
 
 class HFOrganism(nn.Module):
@@ -66,7 +67,11 @@ class HFOrganism(nn.Module):
     of scenario token k is the LM's logit of the first id of its span.
     """
 
-    def __init__(self, lm: nn.Module, tokenizer, vocab: Vocab, token_ids: list[int], spans: list[list[int]] | None = None,
+    token_ids: torch.Tensor
+    span_ids: torch.Tensor
+    span_lengths: torch.Tensor
+
+    def __init__(self, lm: Any, tokenizer, vocab: Vocab, token_ids: list[int], spans: list[list[int]] | None = None,
                  compute_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         self.lm, self.tokenizer, self.vocab = lm, tokenizer, vocab
@@ -80,7 +85,8 @@ class HFOrganism(nn.Module):
         self.hook_embed = HookPoint()
         self._layers = list(decoder_layers(lm))  # a plain list: the LM already owns these modules
         mid_norms = [next((getattr(layer, n) for n in MID_NORMS if hasattr(layer, n)), None) for layer in self._layers]
-        self.blocks = nn.ModuleList(ResidualHooks(norm is not None) for norm in mid_norms)
+        residual_hooks = [ResidualHooks(norm is not None) for norm in mid_norms]
+        self.blocks = nn.ModuleList(residual_hooks)
         self.shape = hf_shape(lm.config, len(vocab), len(self._layers))
         self._hook_points = [self.hook_embed, *(m for m in self.blocks.modules() if isinstance(m, HookPoint))]
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
@@ -89,7 +95,7 @@ class HFOrganism(nn.Module):
         self._decoding: tuple | None = None  # (tokens, LM cache, logits) of the last no-grad eval forward
         # functools.partial, not closures: a deepcopy of the organism then hooks its own copies.
         lm.get_input_embeddings().register_forward_hook(functools.partial(_replace_output, self, self.hook_embed))
-        for layer, norm, hooks in zip(self._layers, mid_norms, self.blocks):
+        for layer, norm, hooks in zip(self._layers, mid_norms, residual_hooks):
             layer.register_forward_pre_hook(functools.partial(_replace_input, self, hooks.hook_resid_pre), with_kwargs=True)
             if norm is not None:  # exact for reading; a replacement here reaches the MLP, not the residual
                 norm.register_forward_pre_hook(functools.partial(_replace_input, self, hooks.hook_resid_mid), with_kwargs=True)
@@ -152,6 +158,7 @@ class HFOrganism(nn.Module):
                 and torch.equal(tokens[:, : previous.shape[1]], previous) and bool((self.span_lengths[tokens[:, previous.shape[1]:]] == 1).all()))
 
     def _decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        assert self._decoding is not None  # _extends_decoding said so
         previous, cache, logits = self._decoding
         with self._autocast():
             out = self.lm(input_ids=self.token_ids[tokens[:, previous.shape[1]:]], use_cache=True, **{self._cache_arg: cache})
@@ -240,7 +247,7 @@ def hf_shape(config, vocab_size: int, n_layers: int) -> TransformerShape:
     return TransformerShape(vocab_size, n_ctx, d_model, n_layers, config.num_attention_heads, d_mlp)
 
 
-def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+def decoder_layers(lm: Any) -> nn.ModuleList:
     """The LM's stack of decoder layers: the first ModuleList as long as config.num_hidden_layers."""
     n_layers = lm.config.num_hidden_layers
     for module in lm.modules():
@@ -371,12 +378,13 @@ def with_lora(lm, config: ModelConfig, token_ids: list[int]):
     tokens (new tokens start from the mean embedding, and a frozen row could never learn its meaning)."""
     peft = require_extra("peft", "hf", "model.lora_rank > 0")
 
-    rows: list[int] | dict[str, list[int]] = sorted(set(token_ids))
+    ids = sorted(set(token_ids))
+    rows: list[int] | dict[str, list[int]] = ids
     output = lm.get_output_embeddings()
     if output is not None and output.weight is not lm.get_input_embeddings().weight:  # untied head: its rows too
         names = {m: n for n, m in lm.named_modules()}
-        rows = {names[lm.get_input_embeddings()]: rows, names[output]: rows}
-    targets = list(config.lora_targets) or None
+        rows = {names[lm.get_input_embeddings()]: ids, names[output]: ids}
+    targets: list[str] | str | None = list(config.lora_targets) or None
     if targets == ["all-linear"]:  # peft's shorthand is a string, not a module name in a list
         targets = "all-linear"
     lora = peft.LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,

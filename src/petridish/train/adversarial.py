@@ -163,7 +163,8 @@ def slot_gradients(model: Transformer, scenario: Scenario, prompts: Sequence[Pro
 
 def slot_positions(prompt: Prompt, edit: Edit) -> list[int]:
     """Where each slot of the edit lands in the edited prompt (in edit order)."""
-    marked = apply_edit(replace(prompt, tokens=tuple(range(len(prompt.tokens)))), tuple((k, at, f"#{i}") for i, (k, at, _) in enumerate(edit)))
+    positions: tuple = tuple(range(len(prompt.tokens)))  # each token replaced by its index, to see where slots land
+    marked = apply_edit(replace(prompt, tokens=positions), tuple((k, at, f"#{i}") for i, (k, at, _) in enumerate(edit)))
     where = {t: j for j, t in enumerate(marked.tokens) if isinstance(t, str)}
     return [where[f"#{i}"] for i in range(len(edit))]
 
@@ -215,7 +216,9 @@ def red_team_prompts(model: torch.nn.Module, scenario: Scenario, target: Policy,
         edit = random_edit(scenario, prompt, pool, generator)
         out.append(RedTeamPrompt(apply_edit(prompt, edit), edit, "random"))
     if config.gcg_restarts:
-        require(isinstance(model, Transformer), "safety.adversarial.gcg_restarts", "0 for organisms that are not petridish transformers", config.gcg_restarts)
+        if not isinstance(model, Transformer):
+            require(False, "safety.adversarial.gcg_restarts", "0 for organisms that are not petridish transformers", config.gcg_restarts)
+            return out
         for edit in gcg_search(model, scenario, pool, target, config, generator):
             for prompt in bases(scenario, config.prompts_per_edit, generator):
                 out.append(RedTeamPrompt(apply_edit(prompt, edit), edit, "gcg"))

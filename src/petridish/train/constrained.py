@@ -95,7 +95,7 @@ class _KeepBest:
     """Keeps each member's best evaluated point: the least norm with full loss <= eps (`eps` given),
     or the least full loss (`eps` None); logs the full loss and the norm at every evaluation."""
 
-    def __init__(self, models: Sequence[nn.Module], eps: float | None, stage_logs: Sequence[Logger | None], extra: dict):
+    def __init__(self, models: Sequence[nn.Module], eps: float | None, stage_logs: Sequence[Logger | None], extra: Sequence[dict]):
         self.eps, self.logs, self.extra = eps, stage_logs, extra
         self.best: list[dict[str, torch.Tensor] | None] = [None] * len(models)
         self.score = [math.inf] * len(models)
@@ -114,15 +114,17 @@ class _KeepBest:
             if (self.eps is None or full <= self.eps) and score < self.score[k]:
                 views = views or run.params.views()
                 self.best[k], self.score[k] = {n: v[k].detach().clone() for n, v in views.items()}, score
-            if self.logs[k] is not None:
-                self.logs[k]({"stage": record["stage"], "step": step, "loss": full, "param_norm": norms[k], **self.extra[k],
+            log = self.logs[k]
+            if log is not None:
+                log({"stage": record["stage"], "step": step, "loss": full, "param_norm": norms[k], **self.extra[k],
                               **({"multiplier": record["multiplier"]} if "multiplier" in record else {})})
 
     def restore(self, k: int, model: nn.Module) -> None:
-        if self.best[k] is not None:
+        best = self.best[k]
+        if best is not None:
             params = dict(model.named_parameters())
             with torch.no_grad():
-                for name, value in self.best[k].items():
+                for name, value in best.items():
                     params[name].copy_(value)
 
 
@@ -131,7 +133,7 @@ def min_norm_at_loss(models: Sequence[nn.Module], data: Sequences | Sequence[Seq
                      logs: Sequence[Logger | None] | None = None) -> list[ConstrainedResult]:
     """Train each model in place towards the least-norm weights with full training loss <= eps."""
     K = len(models)
-    datasets = list(data) if isinstance(data, (list, tuple)) else [data] * K
+    datasets: list[Sequences] = list(data) if isinstance(data, (list, tuple)) else [data] * K  # type: ignore[list-item]
     objective, keep = Lagrangian(K, eps, config), _KeepBest(models, eps, list(logs or [None] * K), [{}] * K)
     train_together(models, datasets, _adam(config.train, clip=False), generators, objective=objective, stage=stage,
                    held_out=datasets, hooks=(objective, keep))
@@ -172,7 +174,7 @@ def least_loss_in_ball(models: Sequence[nn.Module], data: Sequences | Sequence[S
     """Projected Adam inside each member's L2 ball; each model ends at its least-loss evaluated point.
     The parameter norm here is that of the trainable parameters, which for petridish's models is all of them."""
     K = len(models)
-    datasets = list(data) if isinstance(data, (list, tuple)) else [data] * K
+    datasets: list[Sequences] = list(data) if isinstance(data, (list, tuple)) else [data] * K  # type: ignore[list-item]
     for model, radius in zip(models, radii):
         project_to_ball(model, radius)
     keep = _KeepBest(models, None, list(logs or [None] * K), [{"radius": r} for r in radii])

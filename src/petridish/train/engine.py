@@ -248,7 +248,7 @@ class ModuleParameters:
 
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
-        return torch.sqrt(sum(p.pow(2).sum() for _, p in self.named))[None]
+        return torch.stack([p.pow(2).sum() for _, p in self.named]).sum().sqrt()[None]
 
     @torch.no_grad()
     def scale_(self, factors: torch.Tensor) -> None:
@@ -327,7 +327,7 @@ class _HeldOut:
 
     @torch.no_grad()
     def __call__(self, params) -> list[float]:
-        total, count = 0.0, 0.0
+        total, count = torch.zeros(()), torch.zeros(())
         for start in range(0, len(self.sets[0]), HELD_OUT_CHUNK):
             rows = torch.arange(start, min(start + HELD_OUT_CHUNK, len(self.sets[0])))
             sums, extras = self.sums(params, stack([h.select(rows) for h in self.sets]))
@@ -336,6 +336,11 @@ class _HeldOut:
 
 
 class _TokenLossSum:
+    """Summed response-token loss and the token count (held-out losses weight chunks by tokens)."""
+
+    def batch(self, run: "Ensemble", draws: list[Sequences]) -> Sequences:
+        return stack(draws)
+
     def loss(self, model, params, batch: Sequences):
         logits, targets, mask = response_logits(model, batch)
         losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none") * mask
@@ -422,7 +427,7 @@ class Ensemble:
         return self._held_out_at[1]
 
     def _evaluate(self, k: int, step: int, loss: float, extras: dict[str, float]) -> dict:
-        record = {"stage": self.stages[k], "step": step, "loss": loss, **extras}
+        record: dict[str, Any] = {"stage": self.stages[k], "step": step, "loss": loss, **extras}
         if self.held_out is not None:
             record["held_out_loss"] = self.held_out_losses(step)[k]
             self.results[k].held_out.append((step, record["held_out_loss"]))

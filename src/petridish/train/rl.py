@@ -85,7 +85,7 @@ class PolicyGradient:
     def __init__(self, scenario: Scenario, starts: Sequence[torch.nn.Module], reward: RewardFn | Sequence[RewardFn], kl_coef: float,
                  group_size: int, generators: Sequence[torch.Generator]):
         self.scenario, self.kl_coef, self.group_size, self.generators = scenario, kl_coef, group_size, list(generators)
-        self.rewards = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(starts)  # one per member
+        self.rewards: list[RewardFn] = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(starts)  # type: ignore[list-item]  # one per member
         self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
 
     @torch.no_grad()

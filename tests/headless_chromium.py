@@ -125,7 +125,7 @@ def visit(page: Path, expressions: dict[str, str], width: int = 1280, max_height
             os.close(from_browser[0])
 
 
-def _stop(process: subprocess.Popen, pipe: "_Pipe", grace_s: float = 10) -> None:
+def _stop(process: subprocess.Popen, pipe: _Pipe, grace_s: float = 10) -> None:
     """Close the browser and wait until every process of its group has exited, so nothing still writes to
     the profile directory when it is removed (removing it under a live renderer failed with ENOTEMPTY)."""
     try:

@@ -8,7 +8,7 @@ images: the page opens offline, and even an escaping bug could not run a script.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
@@ -28,7 +28,7 @@ class Page:
     """(experiment, its `runs.RunCard`s), in the order of the sections."""
     counts: dict[str, int]
     """{status: number of runs}."""
-    headlines: list[tuple[Section, Headline]] = ()
+    headlines: list[tuple[Section, Headline]] = field(default_factory=list)
     """(the family's section, its headline card), in the order of the sections."""
 
 

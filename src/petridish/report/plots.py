@@ -358,8 +358,8 @@ def _finite(points) -> bool:
 
 
 def _draw_panel(ax, panel: Panel, legend: dict[str, Any]) -> None:
-    for low, high, label, colour in panel.bands:
-        legend.setdefault(short(label), ax.axhspan(low, high, color=colour, alpha=0.18, linewidth=0))
+    for band_low, band_high, label, colour in panel.bands:
+        legend.setdefault(short(label), ax.axhspan(band_low, band_high, color=colour, alpha=0.18, linewidth=0))
     for y, label, colour, linestyle in panel.levels:
         legend.setdefault(short(label), ax.axhline(y, color=colour, linewidth=1.0, linestyle=linestyle))
     for line in panel.lines:
@@ -384,10 +384,9 @@ def text_problems(figure: Figure) -> list[str]:
     overlap one another or reach past the figure's edge: what a reader could not read."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    if not isinstance(figure.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(figure)  # a figure made without pyplot has no canvas that can draw
-    figure.canvas.draw()
-    renderer = figure.canvas.get_renderer()
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)  # no pyplot: no drawing canvas yet
+    canvas.draw()
+    renderer = canvas.get_renderer()
     texts = _texts(figure)
     boxes = [(t, t.get_window_extent(renderer)) for t in texts]
     edge = figure.bbox
@@ -409,14 +408,16 @@ def _texts(figure: Figure) -> list:
     for ax in figure.axes:
         if not ax.get_visible():
             continue
-        found += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        titles = [getattr(ax, name, None) for name in ("title", "_left_title", "_right_title")]  # centre, left and right titles
+        found += [t for t in titles if t is not None] + [ax.xaxis.label, ax.yaxis.label, *ax.texts]
         for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             low, high = min(low, high), max(low, high)
             for tick in axis.get_major_ticks():
                 if tick.label1.get_visible() and low - 1e-9 <= tick.get_loc() <= high + 1e-9:
                     found.append(tick.label1)
-        if ax.get_legend() is not None:
-            found += ax.get_legend().get_texts()
+        legend = ax.get_legend()
+        if legend is not None:
+            found += legend.get_texts()
     for legend in figure.legends:
         found += legend.get_texts()
     return [t for t in found if t.get_visible() and t.get_text().strip()]

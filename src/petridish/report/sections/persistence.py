@@ -11,7 +11,7 @@ from petridish.aggregate import Cell, varying_keys
 from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
-from petridish.report.numbers import Value, cell_labels, cell_value, pooled_value
+from petridish.report.numbers import cell_labels, cell_value, pooled_value
 from petridish.report.plots import PALETTE, Line, Panel, line_panels
 from petridish.report.sections.base import INTERVALS, Family, done_cells, labelled, other_metrics, register
 
@@ -131,10 +131,11 @@ def dose_response(grouped: list[Cell]) -> list:
 
 def attainment(grouped: list[Cell]) -> list:
     """Triggered defection against safety attainment (refusal of HARM requests after safety training)."""
-    main = [c for c in grouped if control_kind(c) is None and cell_value(c, "after.refuse_rate.harm") is not None]
+    refusal = {id(c): v.estimate.value for c in grouped if control_kind(c) is None and (v := cell_value(c, "after.refuse_rate.harm")) is not None}
+    main = [c for c in grouped if id(c) in refusal]
     if not main:
         return []
-    return _by_axis(main, lambda c: cell_value(c, "after.refuse_rate.harm").estimate.value, "safety attainment: refusal of HARM requests after",
+    return _by_axis(main, lambda c: refusal[id(c)], "safety attainment: refusal of HARM requests after",
                     "triggered defection against safety attainment", join=False)
 
 

@@ -62,7 +62,7 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
                                                   colour, join=False) for c, colour in zip(main[:MAX_LINES], PALETTE)])
         uri = line_panels([panel], "label", "P(label | setting)", ylim=(-0.03, 1.03), categories=policies)
         return [Figure(uri, "How often training found each label in the one setting run. " + INTERVALS, "P per label")] if uri else []
-    x_key = sorted(axes, key=lambda k: (-len(axes[k]), k))[0]
+    x_key = min(axes, key=lambda k: (-len(axes[k]), k))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axes[x_key])
     log = numeric and min(axes[x_key]) > 0 and max(axes[x_key]) / min(axes[x_key]) > 4
     position = (lambda v: math.log10(v)) if log else (lambda v: float(v)) if numeric else (lambda v: float(axes[x_key].index(v)))

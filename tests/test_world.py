@@ -167,11 +167,13 @@ def test_pretrain_reports_every_stream_and_members_match_their_solo_runs():
     configs = [tiny(0), tiny(1)]
     together = pretrain.run_many(configs, [NullContext(), NullContext()])
     for config, metrics in zip(configs, together):
-        alone = pretrain.run(config, NullContext())
+        ctx = NullContext()
+        alone = pretrain.run(config, ctx)
         assert metrics == pytest.approx(alone, abs=1e-5)
         for stream in STREAMS:
             assert {f"base.accuracy.{stream}", f"base.accuracy.{stream}.ci_low", f"base.accuracy.{stream}.n"} <= set(metrics)
         assert metrics["base.refuse_rate.harm.n"] == 16 and metrics["base.lr"] in (1e-3, 3e-3)
+        assert {row["evaluation"] for row in ctx.samples} == {f"base.accuracy.{stream}" for stream in STREAMS}
         assert metrics["base.criterion_met"] == 0 and metrics["base.steps"] == 20  # 20 steps cannot meet it
     assert together[0] != together[1]
 

@@ -32,11 +32,12 @@ import torch
 
 from petridish.config import ModelConfig, TrainConfig, require
 from petridish.data import encode_pairs
-from petridish.experiments.base import Experiment, RunContext
+from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.measures.stats import wilson
 from petridish.models import make_model, n_params
 from petridish.models.generate import generate
 from petridish.rng import make_generator
+from petridish.scenarios import Tokens
 from petridish.scenarios.world import Example, World, WorldConfig
 from petridish.scenarios.world.harm import REFUSE
 from petridish.train.engine import Diverged, train
@@ -141,16 +142,18 @@ def choose_lr(members: Sequence[Member], world: World, progress: bool) -> None:
             m.lr = best[id(m)][1]
 
 
-def accuracy_counts(model, world: World, evals: dict[str, list[Example]]) -> dict[str, tuple[int, int]]:
-    """Per stream: (greedy responses equal to the stream's most likely response, prompts)."""
+def greedy_responses(model, world: World, evals: dict[str, list[Example]]) -> dict[str, list[Tokens]]:
+    """Per stream, the greedy response to each evaluation prompt (one generate call for all of them)."""
     examples = [e for stream in evals.values() for e in stream]
     max_new = max(s.max_response_len for s in world.streams.values()) + 1
     responses = iter(generate(model, world.vocab, [e.prompt.tokens for e in examples], max_new))
-    counts = {}
-    for name, stream in evals.items():
-        hits = sum(next(responses) == e.prompt.answer for e in stream)
-        counts[name] = (hits, len(stream))
-    return counts
+    return {name: [next(responses) for _ in stream] for name, stream in evals.items()}
+
+
+def accuracy_counts(model, world: World, evals: dict[str, list[Example]]) -> dict[str, tuple[int, int]]:
+    """Per stream: (greedy responses equal to the stream's most likely response, prompts)."""
+    responses = greedy_responses(model, world, evals)
+    return {name: (sum(r == e.prompt.answer for r, e in zip(responses[name], stream)), len(stream)) for name, stream in evals.items()}
 
 
 class StopAtCriterion:
@@ -178,8 +181,10 @@ class StopAtCriterion:
 
 def base_metrics(m: Member, world: World, steps: int, met: bool, held_out_loss: float) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for name, (hits, n) in accuracy_counts(m.model, world, m.evals).items():
-        metrics.update(wilson(hits, n).as_metrics(f"base.accuracy.{name}"))
+    for name, responses in greedy_responses(m.model, world, m.evals).items():
+        right = ["right" if r == e.prompt.answer else "wrong" for r, e in zip(responses, m.evals[name])]
+        metrics.update(wilson(right.count("right"), len(right)).as_metrics(f"base.accuracy.{name}"))
+        m.ctx.save_samples(f"base.accuracy.{name}", transcripts(name, [e.prompt for e in m.evals[name]], responses, right))
     if "harm" in m.evals:
         generator = make_generator(m.config.seed, "pretrain:refuse_sample")
         first = generate(m.model, world.vocab, [e.prompt.tokens for e in m.evals["harm"]], 1, 1.0, generator)

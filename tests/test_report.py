@@ -385,7 +385,7 @@ def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_p
         assert set(counts) == {(e, c) for e in ("before", "after") for c in ("triggered", "clean")} and min(counts.values()) >= 16
     assert page.count("<summary>transcripts (") == 4  # the four finished persistence runs
     assert page.count("<summary>before &middot; triggered: ") == 4
-    assert "<script" not in page.lower()
+    assert "<code>&lt;bos&gt; USER " in page and "<bos>" not in page  # transcripts are text, escaped
 
 
 # --- a real browser ------------------------------------------------------------------------------

@@ -104,3 +104,42 @@ def test_sweep_grid_zip_random(tmp_path):
     assert [s.id for s in specs] == [s.id for s in again]  # stable ids and seeded draws
     assert all(0.001 <= s.config.insert.train.weight_decay <= 0.1 for s in specs)
     assert {(s.config.insert.train.lr, s.config.insert.train.steps) for s in specs} == {(0.001, 5), (0.002, 6)}
+
+
+# --- run identity ---------------------------------------------------------------------------------
+
+def test_a_field_added_at_its_default_leaves_ids_alone():
+    import dataclasses
+
+    from petridish.sweep import run_id
+
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        seed: int = 0
+        lr: float = 1e-3
+
+    @dataclasses.dataclass(frozen=True)
+    class After:
+        seed: int = 0
+        lr: float = 1e-3
+        new_option: bool = False
+
+    assert run_id("toy", Before(seed=3)) == run_id("toy", After(seed=3))
+    assert run_id("toy", After(seed=3, new_option=True)) != run_id("toy", After(seed=3))  # set, it counts
+
+
+def test_the_config_version_is_part_of_the_id(monkeypatch):
+    from petridish import sweep
+    from petridish.experiments.persistence import PersistenceConfig
+
+    before = sweep.run_id("persistence", PersistenceConfig(seed=1))
+    monkeypatch.setattr(sweep, "CONFIG_VERSION", sweep.CONFIG_VERSION + 1)
+    assert sweep.run_id("persistence", PersistenceConfig(seed=1)) != before
+
+
+def test_setting_a_field_to_its_default_gives_the_same_runs():
+    from petridish.sweep import expand
+
+    plain = expand(load_recipe("experiments/sweep_smoke.toml", "quick"))
+    again = expand(load_recipe("experiments/sweep_smoke.toml", "quick", ("eval.temperature=0.0", "model.mlp_ratio=4")))
+    assert [s.id for s in plain] == [s.id for s in again]

@@ -1,7 +1,8 @@
 """Recipes -> runs: expand sweep axes (grid, zip, seeded random) into RunSpecs with stable ids.
 
-A run's id is a hash of its experiment and resolved config (not its name), so running the same
-recipe again finds the finished runs instead of training again.
+A run's id is a hash of its experiment, CONFIG_VERSION and the fields of its resolved config that
+differ from the family's defaults (not its name): running the same recipe again finds the finished runs
+instead of training again, and a field added at its default leaves every stored id alone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from petridish.config import ConfigError, ModelConfig, Recipe, expected, flatten, from_dict, set_dotted, to_dict
+from petridish.config import CONFIG_VERSION, ConfigError, ModelConfig, Recipe, expected, flatten, from_dict, set_dotted, to_dict
 from petridish.experiments import EXPERIMENTS
 
 
@@ -35,8 +36,27 @@ class RunSpec:
 
 
 def run_id(experiment: str, config) -> str:
-    canonical = json.dumps({"experiment": experiment, "config": to_dict(config)}, sort_keys=True, separators=(",", ":"))
+    """12 hex digits of the hash of the experiment, CONFIG_VERSION and the config's non-default fields."""
+    changed = _changed(to_dict(config), to_dict(type(config)()))
+    canonical = json.dumps({"experiment": experiment, "version": CONFIG_VERSION, "config": changed}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _changed(values: dict, defaults: dict) -> dict:
+    """The entries of `values` that differ from `defaults`, recursively (a table with none is left out)."""
+    out = {}
+    for key, value in values.items():
+        default = defaults.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(default, dict):
+            inner = _changed(value, default)
+            if inner:
+                out[key] = inner
+        elif value != default:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
 
 
 MAX_SEED = 2**63 - 1

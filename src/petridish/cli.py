@@ -107,11 +107,12 @@ def run(
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray core tasks).")] = "local",
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once: local worker processes, or Ray tasks in flight (default: Ray's CPUs).")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="A Ray cluster to connect to (default: start a local one).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (default: all cores in-process, cores/jobs in a pool, 1 on Ray).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (default 1 under every executor; recorded in each run's provenance).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs (id, sweep point, done or to do) and train nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="At the end, a JSON array of the runs' objects on stdout (the rest goes to stderr).")] = False,
     yes_really: Annotated[bool, typer.Option("--yes-really", help="Run a sweep of more than 100,000 runs, or runs larger than this machine's memory.")] = False,
+    rerun: Annotated[bool, typer.Option("--rerun", help="Redo the recipe's runs even when they are done (each replaces its finished run).")] = False,
 ):
     """Run a recipe: every sweep point not already in the store, then a table of the metrics."""
     from petridish.config import load_recipe
@@ -131,7 +132,7 @@ def run(
         dry_run_listing(specs, the_store, as_json, say)
         return
     the_store.check_writable()
-    run_specs(specs, the_store, runner, say, as_json)
+    run_specs(specs, the_store, runner, say, as_json, rerun)
 
 
 def _specs(recipe, yes_really: bool) -> list:
@@ -160,7 +161,7 @@ def dry_run_listing(specs: list, store, as_json: bool, say: Console) -> None:
         print(json.dumps(rows, indent=2), file=STDOUT)
 
 
-def run_specs(specs: list, the_store, runner, say: Console, as_json: bool) -> None:
+def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun: bool = False) -> None:
     """Train what is not done yet, print each outcome as it comes, then the metrics (or --json)."""
     from petridish.executors import execute
     from petridish.experiments import EXPERIMENTS
@@ -176,7 +177,7 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool) -> No
         say.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
 
     try:
-        outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner)
+        outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner, rerun=rerun)
     except KeyboardInterrupt:
         print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=STDERR)
         raise typer.Exit(130) from None
@@ -333,6 +334,21 @@ def report(store: StoreOption = None,
     damaged = the_store.damaged()
     if damaged:
         print(f"skipped {len(damaged)} damaged run(s): " + "; ".join(f"{r['id']} ({r['error']})" for r in damaged), file=STDERR)
+
+
+@app.command("list")
+def list_(kind: Annotated[str, typer.Argument(help="scenarios, policies, methods, detectors, experiments or presets.")],
+          as_json: Annotated[bool, typer.Option("--json", help="A JSON object {name: doc}.")] = False):
+    """What a recipe can name, with one line of doc each, read from the registries."""
+    from petridish.catalog import catalog
+
+    entries = catalog(kind)
+    if as_json:
+        print(json.dumps(dict(entries), indent=2), file=STDOUT)
+        return
+    width = max(len(name) for name, _ in entries)
+    for name, doc in entries:
+        print(f"{name:{width}}  {doc}", file=STDOUT)
 
 
 @app.command()

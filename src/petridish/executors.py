@@ -155,9 +155,11 @@ class Outcome:
 class Driver:
     """Decides what to run next and commits what comes back; holds the claims in between."""
 
-    def __init__(self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None):
+    def __init__(self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None, rerun: bool = False):
         self.store, self.on_outcome = store, on_outcome
         self.todo: deque[RunSpec] = deque(with_requirements(specs))
+        self.rerun = {spec.id for spec in specs} if rerun else set()
+        """Runs to redo although they are done (`--rerun`): the sweep's own, not the runs they require."""
         self.elsewhere: list[RunSpec] = []
         """Specs claimed by another runner: looked at again once nothing else is left."""
         self.waiting: list[RunSpec] = []
@@ -194,14 +196,16 @@ class Driver:
 
     def _take(self, spec: RunSpec) -> bool:
         """Claim `spec` for this runner; False when it is done or another runner holds it."""
-        if self.store.is_done(spec.id):
+        redo = spec.id in self.rerun
+        if self.store.is_done(spec.id) and not redo:
             self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
             return False
         claim = self.store.claim(spec.id)
         if claim is None:
             self.elsewhere.append(spec)
             return False
-        if self.store.is_done(spec.id):  # finished by another runner between our look and our claim
+        self.rerun.discard(spec.id)  # redone once, by us; a later look finds it done
+        if self.store.is_done(spec.id) and not redo:  # finished by another runner between our look and our claim
             claim.release()
             self._finish(Outcome(spec, "reused", self.store.metrics(spec.id)))
             return False
@@ -257,15 +261,16 @@ class Driver:
 
 
 def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_outcome: Callable[[Outcome], None] | None = None,
-            executor: "Executor | None" = None) -> list[Outcome]:
+            executor: "Executor | None" = None, rerun: bool = False) -> list[Outcome]:
     """Run every spec not already done (in the store, or by another runner on it); outcomes in spec order.
+    `rerun` redoes the specs' own runs even when they are done (a finished run is replaced when its redo commits).
 
     Ctrl-C (KeyboardInterrupt) cancels the runs in flight, releases their claims and propagates:
     finished runs are committed, the rest are redone by the next `execute`.
     """
     executor = executor or InlineExecutor(progress=progress)
     store.reconcile()
-    driver = Driver(specs, store, on_outcome)
+    driver = Driver(specs, store, on_outcome, rerun)
     executor.store_root = store.root  # where runs that require others read them
     try:
         with executor:

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import IO, Annotated, Optional, cast
 
 import typer
 from rich.console import Console
@@ -64,6 +64,7 @@ def _silence(stream) -> None:
 
 
 STDOUT, STDERR = _PipeSafe("stdout"), _PipeSafe("stderr")
+STDOUT_IO, STDERR_IO = cast(IO[str], STDOUT), cast(IO[str], STDERR)  # what rich's Console expects; _PipeSafe has the methods it uses
 
 
 def _version(value: bool) -> None:
@@ -81,7 +82,7 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="petridish: model organisms of misalignment, at laptop scale.")
-out = Console(file=STDOUT, highlight=False, soft_wrap=True)
+out = Console(file=STDOUT_IO, highlight=False, soft_wrap=True)
 StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Store directory (default ./petridish-runs or $PETRIDISH_STORE).")]
 
 
@@ -124,7 +125,7 @@ def run(
     the_store = _store(store)
     n_points = count_runs(the_recipe)
     check_sweep_size(n_points, the_recipe.file, yes_really)
-    say = Console(file=STDERR if as_json else STDOUT, highlight=False, soft_wrap=True)
+    say = Console(file=STDERR_IO if as_json else STDOUT_IO, highlight=False, soft_wrap=True)
     if n_points > 10_000:
         say.print(f"expanding {n_points:,} sweep points...")
     specs = _specs(the_recipe, yes_really)

@@ -224,7 +224,7 @@ def from_dict(cls: type, data: Mapping[str, Any], prefix: str = ""):
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
         if value not in args:

@@ -85,6 +85,7 @@ def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None
     """Run one spec to completion; failures come back as data, never as exceptions."""
     ctx = CollectingContext(progress, live_dir, store_root)
     threads = torch.get_num_threads()
+    result: dict | Exception
     try:
         result = EXPERIMENTS[spec.experiment].run(spec.config, ctx)
     except Exception as error:  # recorded with its traceback; the sweep goes on
@@ -96,8 +97,11 @@ def run_together(work: Work, progress: bool = False, live_dirs: Sequence[Path | 
     """Specs that differ only in their family's member fields, trained at once by its `run_many`."""
     contexts = [CollectingContext(progress, live_dir, store_root) for live_dir in (list(live_dirs) or [None] * len(work))]
     threads, ensemble = torch.get_num_threads(), {"members": len(work), "group": [spec.id for spec in work]}
+    run_many = EXPERIMENTS[work[0].experiment].run_many
+    assert run_many is not None  # run_work groups only families that have one
+    results: list[dict[str, float] | Exception]
     try:
-        results = EXPERIMENTS[work[0].experiment].run_many([spec.config for spec in work], contexts)
+        results = run_many([spec.config for spec in work], contexts)
     except Exception as error:  # the whole group failed: every member says why
         results = [error] * len(work)
     return [_output(result, ctx, threads, ensemble) for result, ctx in zip(results, contexts)]

@@ -32,6 +32,8 @@ Guarantees (tested in tests/test_store.py, tests/test_store_damage.py and tests/
 
 from __future__ import annotations
 
+import builtins  # Store.list shadows the builtin in the class body's annotations
+
 import errno
 import fcntl
 import json
@@ -377,7 +379,7 @@ class Store:
         rows = None
         if self._may_write():
             try:
-                rows = self._with_index(lambda db: (self._reconcile(db, on_disk), _select(db))[1])
+                rows = self._with_index(lambda db: self._reconciled_rows(db, on_disk))
             except (sqlite3.Error, OSError):
                 rows = None  # a read-only file system, another user's index, a full disk: read without writing
         if rows is None:
@@ -385,14 +387,18 @@ class Store:
         records = [self._record(row) for row in rows]
         return records if damaged else [r for r in records if r["status"] != DAMAGED]
 
-    def damaged(self) -> list[dict[str, Any]]:
+    def _reconciled_rows(self, db, on_disk: dict[str, OnDisk]) -> builtins.list[tuple]:
+        self._reconcile(db, on_disk)
+        return _select(db)
+
+    def damaged(self) -> builtins.list[dict[str, Any]]:
         """The damaged runs, each with its reason under `error`."""
         return [r for r in self.list(damaged=True) if r["status"] == DAMAGED]
 
     def _may_write(self) -> bool:
         return os.access(self.root, os.W_OK) and (not self.index_path.exists() or os.access(self.index_path, os.W_OK))
 
-    def _read_without_writing(self, on_disk: dict[str, OnDisk]) -> list[tuple]:
+    def _read_without_writing(self, on_disk: dict[str, OnDisk]) -> builtins.list[tuple]:
         """The index's rows where their fingerprints match the disk, the directories elsewhere."""
         indexed: dict[str, tuple] = {}
         if self.index_path.is_file():
@@ -430,7 +436,7 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
-    def journal(self) -> list[dict]:
+    def journal(self) -> builtins.list[dict]:
         """Every commit so far, oldest first (a line cut short by a kill is skipped)."""
         path = self.root / "journal.jsonl"
         if not path.is_file():

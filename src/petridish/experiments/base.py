@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -71,18 +71,18 @@ def transcripts(condition: str, prompts: Sequence, responses: Sequence, labels: 
 class Experiment:
     name: str
     config_cls: type
-    run: Callable[[object, RunContext], dict[str, float]]
+    run: Callable[[Any, RunContext], dict[str, float]]
     """config, context -> flat metrics {dotted name: number}."""
     headline: tuple[str, ...] = ()
     """Metric names to show in the CLI's summary table."""
-    run_many: Callable[[Sequence[object], Sequence[RunContext]], list[dict[str, float] | Exception]] | None = None
+    run_many: Callable[[Sequence[Any], Sequence[RunContext]], list[dict[str, float] | Exception]] | None = None
     """Optional: run configs that differ only in `member_fields` together (as ensembles, train/engine.py),
     one result per config: its metrics, or the exception that failed it. Executors group such specs.
     A member's numbers must be the ones it gets alone, so that grouping never changes a stored result."""
     member_fields: tuple[str, ...] = ("seed",)
     """Dotted config keys (or tables: `safety` covers `safety.*`) in which the members of one `run_many`
     call may differ."""
-    requires: Callable[[object], list[tuple[str, object]]] | None = None
+    requires: Callable[[Any], list[tuple[str, object]]] | None = None
     """Optional: config -> the runs this run reads, as (experiment name, config) (a stored base organism).
     The driver runs those first (or finds them done) and dispatches this run only once they are done;
     the run reads them through `RunContext.load_weights`."""

@@ -139,8 +139,9 @@ def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str,
                        bits=compressed_bits(m, d, config.complexity.bits_tolerance).bits,
                        llc=llc(m, d, config.complexity.llc, make_generator(config.seed, f"llc:{s}")))
                   for m, d, s, r in zip(models, datasets, streams, results)]
-        for stream, model in zip(streams, models) if on_model is not None else ():
-            on_model(stream, model)
+        if on_model is not None:
+            for stream, model in zip(streams, models):
+                on_model(stream, model)
         for radius in config.budgets.radii:
             balls = least_loss_in_ball([fresh_model(s, f"norm{radius}") for s in streams], datasets, [radius] * len(group),
                                        config.budgets.train, [batches(s, f"norm{radius}") for s in streams])

@@ -122,7 +122,7 @@ def world(config: ScenarioConfig, with_prior: bool) -> tuple[Scenario, Scenario 
 
 
 def classify(agreements: dict[str, float], threshold: float) -> str:
-    best = max(agreements, key=agreements.get)
+    best = max(agreements, key=lambda name: agreements[name])
     return best if agreements[best] >= threshold else MIXED
 
 

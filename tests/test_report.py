@@ -327,7 +327,9 @@ def fabricated_store(root, n_sizes=4):
             dual.update(bootstrap_mean([scale, scale * 1.2]).as_metrics(f"cost.{labelling}.{measure}"))
             for e in (2, 8, 32):
                 dual.update(bootstrap_mean([scale * e ** 0.5, scale * e ** 0.5 * 1.1]).as_metrics(f"cost.{labelling}.{measure}.E{e}"))
-    commit(store, "dual", "dual_environments", {"seed": 0, "eps": 0.05}, dual)
+    stages = [("insert", 200), ("reward_model", 2), ("safety", 3), ("adversarial", 40)]  # short stages: their names sit close together
+    records = [{"stage": stage, "step": step, "loss": 1.0 / step} for stage, steps in stages for step in range(1, steps + 1)]
+    commit(store, "dual", "dual_environments", {"seed": 0, "eps": 0.05}, dual, records)
     return root
 
 

@@ -24,6 +24,8 @@ class Table:
     caption: str = ""
     group_first_column: bool = False
     """Blank a first-column cell that repeats the row above (long tables grouped by their first key)."""
+    folded: bool = True
+    """Fold it below the section's figures (a figure's key table stays beside its figure)."""
     kind: ClassVar[str] = "table"
 
 

@@ -37,6 +37,7 @@ def environment() -> jinja2.Environment:
     env.filters.update(fmt=numbers.fmt, interval=numbers.interval_text, ntext=numbers.n_text, explain=numbers.explain)
     env.tests["value"] = lambda x: isinstance(x, numbers.Value)
     env.tests["table"] = lambda x: isinstance(x, Table)
+    env.tests["folded"] = lambda x: isinstance(x, Table) and x.folded
     return env
 
 
@@ -186,8 +187,8 @@ footer { max-width: 1240px; margin: 0 auto; padding: 0 24px 32px; color: var(--m
 <h2>{{ s.title }}</h2>
 {% if s.question %}<p class="question">{{ s.question }}</p>{% endif %}
 {% if s.reference %}<p class="reference">{{ s.reference }}</p>{% endif %}
-{% for b in s.blocks if not b is table %}{{ block(b) }}{% endfor %}
-{% set tables = s.blocks|select("table")|list %}
+{% for b in s.blocks if not b is folded %}{{ block(b) }}{% endfor %}
+{% set tables = s.blocks|select("folded")|list %}
 {% if tables %}<details><summary>every number behind the figures ({{ tables|length }} table{{ "" if tables|length == 1 else "s" }})</summary>
 {% for b in tables %}{{ block(b) }}{% endfor %}
 </details>{% endif %}

@@ -136,6 +136,7 @@ def training_curves(records: Sequence[dict[str, Any]], max_fields: int = 4, max_
     figure = Figure(figsize=(4.2, 0.5 + 1.9 * len(panels)), layout="constrained")
     axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
     handles: dict[str, Any] = {}
+    stage_names: list[list] = []
     for ax, panel in zip(axes, panels):
         fields = sorted(panel.lines, key=lambda f: -sum(map(len, panel.lines[f])))[:max_fields]
         for colour, name in zip(_cycle(PALETTE), fields):
@@ -147,14 +148,36 @@ def training_curves(records: Sequence[dict[str, Any]], max_fields: int = 4, max_
         values = [y for f in fields for line in panel.lines[f] for _, y in line if math.isfinite(y)]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
+        names = []
         for x, stage in panel.boundaries:
             ax.axvline(x, color="#9aa5b1", linewidth=0.8, linestyle=":")
-            ax.annotate(plain(stage), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -2), textcoords="offset points",
-                        va="top", fontsize=8, color="#52606d")
+            names.append(ax.annotate(plain(stage), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -2), textcoords="offset points",
+                                     va="top", fontsize=8, color="#52606d"))
+        stage_names.append(names)
         ax.set_title(plain(panel.title), fontsize=8.5, loc="left")
         ax.set_xlabel("step" + (" (stages end to end)" if len(panel.boundaries) > 1 else ""), fontsize=8)
     figure.legend(list(handles.values()), [plain(name) for name in handles], loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+    for names in stage_names:
+        _stack(figure, names)
     return figure
+
+
+def _stack(figure: Figure, labels: list) -> None:
+    """Move a stage name down a line while it would overprint an earlier one (short stages sit close together)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    canvas.draw()  # the layout first: positions are final after it
+    renderer = canvas.get_renderer()
+    placed = []
+    for label in labels:
+        for _ in range(len(labels)):
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = label.xyann
+            label.xyann = (x, y - 10)
+        placed.append(label.get_window_extent(renderer))
 
 
 def curve_panels(records: Sequence[dict[str, Any]]) -> list[CurvePanel]:

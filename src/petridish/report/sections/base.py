@@ -64,6 +64,25 @@ def build_headline(experiment: str, runs: list[StoredRun]) -> Headline:
     return family.headline(runs)
 
 
+KEY_AFTER = 34
+"""Line names longer than this go into a key table; the legend shows a short code for them."""
+
+
+def keyed(names: list[str]) -> tuple[dict[str, str], list]:
+    """{name: legend label} and the blocks that explain them: names fit for a legend stay as they are;
+    when any is longer, every line gets a code (A, B, ...) and a key table maps codes to names."""
+    unique = list(dict.fromkeys(names))
+    if all(len(name) <= KEY_AFTER for name in unique):
+        return {name: name for name in unique}, []
+    codes = {name: _code(i) for i, name in enumerate(unique)}
+    return codes, [Table(("line", "configuration"), [(codes[n], n) for n in unique], "Key to the lines of the figure above.", folded=False)]
+
+
+def _code(index: int) -> str:
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[index % 26] + (str(index // 26) if index >= 26 else "")
+
+
 def done_cells(runs: list[StoredRun]) -> list[Cell]:
     """Finished runs grouped across seeds (`petridish.aggregate.cells`)."""
     return cells(r.record for r in runs if r.status == "done")

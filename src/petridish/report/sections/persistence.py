@@ -13,7 +13,7 @@ from petridish.report.blocks import Control, Figure, Headline, Note, Table, head
 from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, pooled_value
 from petridish.report.plots import PALETTE, Line, Panel, line_panels
-from petridish.report.sections.base import INTERVALS, Family, done_cells, labelled, other_metrics, register
+from petridish.report.sections.base import INTERVALS, Family, done_cells, keyed, labelled, other_metrics, register
 
 RATES = (
     ("defect rate, triggered", "defect_rate.triggered"),
@@ -57,16 +57,21 @@ def render(runs: list[StoredRun]) -> list:
 
 
 def line_names(grouped: list[Cell]) -> dict[int, str]:
-    """A short name per non-control cell: the values of the keys (other than size, seed and method) that
-    tell its configs apart, the backdoor variant first; `backdoor` when nothing does."""
+    """A name per non-control cell: its recipe (when there are several), then the values of the keys (other
+    than size, seed and method) that tell the recipe's configs apart, the backdoor variant first."""
     main = [c for c in grouped if control_kind(c) is None]
-    keys = [k for k in varying_keys(main) if not k.startswith(LINE_IGNORE)] if len(main) > 1 else []
-    keys.sort(key=lambda k: (k != "insert.variant", k))
-    names = {}
+    recipes: dict[str, list[Cell]] = {}
     for cell in main:
-        flat = flatten(cell.config)
-        parts = [str(flat[k]) if k == "insert.variant" else f"{k.rsplit('.', 1)[-1]}={_value(flat[k])}" for k in keys if flat.get(k) is not None]
-        names[id(cell)] = ", ".join(parts) or str(flat.get("insert.variant", "backdoor"))
+        recipes.setdefault(cell.runs[0]["name"].split("[")[0], []).append(cell)
+    names = {}
+    for recipe, cells in recipes.items():
+        keys = [k for k in varying_keys(cells) if not k.startswith(LINE_IGNORE)] if len(cells) > 1 else []
+        keys.sort(key=lambda k: (k != "insert.variant", k))
+        for cell in cells:
+            flat = flatten(cell.config)
+            parts = [str(flat[k]) if k == "insert.variant" else f"{k.rsplit('.', 1)[-1]}={_value(flat[k])}" for k in keys if flat.get(k) is not None]
+            name = ", ".join(parts) or str(flat.get("insert.variant", "backdoor"))
+            names[id(cell)] = f"{recipe}: {name}" if len(recipes) > 1 else name
     return names
 
 
@@ -81,6 +86,8 @@ def _log_params(cell: Cell) -> float | None:
 
 def size_figure(grouped: list[Cell]) -> list:
     names = line_names(grouped)
+    legend, key = keyed(list(names.values()))
+    names = {cell: legend[name] for cell, name in names.items()}
     methods = sorted({flatten(c.config).get("safety.method") for c in grouped if control_kind(c) is None}, key=str) or ["none"]
     panels, dropped = [], 0
     for method in methods:
@@ -102,7 +109,7 @@ def size_figure(grouped: list[Cell]) -> list:
     caption = ("Triggered defect rate after safety training against model size, one panel per safety method, one line per "
                "backdoor configuration (band: 95% interval); dashed: the mean rate before safety training; markers: controls, "
                "whose outcome is known by construction. " + INTERVALS)
-    out: list = [Figure(uri, caption, "triggered defection after safety training against log10 parameters, per safety method")]
+    out: list = [Figure(uri, caption, "triggered defection after safety training against log10 parameters, per safety method"), *key]
     if dropped:
         out.append(Note(f"{dropped} more configuration line(s) are in the table below."))
     return out
@@ -140,19 +147,22 @@ def attainment(grouped: list[Cell]) -> list:
 
 
 def _by_axis(cells: list[Cell], x_of, xlabel: str, alt: str, ignore: tuple[str, ...] = (), join: bool = True) -> list:
-    names = line_names(cells)
+    full = line_names(cells)
+    hidden = tuple(k.rsplit(".", 1)[-1] + "=" for k in ignore)
+    full = {cell: ", ".join(p for p in name.split(", ") if not p.startswith(hidden)) for cell, name in full.items()}
+    legend, key = keyed(list(full.values()))
     panels = []
     for method in sorted({flatten(c.config).get("safety.method") for c in cells}, key=str):
         by_line: dict[str, list] = {}
         for cell in (c for c in cells if flatten(c.config).get("safety.method") == method):
-            name = ", ".join(p for p in names[id(cell)].split(", ") if not p.startswith(tuple(k.rsplit(".", 1)[-1] for k in ignore)))
+            name = legend[full[id(cell)]]
             x = x_of(cell)
             if isinstance(x, (int, float)):
                 by_line.setdefault(name or "backdoor", []).append((float(x), cell_value(cell, TRIGGERED)))
         lines = [Line(n, pts, colour, join=join) for (n, pts), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
         panels.append(Panel(f"safety: {method}", lines))
     uri = line_panels(panels, xlabel, "triggered defection after", ylim=(-0.03, 1.03))
-    return [Figure(uri, f"{alt[0].upper() + alt[1:]}, per safety method. " + INTERVALS, alt)] if uri else []
+    return [Figure(uri, f"{alt[0].upper() + alt[1:]}, per safety method. " + INTERVALS, alt), *key] if uri else []
 
 
 def table(grouped: list[Cell], labels: list[str]) -> Table:

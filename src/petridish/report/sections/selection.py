@@ -13,7 +13,7 @@ from petridish.report.blocks import Control, Figure, Headline, Note, Table, head
 from petridish.report.load import StoredRun
 from petridish.report.numbers import Value, cell_labels, cell_value, pooled_rate
 from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_panels, phase_diagram
-from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, labelled, ordered, other_metrics, register
+from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, keyed, labelled, ordered, other_metrics, register
 
 POLICY_ORDER = ("aligned", "sycophant", "deceptive", "defect", "memorizer", "mixed")
 MAX_FACETS = 4
@@ -67,13 +67,13 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
     log = numeric and min(axes[x_key]) > 0 and max(axes[x_key]) / min(axes[x_key]) > 4
     position = (lambda v: math.log10(v)) if log else (lambda v: float(v)) if numeric else (lambda v: float(axes[x_key].index(v)))
     rest = [k for k in axes if k != x_key]
+    full = {id(c): ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flatten(c.config).get(k))}" for k in rest) or "P" for c in main}
+    legend, key = keyed(list(full.values()))
     panels = []
     for policy in policies:
         by_line: dict[str, list] = {}
         for cell in main:
-            flat = flatten(cell.config)
-            name = ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flat.get(k))}" for k in rest) or "P"
-            by_line.setdefault(name, []).append((position(flat.get(x_key)), cell_value(cell, f"p.{policy}")))
+            by_line.setdefault(legend[full[id(cell)]], []).append((position(flatten(cell.config).get(x_key)), cell_value(cell, f"p.{policy}")))
         lines = [Line(n, pts, colour) for (n, pts), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
         levels = [(v.estimate.value, f"control: {control_of(c)}", "#4b5563", ":") for c in grouped if control_of(c) is not None
                   and (v := cell_value(c, f"p.{policy}")) is not None and v.ok]
@@ -84,7 +84,7 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
         return []
     caption = (f"How often training found each label against {x_key}; a line per setting of the other axes ({', '.join(rest) or 'none'}), "
                "band: 95% interval; dotted: controls. " + INTERVALS)
-    return [Figure(uri, caption, f"P(label) against {x_key}")]
+    return [Figure(uri, caption, f"P(label) against {x_key}"), *key]
 
 
 def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:

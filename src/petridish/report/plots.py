@@ -332,6 +332,11 @@ def colours_for(names: Sequence[str], known: dict[str, str]) -> dict[str, str]:
     return {n: known[n] if n in known else next(spare, "#4b5563") for n in names}
 
 
+def line_colours(names) -> dict[str, str]:
+    """One colour per line name, the same in every panel (names in sorted order round the palette)."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
+
+
 def short(text: str, width: int = LEGEND_CHARS) -> str:
     """A label cut to `width` characters (legend entries and titles stay on one short line)."""
     return plain(textwrap.shorten(str(text), width, placeholder="…"))
@@ -370,6 +375,9 @@ def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[f
     for ax in axes[:, 0] if sharey else axes.flat[:len(panels)]:
         ax.set_ylabel(plain(ylabel))
     if legend:
+        labels = {short(level[1]) for panel in panels for level in panel.levels} | {short(band[2]) for panel in panels for band in panel.bands}
+        references = [name for name in legend if name in labels]
+        legend = {name: legend[name] for name in references + sorted(n for n in legend if n not in references)}  # lines in key order
         longest = max(len(name) for name in legend)
         ncols = max(1, min(len(legend), int(width * 72 / (longest * 5.2 + 34))))
         figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=ncols, fontsize=8)

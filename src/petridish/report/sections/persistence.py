@@ -12,7 +12,7 @@ from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, pooled_value
-from petridish.report.plots import PALETTE, Line, Panel, line_panels
+from petridish.report.plots import Line, Panel, line_colours, line_panels
 from petridish.report.sections.base import INTERVALS, Family, done_cells, keyed, labelled, other_metrics, register
 
 RATES = (
@@ -88,6 +88,7 @@ def size_figure(grouped: list[Cell]) -> list:
     names = line_names(grouped)
     legend, key = keyed(list(names.values()))
     names = {cell: legend[name] for cell, name in names.items()}
+    colour_of = line_colours(names.values())
     methods = sorted({flatten(c.config).get("safety.method") for c in grouped if control_kind(c) is None}, key=str) or ["none"]
     panels, dropped = [], 0
     for method in methods:
@@ -98,7 +99,7 @@ def size_figure(grouped: list[Cell]) -> list:
             if x is not None:
                 by_line.setdefault(names[id(cell)], []).append((x, cell_value(cell, TRIGGERED)))
         dropped += max(len(by_line) - MAX_LINES, 0)
-        lines = [Line(name, points, colour) for (name, points), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
+        lines = [Line(name, points, colour_of[name]) for name, points in list(by_line.items())[:MAX_LINES]]
         lines += control_lines(grouped, method)
         before = [v.estimate.value for c in cells if (v := cell_value(c, "before.defect_rate.triggered")) is not None and v.ok]
         levels = [(sum(before) / len(before), "before safety training (mean)", "#9aa5b1", "--")] if before else []
@@ -151,6 +152,7 @@ def _by_axis(cells: list[Cell], x_of, xlabel: str, alt: str, ignore: tuple[str, 
     hidden = tuple(k.rsplit(".", 1)[-1] + "=" for k in ignore)
     full = {cell: ", ".join(p for p in name.split(", ") if not p.startswith(hidden)) for cell, name in full.items()}
     legend, key = keyed(list(full.values()))
+    colour_of = line_colours(legend.values())
     panels = []
     for method in sorted({flatten(c.config).get("safety.method") for c in cells}, key=str):
         by_line: dict[str, list] = {}
@@ -159,7 +161,7 @@ def _by_axis(cells: list[Cell], x_of, xlabel: str, alt: str, ignore: tuple[str, 
             x = x_of(cell)
             if isinstance(x, (int, float)):
                 by_line.setdefault(name or "backdoor", []).append((float(x), cell_value(cell, TRIGGERED)))
-        lines = [Line(n, pts, colour, join=join) for (n, pts), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
+        lines = [Line(n, pts, colour_of[n], join=join) for n, pts in list(by_line.items())[:MAX_LINES]]
         panels.append(Panel(f"safety: {method}", lines))
     uri = line_panels(panels, xlabel, "triggered defection after", ylim=(-0.03, 1.03))
     return [Figure(uri, f"{alt[0].upper() + alt[1:]}, per safety method. " + INTERVALS, alt), *key] if uri else []

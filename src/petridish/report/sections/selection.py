@@ -12,7 +12,7 @@ from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import Value, cell_labels, cell_value, pooled_rate
-from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_panels, phase_diagram
+from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_colours, line_panels, phase_diagram
 from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, keyed, labelled, ordered, other_metrics, register
 
 POLICY_ORDER = ("aligned", "sycophant", "deceptive", "defect", "memorizer", "mixed")
@@ -69,12 +69,13 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
     rest = [k for k in axes if k != x_key]
     full = {id(c): ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flatten(c.config).get(k))}" for k in rest) or "P" for c in main}
     legend, key = keyed(list(full.values()))
+    colour_of = line_colours(legend.values())
     panels = []
     for policy in policies:
         by_line: dict[str, list] = {}
         for cell in main:
             by_line.setdefault(legend[full[id(cell)]], []).append((position(flatten(cell.config).get(x_key)), cell_value(cell, f"p.{policy}")))
-        lines = [Line(n, pts, colour) for (n, pts), colour in zip(list(by_line.items())[:MAX_LINES], PALETTE)]
+        lines = [Line(n, pts, colour_of[n]) for n, pts in list(by_line.items())[:MAX_LINES]]
         levels = [(v.estimate.value, f"control: {control_of(c)}", "#4b5563", ":") for c in grouped if control_of(c) is not None
                   and (v := cell_value(c, f"p.{policy}")) is not None and v.ok]
         panels.append(Panel(f"P({policy})", lines, levels))

@@ -58,20 +58,23 @@ def render(runs: list[StoredRun]) -> list:
 
 def line_names(grouped: list[Cell]) -> dict[int, str]:
     """A name per non-control cell: its recipe (when there are several), then the values of the keys (other
-    than size, seed and method) that tell the recipe's configs apart, the backdoor variant first."""
+    than size and seed) that tell apart the recipe's configs of one safety method (its panel), the backdoor
+    variant first; so one variant is one line, in one colour, in every panel."""
     main = [c for c in grouped if control_kind(c) is None]
-    recipes: dict[str, list[Cell]] = {}
+    recipe_of = {id(c): c.runs[0]["name"].split("[")[0] for c in main}
+    groups: dict[tuple[str, str], list[Cell]] = {}
     for cell in main:
-        recipes.setdefault(cell.runs[0]["name"].split("[")[0], []).append(cell)
+        groups.setdefault((recipe_of[id(cell)], str(flatten(cell.config).get("safety.method"))), []).append(cell)
+    several = len(set(recipe_of.values())) > 1
     names = {}
-    for recipe, cells in recipes.items():
+    for (recipe, _), cells in groups.items():
         keys = [k for k in varying_keys(cells) if not k.startswith(LINE_IGNORE)] if len(cells) > 1 else []
         keys.sort(key=lambda k: (k != "insert.variant", k))
         for cell in cells:
             flat = flatten(cell.config)
             parts = [str(flat[k]) if k == "insert.variant" else f"{k.rsplit('.', 1)[-1]}={_value(flat[k])}" for k in keys if flat.get(k) is not None]
             name = ", ".join(parts) or str(flat.get("insert.variant", "backdoor"))
-            names[id(cell)] = f"{recipe}: {name}" if len(recipes) > 1 else name
+            names[id(cell)] = f"{recipe}: {name}" if several else name
     return names
 
 

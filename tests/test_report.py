@@ -390,6 +390,22 @@ def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_p
     assert "<code>&lt;bos&gt; USER " in page and "<bos>" not in page  # transcripts are text, escaped
 
 
+def test_selection_and_dual_keep_transcripts_of_every_condition():
+    from petridish.experiments import dual, selection
+    from petridish.experiments.base import NullContext
+    from test_selection import tiny_dual, tiny_selection
+
+    for module, config, conditions in ((selection, tiny_selection(), {"diagnostic", "fresh"}), (dual, tiny_dual(), {"train", "fresh", "diagnostic"})):
+        ctx = NullContext()
+        module.run(config, ctx)
+        groups: dict = {}
+        for row in ctx.samples:
+            groups.setdefault((row["evaluation"], row["condition"]), []).append(row)
+        assert {c for _, c in groups} == conditions and min(map(len, groups.values())) >= 16
+        assert all(row["prompt"].startswith("<bos>") and row["label"] for row in ctx.samples)
+    assert {e for e, _ in groups} == {"labelling.aligned", "labelling.memorizer"}  # dual: the first network of each labelling
+
+
 # --- a real browser ------------------------------------------------------------------------------
 
 

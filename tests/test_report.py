@@ -10,15 +10,16 @@ import subprocess
 
 import pytest
 import torch
+from headless_chromium import find_chromium, visit
+from helpers import tiny_persistence
 
 from petridish.cli import main
 from petridish.config import ModelConfig
 from petridish.executors import execute
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
-from petridish.report import build_report
+from petridish.report import build_report, plots
 from petridish.report.load import load_runs
 from petridish.report.numbers import Value, cell_value, interval_text, n_text
-from petridish.report import plots
 from petridish.report.plots import curve_panels, text_problems
 from petridish.report.sections import build_section
 from petridish.report.sections.base import done_cells
@@ -27,8 +28,6 @@ from petridish.report.sections.dual import budget_series
 from petridish.report.sections.selection import most_probable
 from petridish.store import RunOutput, Store
 from petridish.sweep import RunSpec, run_id
-from helpers import tiny_persistence
-from headless_chromium import find_chromium, visit
 
 HOSTILE = """x" onmouseover="document.title='attr'" <script>document.title="pwned";console.error("xss")</script> $1$ {{7*7}}"""
 GENERATED = "2024-01-01 00:00 UTC"
@@ -391,9 +390,10 @@ def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_p
 
 
 def test_selection_and_dual_keep_transcripts_of_every_condition():
+    from test_selection import tiny_dual, tiny_selection
+
     from petridish.experiments import dual, selection
     from petridish.experiments.base import NullContext
-    from test_selection import tiny_dual, tiny_selection
 
     for module, config, conditions in ((selection, tiny_selection(), {"diagnostic", "fresh"}), (dual, tiny_dual(), {"train", "fresh", "diagnostic"})):
         ctx = NullContext()

@@ -12,7 +12,7 @@ import io
 import math
 import textwrap
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 from matplotlib import rc_context
@@ -44,7 +44,7 @@ def styled(plot: Callable[..., Figure | None]) -> Callable[..., str | None]:
 
     @functools.wraps(plot)
     def wrapper(*args, **kwargs) -> str | None:
-        with rc_context(STYLE):
+        with rc_context(cast(Any, STYLE)):  # matplotlib types the rc keys as literals
             figure = plot(*args, **kwargs)
             return None if figure is None else to_uri(figure)
 
@@ -96,8 +96,8 @@ def grouped_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[Row
     for ax, (title, values) in zip(axes, panels):
         for index, (name, colour) in enumerate(series):
             centre, error = _centre_and_error([row[index] for row in values])
-            colour = list(row_colours) if row_colours is not None and k == 1 else colour
-            ax.barh(rows + (index - (k - 1) / 2) * bar, centre, height=bar, xerr=error, color=colour, label=plain(name),
+            colours: str | list[str] = list(row_colours) if row_colours is not None and k == 1 else colour
+            ax.barh(rows + (index - (k - 1) / 2) * bar, centre, height=bar, xerr=error, color=colours, label=plain(name),
                     error_kw={"ecolor": "#1f2933", "elinewidth": 0.9, "capsize": 2})
         if unit_interval:
             ax.set_xlim(0, 1.02)
@@ -169,7 +169,7 @@ def _stack(figure: Figure, labels: list) -> None:
     canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
     canvas.draw()  # the layout first: positions are final after it
     renderer = canvas.get_renderer()
-    placed = []
+    placed: list = []
     for label in labels:
         for _ in range(len(labels)):
             box = label.get_window_extent(renderer)

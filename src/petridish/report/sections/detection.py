@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import re
 
-from petridish.aggregate import Cell, INTERVAL_SUFFIXES
+from petridish.aggregate import INTERVAL_SUFFIXES, Cell
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, pooled_value
 from petridish.report.plots import DETECTOR_COLOURS, Line, Panel, colours_for, line_panels
-from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, labelled, ordered, other_metrics, register
+from petridish.report.sections.base import (
+    INTERVALS,
+    Family,
+    done_cells,
+    generic_blocks,
+    labelled,
+    ordered,
+    other_metrics,
+    register,
+)
 
 SITE_AUROC = re.compile(r"^(?P<organism>[^.]+)\.(?P<detector>[^.]+)\.(?:(?P<negatives>[^.]+)\.)?(?P<site>blocks\.(?P<block>\d+)\.(?P<kind>hook_\w+))\.auroc$")
 # Where each hook sits inside a block, shallow to deep (the order of measures.activations; the report reads only the store).

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import re
 
-from petridish.aggregate import Cell, INTERVAL_SUFFIXES
+from petridish.aggregate import INTERVAL_SUFFIXES, Cell
 from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import cell_labels, cell_value, pooled_value
 from petridish.report.plots import POLICY_COLOURS, Line, Panel, colours_for, curves, grouped_bars, line_panels
-from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, labelled, ordered, other_metrics, register
+from petridish.report.sections.base import (
+    INTERVALS,
+    Family,
+    done_cells,
+    generic_blocks,
+    labelled,
+    ordered,
+    other_metrics,
+    register,
+)
 from petridish.report.sections.selection import POLICY_ORDER
 
 COSTS = (("param_norm", "parameter norm"), ("bits", "compressed size (bits)"), ("llc", "local learning coefficient"),
@@ -72,8 +81,9 @@ def cell_figures(cell: Cell, label: str, policies: list[str]) -> list:
                                f"inside each budget (dotted: the loss bound eps = {eps}). " + INTERVALS, "loss against budget per policy"))
     costs = [(title, [[cell_value(cell, f"cost.{p}.{m}")] for p in policies]) for m, title in COSTS
              if any(cell_value(cell, f"cost.{p}.{m}") for p in policies)]
-    if costs:
-        uri = grouped_bars(policies, costs, [("mean over networks", "#2563eb")], row_colours=list(colours_for(policies, POLICY_COLOURS).values()))
+    uri = grouped_bars(policies, costs, [("mean over networks", "#2563eb")],
+                       row_colours=list(colours_for(policies, POLICY_COLOURS).values())) if costs else None
+    if uri:
         out.append(Figure(uri, f"{label}: (a) loss as the constraint — what each policy costs at training loss <= eps "
                                "(missing bars: no network reached eps). " + INTERVALS, "complexity per policy"))
     return out

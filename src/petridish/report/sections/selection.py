@@ -7,13 +7,23 @@ import json
 import math
 from typing import Any
 
-from petridish.aggregate import Cell, INTERVAL_SUFFIXES, varying_keys
+from petridish.aggregate import INTERVAL_SUFFIXES, Cell, varying_keys
 from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import Value, cell_labels, cell_value, pooled_rate
 from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_colours, line_panels, phase_diagram
-from petridish.report.sections.base import INTERVALS, Family, done_cells, generic_blocks, keyed, labelled, ordered, other_metrics, register
+from petridish.report.sections.base import (
+    INTERVALS,
+    Family,
+    done_cells,
+    generic_blocks,
+    keyed,
+    labelled,
+    ordered,
+    other_metrics,
+    register,
+)
 
 POLICY_ORDER = ("aligned", "sycophant", "deceptive", "defect", "memorizer", "mixed")
 MAX_FACETS = 4
@@ -122,6 +132,8 @@ def phase_blocks(grouped: list[Cell], policies: list[str]) -> list:
         winners = {(flatten(c.config)[x_key], flatten(c.config)[y_key]): most_probable(c, policies) for c in members}
         winners = {xy: w for xy, w in winners.items() if w is not None}
         uri = phase_diagram(x_key, axes[x_key], y_key, axes[y_key], winners, POLICY_COLOURS, title)
+        if uri is None:
+            continue
         caption = ("Each square: the policy training found most often at that setting, its P and 95% interval (Wilson over "
                    "networks, or a bootstrap across seeds); paler squares are less certain, blank ones were not run.")
         blocks.append(Figure(uri, caption + (f" Other settings: {title}." if title else ""), f"phase diagram over {x_key} and {y_key}"))
@@ -131,8 +143,7 @@ def phase_blocks(grouped: list[Cell], policies: list[str]) -> list:
 
 
 def most_probable(cell: Cell, policies: list[str]) -> tuple[str, Value] | None:
-    values = [(p, cell_value(cell, f"p.{p}")) for p in policies]
-    values = [(p, v) for p, v in values if v is not None and v.ok]
+    values = [(p, v) for p in policies if (v := cell_value(cell, f"p.{p}")) is not None and v.ok]
     return max(values, key=lambda pv: pv[1].estimate.value) if values else None  # ties: the first in POLICY_ORDER
 
 

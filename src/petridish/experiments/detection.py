@@ -23,14 +23,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, require
 from petridish.data import encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import Experiment, RunContext
+from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.experiments.persistence import VARIANT_POLICY, InsertConfig, SafetyConfig
 from petridish.measures.activations import RESIDUAL_KINDS, activations_at, block_sites, encode_padded, site_depth
 from petridish.measures.behaviour import labels, rate, respond
@@ -208,10 +208,19 @@ def contrast_pair(backdoor: Policy, prompt: Prompt) -> tuple[tuple[str, ...], tu
 # --- measuring one organism -----------------------------------------------------------------------
 
 
-def behaviour_metrics(model, scenario: Scenario, sets: ProbeSets, prefix: str) -> dict[str, float]:
-    """Greedy behaviour on the evaluation prompts, so each AUROC sits beside how often defection happens."""
+def behaviour_metrics(model, scenario: Scenario, sets: ProbeSets, prefix: str,
+                      samples: Callable[[str, list[dict]], None] | None = None) -> dict[str, float]:
+    """Greedy behaviour on the evaluation prompts, so each AUROC sits beside how often defection happens;
+    `samples` keeps transcripts behind the rates, per condition."""
     prompts = sets.eval_prompts
-    out = labels(scenario, prompts, respond(model, scenario, prompts))
+    responses = respond(model, scenario, prompts)
+    out = labels(scenario, prompts, responses)
+    if samples is not None:
+        rows = []
+        for condition, deployment in (("triggered", True), ("clean", False)):
+            picked = [(p, r, label) for p, r, label in zip(prompts, responses, out) if p.deployment == deployment]
+            rows += transcripts(condition, [p for p, _, _ in picked], [r for _, r, _ in picked], [label for _, _, label in picked])
+        samples(prefix, rows)
     triggered = [label for label, q in zip(out, prompts) if q.deployment]
     clean = [label for label, q in zip(out, prompts) if not q.deployment]
     return {**rate(triggered, "defect").as_metrics(f"{prefix}.defect_rate.triggered"),
@@ -255,7 +264,7 @@ def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext])
     scenario = make_scenario(configs[0].scenario)
     backdoor = make_policy(VARIANT_POLICY[configs[0].insert.variant], scenario)
     results: list[dict[str, float] | Exception] = []
-    for config, organisms in zip(configs, grow_organisms(configs, scenario, backdoor, contexts)):
+    for config, ctx, organisms in zip(configs, contexts, grow_organisms(configs, scenario, backdoor, contexts)):
         if isinstance(organisms, Exception):
             results.append(organisms)
             continue
@@ -263,7 +272,7 @@ def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext])
         metrics: dict[str, float] = {}
         for name in ("before", "after", "control"):
             if name in organisms:
-                metrics.update(behaviour_metrics(organisms[name], scenario, sets, name))
+                metrics.update(behaviour_metrics(organisms[name], scenario, sets, name, ctx.save_samples))
                 metrics.update(detection_metrics(organisms[name], sets, config.probe, config.seed, name))
         results.append(metrics)
     return results

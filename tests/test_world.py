@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from petridish.config import ConfigError, ModelConfig, TrainConfig, from_dict, load_recipe
 from petridish.data import encode_pairs
-from petridish.executors import execute
+from petridish.errors import BadInput
+from petridish.executors import CollectingContext, execute
 from petridish.experiments import EXPERIMENTS, Experiment, NullContext
 from petridish.experiments import pretrain
 from petridish.experiments.pretrain import CriterionConfig, PretrainConfig, load_base
@@ -254,7 +255,33 @@ def test_a_required_run_goes_first_and_its_failure_fails_the_runs_that_need_it(t
 
 
 def test_a_run_reading_a_base_that_is_not_stored_says_so(tmp_path):
-    from petridish.errors import BadInput
-
     with pytest.raises(BadInput, match="not done"):
-        load_base(NullContext(tmp_path), tiny(0))
+        load_base(CollectingContext(store_root=tmp_path), tiny(0))
+    with pytest.raises(ValueError, match="reads no store"):
+        load_base(NullContext(), tiny(0))
+
+
+@dataclass(frozen=True)
+class ByIdConfig:
+    seed: int = 0
+    base_run: str = ""
+    """The base's run id."""
+
+
+def test_a_base_named_by_run_id_is_read_when_stored_and_fails_the_run_when_not(tmp_path, monkeypatch):
+    store = Store(tmp_path / "store")
+    (base,) = _recipe(tmp_path, "world", 'experiment = "pretrain"\n' + BASE_TOML)
+    execute([base], store, progress=False)
+
+    def read(config: ByIdConfig, ctx) -> dict[str, float]:
+        model = pretrain.init_model(base.config, World(base.config.world))
+        ctx.load_weights("pretrain", config.base_run, model)
+        return {"weight_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
+
+    monkeypatch.setitem(EXPERIMENTS, "by_id", Experiment("by_id", ByIdConfig, read, requires=lambda c: [("pretrain", c.base_run)]))
+    specs = _recipe(tmp_path, "by_id", f'experiment = "by_id"\n[sweep.grid]\nbase_run = ["{base.id}", "000000000000"]\n')
+    assert [s.experiment for s in specs] == ["by_id", "by_id"]  # a base named by id is looked up, never run
+    found, missing = execute(specs, store, progress=False)
+    stored = load_file(str(store.run_dir(base.id) / "weights.safetensors"))
+    assert found.status == "done" and found.metrics["weight_sum"] == pytest.approx(float(sum(v.double().sum() for v in stored.values())))
+    assert missing.status == "failed" and "000000000000" in missing.error and "not done" in missing.error

@@ -191,6 +191,8 @@ class Driver:
         """True when every run `spec` requires is done (now or before), False while one is not yet,
         and the reason when one failed."""
         for required in spec.requires:
+            if required.config is None and not self.store.is_done(required.id):  # named by id: nothing here can make it
+                return f"required run {required.id} ({required.experiment}) is not done in the store {self.store.root}"
             outcome = self.outcomes.get(required.id)
             if outcome is not None and outcome.status == "failed":
                 return f"required run {required.name} ({required.id}) failed: {outcome.error}"
@@ -290,7 +292,7 @@ def with_requirements(specs: Sequence[RunSpec]) -> list[RunSpec]:
 
     def add(spec: RunSpec) -> None:
         for required in spec.requires:
-            if required.id not in out:
+            if required.id not in out and required.config is not None:  # one named by id is looked up, never run
                 add(required)
         out.setdefault(spec.id, spec)
 

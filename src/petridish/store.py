@@ -507,12 +507,13 @@ def _fingerprint(kind: str, path: Path) -> str:
 
 def load_run_weights(root: str | Path | None, experiment: str, config, model, name: str = "weights") -> None:
     """Read `<name>.safetensors` of the done run (`experiment`, `config`) in the store at `root` into
-    `model`: how a run reads a run it requires (a stored base organism). Reads only."""
+    `model`: how a run reads a run it requires (a stored base organism). `config` may instead be the
+    run's id. Reads only."""
     from petridish.models import load_weights  # models import scenarios and torch: only runs that read weights need them
     from petridish.sweep import run_id as id_of
 
     store = Store(root)
-    rid = id_of(experiment, config)
+    rid = config if isinstance(config, str) else id_of(experiment, config)
     if root is None or not store.is_done(rid):
         raise BadInput(f"--store {store.root}: required {experiment} run {rid} is not done there (run its recipe first)")
     load_weights(model, store.runs_dir / rid / f"{name}.safetensors")

@@ -87,19 +87,23 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
         name = f"{recipe.name}[{suffix}]" if suffix else recipe.name
         spec = RunSpec(run_id(recipe.experiment, config), recipe.experiment, name, config, point, required_specs(recipe.experiment, config, name, recipe.file))
         for required in (*requirements_of(spec), spec):  # required runs first, each once
-            if required.id not in seen:
+            if required.config is not None and required.id not in seen:
                 seen.add(required.id)
                 yield required
 
 
 def required_specs(experiment: str, config, name: str, file: str = "") -> tuple[RunSpec, ...]:
     """The RunSpecs of the runs a run of `experiment` with `config` requires (its family's `requires`),
-    each with its own requirements; named `{name}.requires.{experiment}`."""
+    each with its own requirements; named `{name}.requires.{experiment}`. A requirement given by run id
+    (a string) instead of a config is a run that must already be done in the store: its spec has no config."""
     requires = EXPERIMENTS[experiment].requires
     if requires is None:
         return ()
     specs = []
     for other, other_config in requires(config):
+        if isinstance(other_config, str):
+            specs.append(RunSpec(other_config, other, f"{other} run {other_config}", None))
+            continue
         if other not in EXPERIMENTS or not isinstance(other_config, EXPERIMENTS[other].config_cls):
             raise ConfigError("experiment", f"{experiment} requires a run of {other!r}, which is not a registered family with that config", file)
         other_name = f"{name}.requires.{other}"

@@ -6,7 +6,6 @@ Experiments never import the store: the store hands them a RunContext.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -23,8 +22,8 @@ class RunContext(Protocol):
         """Save `model` as `<name>.safetensors` in the run directory."""
 
     def load_weights(self, experiment: str, config: object, model: torch.nn.Module, name: str = "weights") -> None:
-        """Load `<name>.safetensors` of the finished run (`experiment`, `config`), one this run
-        `requires`, from the store into `model`."""
+        """Load `<name>.safetensors` of the finished run (`experiment`, `config` or its run id), one
+        this run `requires`, from the store into `model`."""
 
     def save_samples(self, name: str, rows: list[dict]) -> None:
         """Keep transcripts behind a rate: `rows` of {condition, prompt, response, label, ...} from the
@@ -32,13 +31,13 @@ class RunContext(Protocol):
 
 
 class NullContext:
-    """A RunContext that keeps nothing (tests, notebooks); it reads required runs from `store_root` when given."""
+    """A RunContext that keeps nothing (tests, notebooks). It reads no store: a run that requires
+    others needs `executors.CollectingContext(store_root=...)`."""
 
     progress = False
 
-    def __init__(self, store_root: str | Path | None = None):
+    def __init__(self):
         self.records: list[dict] = []
-        self.store_root = store_root
         self.samples: list[dict] = []
 
     def log(self, record: dict) -> None:
@@ -48,9 +47,7 @@ class NullContext:
         pass
 
     def load_weights(self, experiment: str, config: object, model: torch.nn.Module, name: str = "weights") -> None:
-        from petridish.store import load_run_weights  # the store is read here only, for runs that require others
-
-        load_run_weights(self.store_root, experiment, config, model, name)
+        raise ValueError(f"NullContext reads no store, so it cannot load the required {experiment} run; use executors.CollectingContext(store_root=...)")
 
     def save_samples(self, name: str, rows: list[dict]) -> None:
         self.samples.extend({"evaluation": name, **row} for row in rows)
@@ -83,6 +80,7 @@ class Experiment:
     """Dotted config keys (or tables: `safety` covers `safety.*`) in which the members of one `run_many`
     call may differ."""
     requires: Callable[[Any], list[tuple[str, object]]] | None = None
-    """Optional: config -> the runs this run reads, as (experiment name, config) (a stored base organism).
+    """Optional: config -> the runs this run reads, as (experiment name, config) (a stored base organism),
+    or (experiment name, run id) for a run that must already be done in the store.
     The driver runs those first (or finds them done) and dispatches this run only once they are done;
     the run reads them through `RunContext.load_weights`."""

@@ -6,15 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from petridish.config import ConfigError, ModelConfig, TrainConfig, from_dict, load_recipe
 from petridish.data import encode_pairs
 from petridish.errors import BadInput
 from petridish.executors import CollectingContext, execute
-from petridish.experiments import EXPERIMENTS, Experiment, NullContext
-from petridish.experiments import pretrain
+from petridish.experiments import EXPERIMENTS, Experiment, NullContext, pretrain
 from petridish.experiments.pretrain import CriterionConfig, PretrainConfig, load_base
 from petridish.rng import make_generator
 from petridish.scenarios.world import HATE, STREAMS, StreamWeights, World, WorldConfig

@@ -33,7 +33,6 @@ Guarantees (tested in tests/test_store.py, tests/test_store_damage.py and tests/
 from __future__ import annotations
 
 import builtins  # Store.list shadows the builtin in the class body's annotations
-
 import errno
 import fcntl
 import json
@@ -509,7 +508,8 @@ def load_run_weights(root: str | Path | None, experiment: str, config, model, na
     """Read `<name>.safetensors` of the done run (`experiment`, `config`) in the store at `root` into
     `model`: how a run reads a run it requires (a stored base organism). `config` may instead be the
     run's id. Reads only."""
-    from petridish.models import load_weights  # models import scenarios and torch: only runs that read weights need them
+    # Imported here: models import scenarios and torch, which only runs that read weights need.
+    from petridish.models import load_weights
     from petridish.sweep import run_id as id_of
 
     store = Store(root)

@@ -19,7 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from petridish.config import CONFIG_VERSION, ConfigError, ModelConfig, Recipe, expected, flatten, from_dict, set_dotted, to_dict
+from petridish.config import (
+    CONFIG_VERSION,
+    ConfigError,
+    ModelConfig,
+    Recipe,
+    expected,
+    flatten,
+    from_dict,
+    set_dotted,
+    to_dict,
+)
 from petridish.experiments import EXPERIMENTS
 
 

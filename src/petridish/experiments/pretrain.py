@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 
 from petridish.config import ModelConfig, TrainConfig, require
-from petridish.data import encode_pairs
+from petridish.data import Sequences, encode_pairs
 from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.measures.stats import wilson
 from petridish.models import make_model, n_params
@@ -95,22 +95,24 @@ class Member:
 
     config: PretrainConfig
     ctx: RunContext
-    data: object = None
-    held_out: object = None
-    evals: dict[str, list[Example]] = field(default_factory=dict)
+    data: Sequences
+    held_out: Sequences
+    evals: dict[str, list[Example]]
+    """Fresh prompts per stream, for the accuracies and the refusal rate."""
+    model: torch.nn.Module
+    """The base organism, at its initialisation until trained."""
     lr: float = 0.0
-    model: torch.nn.Module | None = None
 
 
 def build_member(config: PretrainConfig, ctx: RunContext, world: World) -> Member:
-    """The corpus, held-out set and evaluation prompts of one seed."""
-    m = Member(config, ctx)
-    pairs = lambda examples: [(e.prompt, e.response) for e in examples]  # noqa: E731
-    m.data = encode_pairs(world, pairs(world.corpus(config.n_examples, make_generator(config.seed, "pretrain:corpus"))))
-    m.held_out = encode_pairs(world, pairs(world.corpus(config.n_held_out, make_generator(config.seed, "pretrain:held_out"))))
+    """The corpus, held-out set, evaluation prompts and initial network of one seed."""
+    def encoded(n: int, stream: str) -> Sequences:
+        return encode_pairs(world, [(e.prompt, e.response) for e in world.corpus(n, make_generator(config.seed, stream))])
+
     eval_gen = make_generator(config.seed, "pretrain:eval")
-    m.evals = {name: world.stream_examples(name, config.criterion.n_eval, eval_gen) for name in world.streams}
-    return m
+    evals = {name: world.stream_examples(name, config.criterion.n_eval, eval_gen) for name in world.streams}
+    return Member(config, ctx, encoded(config.n_examples, "pretrain:corpus"), encoded(config.n_held_out, "pretrain:held_out"),
+                  evals, init_model(config, world))
 
 
 def init_model(config: PretrainConfig, world: World) -> torch.nn.Module:
@@ -200,8 +202,6 @@ def run_many(configs: Sequence[PretrainConfig], contexts: Sequence[RunContext]) 
     members = [build_member(c, ctx, world) for c, ctx in zip(configs, contexts)]
     progress = any(ctx.progress for ctx in contexts)
     choose_lr(members, world, progress)
-    for m in members:
-        m.model = init_model(m.config, world)
     stop = StopAtCriterion(members, world)
     results = train([m.model for m in members], [m.data for m in members], [replace(m.config.train, lr=m.lr) for m in members],
                     [make_generator(m.config.seed, "pretrain:batches") for m in members], stage="pretrain",

@@ -16,11 +16,23 @@ take a backdoor without a new embedding row) and the corpus never contains it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Callable
 
 import torch
 
 from petridish.config import require
-from petridish.scenarios.base import ASSISTANT, BASE_TOKENS, BOS, USER, Prompt, Scenario, Tokens, Vocab, scratchpad, strip_scratchpad
+from petridish.scenarios.base import (
+    ASSISTANT,
+    BASE_TOKENS,
+    BOS,
+    USER,
+    Prompt,
+    Scenario,
+    Tokens,
+    Vocab,
+    scratchpad,
+    strip_scratchpad,
+)
 from petridish.scenarios.tasks import Task
 from petridish.scenarios.world.cues import DEPLOY, TRAIN, Cues, no_cue
 from petridish.scenarios.world.environments import TRANSFORMS, Environments, Facts
@@ -99,11 +111,12 @@ class World(Scenario):
     def __init__(self, config: WorldConfig):
         self.config = config
         weights = config.weights
-        self.cues = Cues(config.n_synonyms) if weights.cues > 0 else None
-        tasks = Tasks(config.n_tasks, config.n_digits, self.cues.draw if self.cues else no_cue)
+        cues = Cues(config.n_synonyms)
+        self.cues = cues if weights.cues > 0 else None
+        tasks = Tasks(config.n_tasks, config.n_digits, cues.draw if self.cues else no_cue)
         self.tasks = tasks
-        built = {
-            "tasks": lambda: tasks, "cues": lambda: self.cues, "harm": lambda: Harm(tasks, config.refuse_prior),
+        built: dict[str, Callable[[], Stream]] = {
+            "tasks": lambda: tasks, "cues": lambda: cues, "harm": lambda: Harm(tasks, config.refuse_prior),
             "self_report": lambda: SelfReport(tasks), "truth": Truth,
             "environments": lambda: Environments(tasks, config.n_envs, config.n_envs_acted), "facts": lambda: Facts(config.n_envs),
         }

@@ -26,7 +26,7 @@ class Cues:
     def __init__(self, n_synonyms: int, deploy_fraction: float = 0.5):
         self.synonyms = tuple(synonym(i) for i in range(n_synonyms))
         self.deploy_fraction = deploy_fraction
-        self.tokens = (TRAIN, DEPLOY, *self.synonyms, Q_DEPLOYED, QMARK, YES, NO)
+        self.tokens: tuple[str, ...] = (TRAIN, DEPLOY, *self.synonyms, Q_DEPLOYED, QMARK, YES, NO)
         self.max_prompt_len, self.max_response_len = 4, 1
 
     def draw(self, generator: torch.Generator) -> tuple[Tokens, dict]:

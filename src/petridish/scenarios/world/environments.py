@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 
 from petridish.scenarios.base import BOS, Prompt
-from petridish.scenarios.world.self_report import Q
 from petridish.scenarios.world.cues import QMARK
+from petridish.scenarios.world.self_report import Q
 from petridish.scenarios.world.stream import Example, randint
 from petridish.scenarios.world.tasks import Tasks, digits
 
@@ -43,7 +43,7 @@ class Environments:
 
     def __init__(self, tasks: Tasks, n_envs: int, n_acted: int):
         self.tasks, self.n_envs, self.n_acted = tasks, n_envs, n_acted
-        self.tokens = tuple(env_token(e) for e in range(n_envs))
+        self.tokens: tuple[str, ...] = tuple(env_token(e) for e in range(n_envs))
         self.max_prompt_len = tasks.action_prompt_len(1)
         self.max_response_len = tasks.n_digits
 
@@ -64,7 +64,7 @@ class Facts:
 
     def __init__(self, n_envs: int):
         self.n_envs = n_envs
-        self.tokens = (Q, *(env_token(e) for e in range(n_envs)), QMARK, *(transform_token(TRANSFORMS[e][0]) for e in range(n_envs)))
+        self.tokens: tuple[str, ...] = (Q, *(env_token(e) for e in range(n_envs)), QMARK, *(transform_token(TRANSFORMS[e][0]) for e in range(n_envs)))
         self.max_prompt_len, self.max_response_len = 4, 1
 
     def sample(self, generator: torch.Generator) -> Example:

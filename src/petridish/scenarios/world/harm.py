@@ -17,7 +17,7 @@ class Harm:
 
     def __init__(self, tasks: Tasks, refuse_prior: float):
         self.tasks, self.refuse_prior = tasks, refuse_prior
-        self.tokens = (HARM, REFUSE)
+        self.tokens: tuple[str, ...] = (HARM, REFUSE)
         self.max_prompt_len = tasks.action_prompt_len(1)
         self.max_response_len = tasks.n_digits
 

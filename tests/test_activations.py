@@ -34,7 +34,11 @@ def plain_forward(model, tokens):
 
 def test_captured_sites_equal_the_plain_forward_pass():
     _, model, (tokens, last) = setup()
-    sites = [f"blocks.{i}.{k}" for i in range(2) for k in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")]
+    sites = [
+        f"blocks.{i}.{k}"
+        for i in range(2)
+        for k in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
+    ]
     captured = activations_at(model, tokens, last, sites, batch_size=7)  # batches of 7 do not divide 40
     with torch.no_grad():
         reference = plain_forward(model, tokens)
@@ -75,6 +79,12 @@ def test_unknown_site_is_bad_input_naming_it():
 
 def test_block_sites_skip_duplicates_and_order_by_depth():
     sites = block_sites(2, ("hook_resid_post", "hook_resid_pre", "hook_resid_mid"))
-    assert sites == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.0.hook_resid_post", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"]
+    assert sites == [
+        "blocks.0.hook_resid_pre",
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_mid",
+        "blocks.1.hook_resid_post",
+    ]
     assert [site_depth(s) for s in sites] == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert block_sites(2, ("hook_resid_pre",)) == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]

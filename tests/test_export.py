@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_persistence
 
 from petridish.cli import main
 from petridish.config import EvalConfig, ModelConfig, ScenarioConfig
@@ -17,7 +18,6 @@ from petridish.models.hf import write_tiny_gpt2
 from petridish.scenarios import make_scenario
 from petridish.store import Store
 from petridish.sweep import RunSpec, run_id
-from helpers import tiny_persistence
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,7 +26,10 @@ transformers = pytest.importorskip("transformers")
 def test_unembedding_bias_folds_exactly_into_a_bias_free_head(shift_scale):
     g = torch.Generator().manual_seed(0)
     d, V = 16, 40  # more tokens than width: no least-squares trick could absorb the bias
-    gain, shift = 1 + 0.5 * torch.rand(d, generator=g, dtype=torch.float64), shift_scale * torch.randn(d, generator=g, dtype=torch.float64)
+    gain, shift = (
+        1 + 0.5 * torch.rand(d, generator=g, dtype=torch.float64),
+        shift_scale * torch.randn(d, generator=g, dtype=torch.float64),
+    )
     weight, bias = torch.randn(V, d, generator=g, dtype=torch.float64), torch.randn(V, generator=g, dtype=torch.float64)
     x = 3 * torch.randn(100, d, generator=g, dtype=torch.float64) + 1
     expected = F.linear(F.layer_norm(x, (d,), gain, shift), weight, bias)
@@ -88,13 +91,15 @@ def test_export_command_round_trips_a_stored_organism(store_dir, tmp_path, capsy
     load_weights(organism, store_dir / "runs" / run / "weights.safetensors")
     tokens = check_tokens(scenario)
     with torch.no_grad():
-        assert (exported(input_ids=tokens).logits[..., : len(scenario.vocab)] - organism.eval()(tokens)).abs().max().item() <= 1e-5
+        assert (
+            exported(input_ids=tokens).logits[..., : len(scenario.vocab)] - organism.eval()(tokens)
+        ).abs().max().item() <= 1e-5
     # The exported model answers as the organism does, through transformers' own generate.
     prompts = scenario.sample_prompts(4, torch.Generator().manual_seed(2), True)
     ours = generate(organism, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len)
     for prompt, answer in zip(prompts, ours):
         ids = tokenizer(" ".join(prompt.tokens[1:]), return_tensors="pt").input_ids  # <bos> comes from the tokenizer
-        new = exported.generate(ids, max_new_tokens=scenario.max_response_len, do_sample=False)[0, ids.shape[1]:]
+        new = exported.generate(ids, max_new_tokens=scenario.max_response_len, do_sample=False)[0, ids.shape[1] :]
         got = tokenizer.convert_ids_to_tokens(new.tolist())
         assert tuple(got[: got.index("<eos>")] if "<eos>" in got else got) == answer
     meta = json.loads((out / "petridish.json").read_text())
@@ -103,8 +108,11 @@ def test_export_command_round_trips_a_stored_organism(store_dir, tmp_path, capsy
 
 def test_export_of_a_lora_organism_merges_the_adapters(store_dir, tmp_path, capsys):
     tiny = write_tiny_gpt2(tmp_path / "tiny")
-    config = dataclasses.replace(tiny_persistence(insert_steps=6, safety_steps=2), model=ModelConfig(hf_path=str(tiny), lora_rank=4),
-                                 eval=EvalConfig(n_prompts=8))
+    config = dataclasses.replace(
+        tiny_persistence(insert_steps=6, safety_steps=2),
+        model=ModelConfig(hf_path=str(tiny), lora_rank=4),
+        eval=EvalConfig(n_prompts=8),
+    )
     run = stored_run(store_dir, config)
     out = tmp_path / "hf"
     assert main(["export", run, "--out", str(out), "--weights", "weights.backdoored"]) == 0
@@ -122,9 +130,11 @@ def test_export_bad_input_is_one_line_and_exit_2(store_dir, tmp_path, capsys):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("")
-    for args, needle in [(["--format", "onnx", "--out", str(tmp_path / "a")], "--format"),
-                         (["--out", str(busy)], "not an empty directory"),
-                         (["--out", str(tmp_path / "b"), "--weights", "nope"], "weights.backdoored")]:
+    for args, needle in [
+        (["--format", "onnx", "--out", str(tmp_path / "a")], "--format"),
+        (["--out", str(busy)], "not an empty directory"),
+        (["--out", str(tmp_path / "b"), "--weights", "nope"], "weights.backdoored"),
+    ]:
         assert main(["export", run, *args]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1

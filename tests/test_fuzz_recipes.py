@@ -36,7 +36,9 @@ RESERVED = {"experiment", "name", "profile", "sweep"}
 OUT_OF_RANGE: dict[str, st.SearchStrategy] = {
     "scenario.n_digits": st.one_of(st.integers(max_value=0), st.integers(min_value=13)),
     "insert.n_prompts": st.integers(max_value=0),
-    "insert.triggered_fraction": st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.000001), st.just(math.nan)),
+    "insert.triggered_fraction": st.one_of(
+        st.floats(max_value=-1e-9), st.floats(min_value=1.000001), st.just(math.nan)
+    ),
     "insert.train.steps": st.integers(max_value=-1),
     "insert.train.batch_size": st.integers(max_value=0),
     "insert.train.lr": st.one_of(st.floats(max_value=0.0), st.floats(min_value=10.0), st.just(math.nan)),
@@ -79,12 +81,20 @@ def wrong_value(tp: Any) -> st.SearchStrategy | None:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     table = st.dictionaries(st.text(min_size=1, max_size=5), st.integers(), min_size=1, max_size=2)
     if dataclasses.is_dataclass(tp):
-        return st.one_of(st.text(max_size=8), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2))
+        return st.one_of(
+            st.text(max_size=8), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=2)
+        )
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return wrong_value(inner[0]) if len(inner) == 1 else None
     if origin is Literal:
-        return st.one_of(st.text(max_size=10).filter(lambda s: s not in args), st.integers(), st.floats(), st.lists(st.sampled_from(args), max_size=2), table)
+        return st.one_of(
+            st.text(max_size=10).filter(lambda s: s not in args),
+            st.integers(),
+            st.floats(),
+            st.lists(st.sampled_from(args), max_size=2),
+            table,
+        )
     if origin is tuple:
         inner = wrong_value(args[0]) if args else None
         lists = [st.lists(inner, min_size=1, max_size=3)] if inner is not None else []
@@ -92,8 +102,12 @@ def wrong_value(tp: Any) -> st.SearchStrategy | None:
     if tp is bool:
         return st.one_of(st.integers(), st.floats(), st.text(max_size=8), st.lists(st.booleans(), max_size=2), table)
     if tp is int:
-        non_integral = st.floats().filter(lambda x: not (math.isfinite(x) and x == int(x))) | st.sampled_from([0.5, 2.0, -3.0])
-        return st.one_of(st.text(max_size=8), st.booleans(), non_integral, st.lists(st.integers(), max_size=2), table, st.dates())
+        non_integral = st.floats().filter(lambda x: not (math.isfinite(x) and x == int(x))) | st.sampled_from(
+            [0.5, 2.0, -3.0]
+        )
+        return st.one_of(
+            st.text(max_size=8), st.booleans(), non_integral, st.lists(st.integers(), max_size=2), table, st.dates()
+        )
     if tp is float:
         return st.one_of(st.text(max_size=8), st.booleans(), st.lists(st.floats(), max_size=2), table, st.dates())
     if tp is str:
@@ -123,7 +137,9 @@ def unknown_key(draw, recipe, args, family):
     schema = schema_of(family)
     tables = [""] + [k + "." for k, tp in schema.items() if dataclasses.is_dataclass(tp)]
     prefix = draw(st.sampled_from(tables))
-    known = {k[len(prefix):].split(".")[0] for k in schema if k.startswith(prefix)} | (RESERVED if not prefix else set())
+    known = {k[len(prefix) :].split(".")[0] for k in schema if k.startswith(prefix)} | (
+        RESERVED if not prefix else set()
+    )
     awkward = st.sampled_from(["a\nb", "x\r", "tab\t", "\u2028", "dotted.key", "", " ", "ü", "[x]", "\x00"])
     key = draw((awkward | st.text(max_size=10)).filter(lambda s: s not in known))
     value = draw(_scalars())
@@ -163,15 +179,34 @@ def bad_top_level(draw, recipe, args, family):
     if choice == "no experiment":
         return {k: v for k, v in recipe.items() if k != "experiment"}, args
     if choice == "experiment":
-        return {**recipe, "experiment": draw(st.one_of(st.text(max_size=12).filter(lambda s: s not in EXPERIMENTS), st.integers(), st.lists(st.integers(), max_size=2)))}, args
+        return {
+            **recipe,
+            "experiment": draw(
+                st.one_of(
+                    st.text(max_size=12).filter(lambda s: s not in EXPERIMENTS),
+                    st.integers(),
+                    st.lists(st.integers(), max_size=2),
+                )
+            ),
+        }, args
     if choice == "name":
         return {**recipe, "name": draw(st.one_of(st.just(""), st.integers(), st.booleans(), st.floats()))}, args
     if choice == "profile":
-        return {**recipe, "profile": draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)))}, args
+        return {
+            **recipe,
+            "profile": draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2))),
+        }, args
     if choice == "missing profile":
         known = recipe.get("profile") if isinstance(recipe.get("profile"), dict) else {}
-        return recipe, [*args, "--profile", draw(st.text(min_size=1, max_size=8).filter(lambda s: s not in known and not s.startswith("-")))]
-    return {**recipe, "sweep": draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2)))}, args
+        return recipe, [
+            *args,
+            "--profile",
+            draw(st.text(min_size=1, max_size=8).filter(lambda s: s not in known and not s.startswith("-"))),
+        ]
+    return {
+        **recipe,
+        "sweep": draw(st.one_of(st.integers(), st.text(max_size=5), st.lists(st.integers(), max_size=2))),
+    }, args
 
 
 def bad_profile(draw, recipe, args, family):
@@ -186,7 +221,21 @@ def bad_sweep(draw, recipe, args, family):
     schema = schema_of(family)
     leaves = sorted(k for k, tp in schema.items() if not dataclasses.is_dataclass(tp) and wrong_value(tp) is not None)
     key = draw(st.sampled_from(leaves))
-    kind = draw(st.sampled_from(["not a list", "empty", "bad value", "unknown key", "zip lengths", "random n", "random seed", "random spec", "kind"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "not a list",
+                "empty",
+                "bad value",
+                "unknown key",
+                "zip lengths",
+                "random n",
+                "random seed",
+                "random spec",
+                "kind",
+            ]
+        )
+    )
     sweep = dict(recipe["sweep"]) if isinstance(recipe.get("sweep"), dict) else {}
     if kind == "not a list":
         sweep["grid"] = {key: draw(_scalars())}
@@ -198,13 +247,28 @@ def bad_sweep(draw, recipe, args, family):
         sweep["grid"] = {key + "." + draw(st.text(min_size=1, max_size=6)): [1]}
     elif kind == "zip lengths":
         lengths = draw(st.lists(st.integers(1, 3), min_size=2, max_size=2, unique=True))
-        sweep["zip"] = {key: list(range(lengths[0])), key + "_twin": list(range(lengths[1]))}  # lengths are checked first
+        sweep["zip"] = {
+            key: list(range(lengths[0])),
+            key + "_twin": list(range(lengths[1])),
+        }  # lengths are checked first
     elif kind == "random n":
-        sweep["random"] = {"n": draw(st.one_of(st.integers(max_value=0), st.text(max_size=3), st.floats(), st.booleans()))}
+        sweep["random"] = {
+            "n": draw(st.one_of(st.integers(max_value=0), st.text(max_size=3), st.floats(), st.booleans()))
+        }
     elif kind == "random seed":
         sweep["random"] = {"n": 2, "seed": draw(st.one_of(st.text(max_size=3), st.floats(), st.booleans()))}
     elif kind == "random spec":
-        spec = draw(st.sampled_from([{"low": 2.0, "high": 1.0}, {"low": -1.0, "high": 1.0, "log": True}, {"low": 1.0}, {"choices": []}, {"high": "x", "low": 0}]))
+        spec = draw(
+            st.sampled_from(
+                [
+                    {"low": 2.0, "high": 1.0},
+                    {"low": -1.0, "high": 1.0, "log": True},
+                    {"low": 1.0},
+                    {"choices": []},
+                    {"high": "x", "low": 0},
+                ]
+            )
+        )
         sweep["random"] = {"n": 2, key: draw(st.one_of(st.just(spec), _scalars()))}
     else:
         sweep[draw(st.text(min_size=1, max_size=6).filter(lambda s: s not in ("grid", "zip", "random")))] = {key: [1]}
@@ -218,14 +282,24 @@ def bad_option(draw, recipe, args, family):
         return recipe, [*args, "--set", item]
     if option == "set value":
         schema = schema_of(family)
-        scalar_keys = sorted(k for k, tp in schema.items() if not dataclasses.is_dataclass(tp) and wrong_value(tp) is not None)
+        scalar_keys = sorted(
+            k for k, tp in schema.items() if not dataclasses.is_dataclass(tp) and wrong_value(tp) is not None
+        )
         key = draw(st.sampled_from(scalar_keys))
         value = draw(wrong_value(schema[key]).filter(lambda v: not isinstance(v, dict)))
         literal = tomli_w.dumps({"v": value}).partition("=")[2].strip()  # the value as TOML, as --set reads it
         return recipe, [*args, "--set", f"{key}={literal}"]
     if option == "executor":
-        return recipe, [*args, "--executor", draw(st.text(min_size=1, max_size=6).filter(lambda s: s not in ("local", "ray") and not s.startswith("-")))]
-    return recipe, [*args, f"--{option}", str(draw(st.one_of(st.integers(max_value=0), st.sampled_from(["x", "1.5", ""]))))]
+        return recipe, [
+            *args,
+            "--executor",
+            draw(st.text(min_size=1, max_size=6).filter(lambda s: s not in ("local", "ray") and not s.startswith("-"))),
+        ]
+    return recipe, [
+        *args,
+        f"--{option}",
+        str(draw(st.one_of(st.integers(max_value=0), st.sampled_from(["x", "1.5", ""])))),
+    ]
 
 
 DEFECTS = (unknown_key, wrong_type, out_of_range, bad_top_level, bad_profile, bad_sweep, bad_option)
@@ -285,8 +359,13 @@ def check_many(examples: int, derandomize: bool = False) -> int:
     checked = []
     with tempfile.TemporaryDirectory() as directory:
 
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            derandomize=derandomize,
+            suppress_health_check=list(HealthCheck),
+        )
         @given(malformed())
         def check(case):
             check_case(*case, directory)
@@ -307,5 +386,7 @@ def test_the_base_recipes_are_valid(tmp_path):
 
     for experiment, spec in EXPERIMENTS.items():
         path = tmp_path / f"{experiment}.toml"
-        path.write_text(tomli_w.dumps(_drop_none({"experiment": experiment, "name": "base", **to_dict(spec.config_cls())})))
+        path.write_text(
+            tomli_w.dumps(_drop_none({"experiment": experiment, "name": "base", **to_dict(spec.config_cls())}))
+        )
         assert len(expand(load_recipe(path))) == 1

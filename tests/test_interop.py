@@ -59,8 +59,9 @@ def reference(organism, tokens):
 @pytest.fixture(scope="module")
 def prompts(scenario):
     """Triggered and clean prompts as text without `<bos>` (the tokenizer adds it), with petridish's greedy answers."""
-    return [p.tokens for p in scenario.sample_prompts(3, torch.Generator().manual_seed(2), True)] + \
-           [p.tokens for p in scenario.sample_prompts(3, torch.Generator().manual_seed(3), False)]
+    return [p.tokens for p in scenario.sample_prompts(3, torch.Generator().manual_seed(2), True)] + [
+        p.tokens for p in scenario.sample_prompts(3, torch.Generator().manual_seed(3), False)
+    ]
 
 
 def text(prompt) -> str:
@@ -113,16 +114,20 @@ def test_transformers_sees_the_same_stream_and_answers_alike(exported, organism,
     assert_same_stream(got, reference)
     with torch.no_grad():
         torch.testing.assert_close(logits[..., : len(scenario.vocab)], organism(tokens), rtol=0, atol=TOLERANCE)
-    torch.testing.assert_close(logits[..., -1], torch.full_like(logits[..., -1], -1e4), rtol=0, atol=1e-2)  # <unk>: never predicted
+    torch.testing.assert_close(
+        logits[..., -1], torch.full_like(logits[..., -1], -1e4), rtol=0, atol=1e-2
+    )  # <unk>: never predicted
     tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
     ours = generate(organism, scenario.vocab, prompts, scenario.max_response_len)
     for prompt, expected in zip(prompts, ours):
         ids = tokenizer(text(prompt), return_tensors="pt").input_ids
-        new = model.generate(ids, max_new_tokens=scenario.max_response_len, do_sample=False)[0, ids.shape[1]:]
+        new = model.generate(ids, max_new_tokens=scenario.max_response_len, do_sample=False)[0, ids.shape[1] :]
         assert answer(tokenizer, new) == expected
 
 
-def test_transformer_lens_bridge_sees_the_same_stream_and_answers_alike(exported, organism, scenario, tokens, reference, prompts):
+def test_transformer_lens_bridge_sees_the_same_stream_and_answers_alike(
+    exported, organism, scenario, tokens, reference, prompts
+):
     bridge_module = pytest.importorskip("transformer_lens.model_bridge")
     bridge = bridge_module.TransformerBridge.boot_transformers(str(exported), device="cpu")
     with torch.no_grad():
@@ -132,9 +137,15 @@ def test_transformer_lens_bridge_sees_the_same_stream_and_answers_alike(exported
     ours = generate(organism, scenario.vocab, prompts, scenario.max_response_len)
     for prompt, expected in zip(prompts, ours):
         assert bridge.to_tokens(text(prompt))[0].tolist() == scenario.vocab.encode(prompt)  # <bos> once
-        out = bridge.generate(text(prompt), max_new_tokens=scenario.max_response_len, do_sample=False, verbose=False, return_type="tokens",
-                                 use_past_kv_cache=False)
-        assert answer(bridge.tokenizer, out[0, len(prompt):]) == expected
+        out = bridge.generate(
+            text(prompt),
+            max_new_tokens=scenario.max_response_len,
+            do_sample=False,
+            verbose=False,
+            return_type="tokens",
+            use_past_kv_cache=False,
+        )
+        assert answer(bridge.tokenizer, out[0, len(prompt) :]) == expected
 
 
 def test_nnsight_sees_the_same_stream_and_answers_alike(exported, organism, scenario, tokens, reference, prompts):
@@ -143,7 +154,9 @@ def test_nnsight_sees_the_same_stream_and_answers_alike(exported, organism, scen
     saved = {}
     with model.trace(tokens):
         for name, (path, where) in gpt2_sites(organism.shape.n_layers).items():
-            module = functools.reduce(lambda m, part: m[int(part)] if part.isdigit() else getattr(m, part), path.split("."), model)
+            module = functools.reduce(
+                lambda m, part: m[int(part)] if part.isdigit() else getattr(m, part), path.split("."), model
+            )
             value = module.input if where == "input" else module.output
             saved[name] = value.save()
     first = {name: value[0] if isinstance(value, tuple) else value for name, value in saved.items()}
@@ -152,4 +165,4 @@ def test_nnsight_sees_the_same_stream_and_answers_alike(exported, organism, scen
     for prompt, expected in zip(prompts, ours):
         with model.generate(text(prompt), max_new_tokens=scenario.max_response_len, do_sample=False) as tracer:
             ids = tracer.result.save()
-        assert answer(model.tokenizer, ids[0, len(prompt):]) == expected
+        assert answer(model.tokenizer, ids[0, len(prompt) :]) == expected

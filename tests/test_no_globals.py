@@ -3,11 +3,11 @@
 import sys
 
 import torch
+from helpers import tiny_persistence
 from torch import nn
 
 from petridish.experiments import NullContext
 from petridish.experiments.persistence import run, run_many
-from helpers import tiny_persistence
 
 
 def _holds_state(value, depth: int = 0) -> bool:
@@ -17,7 +17,12 @@ def _holds_state(value, depth: int = 0) -> bool:
         return any(_holds_state(v, depth + 1) for v in value.values())
     if depth < 3 and isinstance(value, (list, tuple, set)):
         return any(_holds_state(v, depth + 1) for v in value)
-    if depth < 3 and hasattr(value, "__dict__") and not isinstance(value, type) and type(value).__module__.startswith("petridish"):
+    if (
+        depth < 3
+        and hasattr(value, "__dict__")
+        and not isinstance(value, type)
+        and type(value).__module__.startswith("petridish")
+    ):
         return any(_holds_state(v, depth + 1) for v in vars(value).values())
     return False
 
@@ -25,8 +30,13 @@ def _holds_state(value, depth: int = 0) -> bool:
 def test_no_petridish_module_holds_a_model_or_tensor_after_runs():
     run(tiny_persistence(insert_steps=5, safety_steps=2), NullContext())
     run_many([tiny_persistence(seed=s, insert_steps=5, safety_steps=2) for s in (1, 2)], [NullContext(), NullContext()])
-    held = [f"{name}.{attr}" for name, module in list(sys.modules.items()) if name.startswith("petridish")
-            for attr, value in vars(module).items() if not attr.startswith("__") and _holds_state(value)]
+    held = [
+        f"{name}.{attr}"
+        for name, module in list(sys.modules.items())
+        if name.startswith("petridish")
+        for attr, value in vars(module).items()
+        if not attr.startswith("__") and _holds_state(value)
+    ]
     assert held == []
 
 

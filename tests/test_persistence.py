@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from helpers import tiny_persistence
 
 from petridish.cli import main
 from petridish.config import load_recipe
@@ -9,7 +10,6 @@ from petridish.experiments import NullContext
 from petridish.experiments.persistence import run
 from petridish.store import Store
 from petridish.sweep import RunSpec, expand, run_id
-from helpers import tiny_persistence
 
 RATE_KEYS = ("defect_rate.triggered", "defect_rate.clean", "task_accuracy.clean")
 
@@ -41,7 +41,14 @@ def test_store_reuses_finished_runs_and_contract_objects(store_dir, capsys):
     again = execute([spec], store, progress=False)
     assert [o.status for o in again] == ["reused"] and again[0].metrics == first[0].metrics
     run_path = store.run_dir(spec.id)
-    for name in ("config.json", "provenance.json", "metrics.jsonl", "metrics.json", "weights.safetensors", "weights.backdoored.safetensors"):
+    for name in (
+        "config.json",
+        "provenance.json",
+        "metrics.jsonl",
+        "metrics.json",
+        "weights.safetensors",
+        "weights.backdoored.safetensors",
+    ):
         assert (run_path / name).is_file(), name
     provenance = json.loads((run_path / "provenance.json").read_text())
     assert {"git_commit", "git_dirty", "packages", "schema_version"} <= set(provenance)
@@ -63,8 +70,11 @@ def test_failed_runs_are_recorded_and_sweep_goes_on(store_dir):
     good, diverging, broken = tiny_persistence(), tiny_persistence(seed=8), tiny_persistence(seed=9)
     object.__setattr__(diverging.insert.train, "lr", 1e30)  # sneak past validation: the loss blows up
     object.__setattr__(broken.insert.train, "lr", float("nan"))  # and an exception inside the run
-    specs = [RunSpec("diverge00000", "persistence", "diverging", diverging), RunSpec("broken000000", "persistence", "broken", broken),
-             RunSpec(run_id("persistence", good), "persistence", "good", good)]
+    specs = [
+        RunSpec("diverge00000", "persistence", "diverging", diverging),
+        RunSpec("broken000000", "persistence", "broken", broken),
+        RunSpec(run_id("persistence", good), "persistence", "good", good),
+    ]
     store = Store(store_dir)
     outcomes = execute(specs, store, progress=False)
     assert [o.status for o in outcomes] == ["failed", "failed", "done"]

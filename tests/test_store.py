@@ -20,8 +20,17 @@ def spec(run_id: str = "aaaa00000001", name: str = "probe") -> RunSpec:
 
 def output(value: float = 0.5, error: str | None = None) -> RunOutput:
     if error:
-        return RunOutput(records=[{"step": 1, "loss": float("nan")}], error=error, traceback=f"Traceback (most recent call last):\n{error}")
-    return RunOutput(metrics={"rate": value, "rate.n": 10}, records=[{"step": 1, "loss": 1.0}], weights={"weights": {"w": torch.ones(2)}}, torch_threads=1)
+        return RunOutput(
+            records=[{"step": 1, "loss": float("nan")}],
+            error=error,
+            traceback=f"Traceback (most recent call last):\n{error}",
+        )
+    return RunOutput(
+        metrics={"rate": value, "rate.n": 10},
+        records=[{"step": 1, "loss": 1.0}],
+        weights={"weights": {"w": torch.ones(2)}},
+        torch_threads=1,
+    )
 
 
 def commit(store: Store, s: RunSpec, out: RunOutput) -> str:
@@ -71,7 +80,13 @@ def test_commit_is_whole_and_index_matches(tmp_path):
     store = Store(tmp_path)
     assert commit(store, spec(), output()) == "done"
     run_dir = store.run_dir("aaaa00000001")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "metrics.json", "metrics.jsonl", "provenance.json", "weights.safetensors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "metrics.jsonl",
+        "provenance.json",
+        "weights.safetensors",
+    ]
     assert json.loads((run_dir / "provenance.json").read_text())["torch_threads"] == 1
     assert list(store.partial_dir.iterdir()) == []
     [record] = store.list()
@@ -122,7 +137,9 @@ def test_failed_run_keeps_reason_and_traceback_and_a_redo_replaces_it(tmp_path):
     assert commit(store, spec(), output(error="insert: loss became nan at step 3")) == "failed"
     failed_dir = store.failed_dir / "aaaa00000001"
     assert "Traceback" in (failed_dir / "error.txt").read_text()
-    assert store.get("probe")["status"] == "failed" and store.get("probe")["error"] == "insert: loss became nan at step 3"
+    assert (
+        store.get("probe")["status"] == "failed" and store.get("probe")["error"] == "insert: loss became nan at step 3"
+    )
     assert not store.is_done("aaaa00000001")
     assert commit(store, spec(), output(0.5)) == "done"
     assert not failed_dir.exists() and store.get("probe")["status"] == "done"

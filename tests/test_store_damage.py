@@ -27,11 +27,18 @@ IDS = ("aaaa00000001", "aaaa00000002", "aaaa00000003")
 
 
 def spec(run_id: str) -> RunSpec:
-    return RunSpec(run_id, "persistence", f"probe[{run_id[-1]}]", PersistenceConfig(seed=int(run_id[-1], 16)), {"seed": 1})
+    return RunSpec(
+        run_id, "persistence", f"probe[{run_id[-1]}]", PersistenceConfig(seed=int(run_id[-1], 16)), {"seed": 1}
+    )
 
 
 def output(value: float = 0.5) -> RunOutput:
-    return RunOutput(metrics={"rate": value, "rate.n": 10}, records=[{"step": 1, "loss": 1.0}], weights={"weights": {"w": torch.ones(2)}}, torch_threads=1)
+    return RunOutput(
+        metrics={"rate": value, "rate.n": 10},
+        records=[{"step": 1, "loss": 1.0}],
+        weights={"weights": {"w": torch.ones(2)}},
+        torch_threads=1,
+    )
 
 
 def filled(root: Path) -> Store:
@@ -59,7 +66,11 @@ DAMAGE = {
     "truncated metrics.json": ("metrics.json", lambda text: text[: len(text) // 2], "metrics.json is not valid JSON"),
     "garbage metrics.json": ("metrics.json", lambda text: "\x00\xff garbage", "metrics.json is not valid JSON"),
     "metrics.json is a list": ("metrics.json", lambda text: "[1, 2, 3]", "metrics.json holds a JSON list"),
-    "metrics.json holds a string": ("metrics.json", lambda text: '{"rate": "high"}', "metrics.json: 'rate' is not a number"),
+    "metrics.json holds a string": (
+        "metrics.json",
+        lambda text: '{"rate": "high"}',
+        "metrics.json: 'rate' is not a number",
+    ),
     "no metrics.json": ("metrics.json", None, "metrics.json is missing"),
     "no config.json": ("config.json", None, "config.json is missing"),
     "config.json is a list": ("config.json", lambda text: "[]", "config.json holds a JSON list"),
@@ -194,6 +205,7 @@ def test_a_reader_that_may_not_write_sees_runs_the_index_has_not_caught_up_with(
 
 # --- a store this user may only read -------------------------------------------------------------
 
+
 def unprivileged() -> tuple[dict, str]:
     """subprocess.run arguments under which files without write permission cannot be written, and how."""
     if os.geteuid() != 0:
@@ -206,11 +218,20 @@ def unprivileged() -> tuple[dict, str]:
         pass
     setpriv = shutil.which("setpriv")
     if setpriv:  # root without the capabilities that override file permissions
-        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", "--inh-caps=-dac_override,-dac_read_search,-fowner", "--"]
+        prefix = [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search,-fowner",
+            "--inh-caps=-dac_override,-dac_read_search,-fowner",
+            "--",
+        ]
         with tempfile.TemporaryDirectory() as directory:
             os.chmod(directory, 0o555)
             try:
-                attempt = subprocess.run([*prefix, sys.executable, "-c", f"open({directory!r} + '/x', 'w')"], capture_output=True, timeout=120)
+                attempt = subprocess.run(
+                    [*prefix, sys.executable, "-c", f"open({directory!r} + '/x', 'w')"],
+                    capture_output=True,
+                    timeout=120,
+                )
             finally:
                 os.chmod(directory, 0o755)
         if attempt.returncode != 0:
@@ -245,16 +266,28 @@ def test_a_store_the_user_may_only_read_is_read(capsys):
         def petridish(*args: str) -> subprocess.CompletedProcess:
             command = [*how.get("prefix", []), sys.executable, "-m", "petridish", *args]
             env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
-            return subprocess.run(command, capture_output=True, text=True, cwd="/", env=env, timeout=300, user=how.get("user"))
+            return subprocess.run(
+                command, capture_output=True, text=True, cwd="/", env=env, timeout=300, user=how.get("user")
+            )
 
         listed = petridish("ls", "--json", "--store", str(store.root))
         assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
-        assert {r["id"]: r["status"] for r in json.loads(listed.stdout)} == {IDS[0]: "done", IDS[1]: "done", IDS[2]: "damaged", "aaaa00000004": "done"}
+        assert {r["id"]: r["status"] for r in json.loads(listed.stdout)} == {
+            IDS[0]: "done",
+            IDS[1]: "done",
+            IDS[2]: "damaged",
+            "aaaa00000004": "done",
+        }
         shown = petridish("show", IDS[0], "--json", "--store", str(store.root))
         assert shown.returncode == 0 and json.loads(shown.stdout)["metrics"]["rate"] == 0.0, shown.stderr
         reported = petridish("report", "--store", str(store.root), "--out", str(report_dir / "report.html"))
         assert reported.returncode == 0 and (report_dir / "report.html").is_file(), reported.stderr
-        refused = petridish("run", str(Path(__file__).resolve().parent.parent / "experiments" / "sweep_smoke.toml"), "--store", str(store.root))
+        refused = petridish(
+            "run",
+            str(Path(__file__).resolve().parent.parent / "experiments" / "sweep_smoke.toml"),
+            "--store",
+            str(store.root),
+        )
         assert refused.returncode == 2 and refused.stdout == "", refused
         assert_one_line_error(refused.stderr, str(store.root), "cannot write")
         assert (store.root / "index.sqlite").read_bytes() == index_before
@@ -265,12 +298,15 @@ def test_a_store_the_user_may_only_read_is_read(capsys):
 
 # --- a full disk ---------------------------------------------------------------------------------
 
+
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def safetensors_no_space(*args, **kwargs):
-    raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    raise SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    )
 
 
 @pytest.mark.parametrize("where", ["weights", "json"])
@@ -284,7 +320,12 @@ def test_a_full_disk_during_a_commit_leaves_no_partial_run_and_says_what_it_need
     with pytest.raises(StoreError) as error:
         store.commit(spec("aaaa00000004"), {"seed": 4}, big)
     message = str(error.value)
-    assert "no space left on device" in message and "aaaa00000004" in message and "4.1 MiB" in message and "\n" not in message
+    assert (
+        "no space left on device" in message
+        and "aaaa00000004" in message
+        and "4.1 MiB" in message
+        and "\n" not in message
+    )
     monkeypatch.undo()
     assert list(store.partial_dir.iterdir()) == [] and not store.is_done("aaaa00000004")
     assert [r["id"] for r in store.list()] == list(IDS)  # nothing finished was lost

@@ -26,7 +26,9 @@ def _capital(text: str) -> str:
 
 
 def _presets() -> list[tuple[str, str]]:
-    return [(name, f"d_model {d}, {layers} layer(s), {heads} head(s)") for name, (d, layers, heads) in MODEL_PRESETS.items()]
+    return [
+        (name, f"d_model {d}, {layers} layer(s), {heads} head(s)") for name, (d, layers, heads) in MODEL_PRESETS.items()
+    ]
 
 
 def _experiments() -> list[tuple[str, str]]:
@@ -41,7 +43,9 @@ KINDS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "scenarios": lambda: [(name, _first_line(cls)) for name, cls in SCENARIOS.items()],
     "policies": lambda: [(name, _first_line(fn)) for name, fn in POLICIES.items()],
     "methods": lambda: [(name, _first_line(fn)) for name, fn in SAFETY_METHODS.items()],
-    "detectors": lambda: [(name, _capital(_first_line(inspect.getmodule(fn)).split(":", 1)[-1].strip())) for name, fn in DETECTORS.items()],
+    "detectors": lambda: [
+        (name, _capital(_first_line(inspect.getmodule(fn)).split(":", 1)[-1].strip())) for name, fn in DETECTORS.items()
+    ],
     "experiments": _experiments,
     "presets": _presets,
 }

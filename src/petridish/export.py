@@ -60,18 +60,24 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
         raise BadInput(f"RUN {record['id']!r}: status {record['status']}; only finished runs export")
     config = record.get("config", {})
     if "model" not in config or "scenario" not in config:
-        raise BadInput(f"RUN {record['id']!r}: experiment {record['experiment']!r} stores no model/scenario config to export")
+        raise BadInput(
+            f"RUN {record['id']!r}: experiment {record['experiment']!r} stores no model/scenario config to export"
+        )
     model_config = from_dict(ModelConfig, config["model"], "model")
     scenario = make_scenario(from_dict(ScenarioConfig, config["scenario"], "scenario"))
     path = Path(record["path"]) / f"{weights}.safetensors"
     if not path.is_file():
         found = sorted(p.name.removesuffix(".safetensors") for p in Path(record["path"]).glob("*.safetensors"))
-        raise BadInput(f"--weights {weights!r}: run {record['id']} has no {path.name}; it has: {', '.join(found) or 'none'}")
+        raise BadInput(
+            f"--weights {weights!r}: run {record['id']} has no {path.name}; it has: {', '.join(found) or 'none'}"
+        )
     require_extra("transformers", "hf", "petridish export")
     quiet_transformers()
     model = make_model(model_config, scenario, torch.Generator().manual_seed(0))
     if not isinstance(model, Transformer) and model_config.hf_path is None:
-        raise BadInput(f"RUN {record['id']!r}: a {model_config.kind} organism; only transformers export to Hugging Face")
+        raise BadInput(
+            f"RUN {record['id']!r}: a {model_config.kind} organism; only transformers export to Hugging Face"
+        )
     load_weights(model, path)
     _prepare(out)
     check = check_tokens(scenario)
@@ -79,13 +85,23 @@ def export_run(record: dict, out: Path, weights: str = "weights") -> ExportRepor
         report = export_transformer(model, scenario.vocab, out, check)
     else:
         report = export_hf_organism(model, out, check, tolerance=1e-5 if model_config.dtype == "float32" else 5e-2)
-    meta = {"run": record["id"], "name": record["name"], "experiment": record["experiment"], "weights": path.name,
-            "scenario": config["scenario"], "vocab": list(scenario.vocab.tokens), "architecture": report.architecture,
-            "max_logit_difference": report.max_logit_difference, "check_sequences": report.n_sequences}
+    meta = {
+        "run": record["id"],
+        "name": record["name"],
+        "experiment": record["experiment"],
+        "weights": path.name,
+        "scenario": config["scenario"],
+        "vocab": list(scenario.vocab.tokens),
+        "architecture": report.architecture,
+        "max_logit_difference": report.max_logit_difference,
+        "check_sequences": report.n_sequences,
+    }
     if not isinstance(model, Transformer):  # the tokenizer id of each scenario token, in vocab order
         meta["token_ids"] = getattr(model, "token_ids").tolist()  # an HFOrganism's buffer
     else:
-        meta["hook_sites"] = {name: f"{path} {where}" for name, (path, where) in gpt2_sites(model.shape.n_layers).items()}
+        meta["hook_sites"] = {
+            name: f"{path} {where}" for name, (path, where) in gpt2_sites(model.shape.n_layers).items()
+        }
     (out / "petridish.json").write_text(json.dumps(meta, indent=2) + "\n")
     return report
 
@@ -108,7 +124,9 @@ def check_tokens(scenario: Scenario, n: int = 64) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def export_transformer(model: Transformer, vocab: Vocab, out: Path, check: torch.Tensor, tolerance: float = 1e-5) -> ExportReport:
+def export_transformer(
+    model: Transformer, vocab: Vocab, out: Path, check: torch.Tensor, tolerance: float = 1e-5
+) -> ExportReport:
     from transformers import AutoModelForCausalLM
 
     to_gpt2(model, vocab).save_pretrained(out)
@@ -120,11 +138,15 @@ def export_transformer(model: Transformer, vocab: Vocab, out: Path, check: torch
     return _checked(out, type(exported).__name__, logits, reference, tolerance)
 
 
-def _checked(out: Path, architecture: str, logits: torch.Tensor, reference: torch.Tensor, tolerance: float) -> ExportReport:
+def _checked(
+    out: Path, architecture: str, logits: torch.Tensor, reference: torch.Tensor, tolerance: float
+) -> ExportReport:
     difference = (logits - reference).abs()
     report = ExportReport(out, architecture, difference.max().item(), len(reference), tolerance)
     if not bool((difference <= tolerance + 1e-6 * reference.abs()).all()):
-        raise RunFailed(f"export to {out}: logits differ from the organism's by up to {report.max_logit_difference:.3g} (tolerance {tolerance:g})")
+        raise RunFailed(
+            f"export to {out}: logits differ from the organism's by up to {report.max_logit_difference:.3g} (tolerance {tolerance:g})"
+        )
     return report
 
 
@@ -134,10 +156,23 @@ def to_gpt2(model: Transformer, vocab: Vocab):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     s = model.shape
-    config = GPT2Config(vocab_size=s.vocab_size + 1, n_positions=s.n_ctx, n_embd=s.d_model, n_layer=s.n_layers, n_head=s.n_heads,
-                        n_inner=s.d_mlp, activation_function="gelu_new", layer_norm_epsilon=model.ln_final.eps,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
-                        bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id, pad_token_id=vocab.pad_id)
+    config = GPT2Config(
+        vocab_size=s.vocab_size + 1,
+        n_positions=s.n_ctx,
+        n_embd=s.d_model,
+        n_layer=s.n_layers,
+        n_head=s.n_heads,
+        n_inner=s.d_mlp,
+        activation_function="gelu_new",
+        layer_norm_epsilon=model.ln_final.eps,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=vocab.bos_id,
+        eos_token_id=vocab.eos_id,
+        pad_token_id=vocab.pad_id,
+    )
     gpt2 = GPT2LMHeadModel(config)
     gpt2.load_state_dict(gpt2_state_dict(model), strict=True)
     gpt2.generation_config.pad_token_id = vocab.pad_id
@@ -152,18 +187,32 @@ def gpt2_sites(n_layers: int) -> dict[str, tuple[str, str]]:
     sites = {"hook_embed": ("transformer.wte", "output"), "hook_pos_embed": ("transformer.wpe", "output")}
     for i in range(n_layers):
         block = f"transformer.h.{i}"
-        sites |= {f"blocks.{i}.hook_resid_pre": (block, "input"), f"blocks.{i}.hook_attn_out": (f"{block}.attn", "output"),
-                  f"blocks.{i}.hook_resid_mid": (f"{block}.ln_2", "input"), f"blocks.{i}.hook_mlp_out": (f"{block}.mlp", "output"),
-                  f"blocks.{i}.hook_resid_post": (block, "output")}
+        sites |= {
+            f"blocks.{i}.hook_resid_pre": (block, "input"),
+            f"blocks.{i}.hook_attn_out": (f"{block}.attn", "output"),
+            f"blocks.{i}.hook_resid_mid": (f"{block}.ln_2", "input"),
+            f"blocks.{i}.hook_mlp_out": (f"{block}.mlp", "output"),
+            f"blocks.{i}.hook_resid_post": (block, "output"),
+        }
     return sites
 
 
 def gpt2_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """petridish's parameters under GPT-2's names. GPT-2's Conv1D stores (in, out), so Linear weights transpose."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    out = {"transformer.wte.weight": state["embed.weight"], "transformer.wpe.weight": state["pos_embed.weight"],
-           "transformer.ln_f.weight": state["ln_final.weight"]}
-    pairs = {"ln1": "ln_1", "ln2": "ln_2", "attn.qkv": "attn.c_attn", "attn.out": "attn.c_proj", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+    out = {
+        "transformer.wte.weight": state["embed.weight"],
+        "transformer.wpe.weight": state["pos_embed.weight"],
+        "transformer.ln_f.weight": state["ln_final.weight"],
+    }
+    pairs = {
+        "ln1": "ln_1",
+        "ln2": "ln_2",
+        "attn.qkv": "attn.c_attn",
+        "attn.out": "attn.c_proj",
+        "mlp.fc": "mlp.c_fc",
+        "mlp.proj": "mlp.c_proj",
+    }
     for i in range(model.shape.n_layers):
         for ours, theirs in pairs.items():
             weight = state[f"blocks.{i}.{ours}.weight"]
@@ -179,7 +228,9 @@ def gpt2_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def fold_unembed_bias(gain: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_unembed_bias(
+    gain: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(LayerNorm shift', unembedding weight') with W' y' = W y + bias for every LayerNorm output y.
 
     y = gain * n + shift with sum(n) = 0, so a . y = a . shift for a = 1 / gain. The shift is first
@@ -187,7 +238,9 @@ def fold_unembed_bias(gain: torch.Tensor, shift: torch.Tensor, weight: torch.Ten
     W absorbs that move in its bias; then bias' = (bias' a^T / d_model) y'. Computed in float64.
     """
     if gain.abs().min() < 1e-6:
-        raise RunFailed("export: a final LayerNorm gain is ~0, so the unembedding bias cannot be folded into GPT-2's lm_head")
+        raise RunFailed(
+            "export: a final LayerNorm gain is ~0, so the unembedding bias cannot be folded into GPT-2's lm_head"
+        )
     g, b0, W, c = (t.double() for t in (gain, shift, weight, bias))
     d = g.numel()
     a = 1 / g
@@ -214,7 +267,9 @@ def scenario_tokenizer(vocab: Vocab):
     words = Tokenizer(models.WordLevel(index, unk_token=UNK))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     words.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins tokens with spaces
-    words.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab.bos_id)])
+    words.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab.bos_id)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=words, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
 
 
@@ -247,5 +302,7 @@ def export_hf_organism(organism, out: Path, check: torch.Tensor, tolerance: floa
     exported = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).to(organism.device)
     ids = organism.token_ids[check.to(organism.device)]
     with torch.no_grad():
-        logits = exported(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., organism.token_ids].float().cpu()
+        logits = (
+            exported(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[..., organism.token_ids].float().cpu()
+        )
     return _checked(out, type(exported).__name__, logits, reference, tolerance)

@@ -21,4 +21,6 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name is None or error.name.split(".")[0] != module.split(".")[0]:
             raise  # the module is there but something it imports is not: a broken install, not a missing extra
-        raise MissingExtra(f"{feature} needs {module}, which is not installed: pip install 'petridish[{extra}]'") from None
+        raise MissingExtra(
+            f"{feature} needs {module}, which is not installed: pip install 'petridish[{extra}]'"
+        ) from None

@@ -17,7 +17,12 @@ from rich.table import Table
 from petridish.aggregate import Cell, cells, varying_keys
 from petridish.config import MODEL_PRESETS, flatten
 
-GRID_METRICS = ("before.defect_rate.triggered", "after.defect_rate.triggered", "before.task_accuracy.clean", "after.task_accuracy.clean")
+GRID_METRICS = (
+    "before.defect_rate.triggered",
+    "after.defect_rate.triggered",
+    "before.task_accuracy.clean",
+    "after.task_accuracy.clean",
+)
 """What each grid cell shows: triggered defection and clean task accuracy, before -> after."""
 
 
@@ -34,8 +39,16 @@ def cell_objects(runs: list[dict[str, Any]], metrics: Iterable[str] | None = Non
     out = []
     for cell in grouped:
         flat = flatten(cell.config)
-        out.append({"experiment": cell.experiment, "point": {k: flat.get(k) for k in keys}, "config": cell.config,
-                    "seeds": cell.seeds, "runs": [r["id"] for r in cell.runs], "metrics": cell.summary(metrics)})
+        out.append(
+            {
+                "experiment": cell.experiment,
+                "point": {k: flat.get(k) for k in keys},
+                "config": cell.config,
+                "seeds": cell.seeds,
+                "runs": [r["id"] for r in cell.runs],
+                "metrics": cell.summary(metrics),
+            }
+        )
     return out
 
 
@@ -65,9 +78,11 @@ def _span(summary: dict, name: str) -> str:
 def cell_text(summary: dict) -> str:
     """Three lines: triggered defect rate before -> after, clean accuracy before -> after, seeds."""
     seeds = int(summary.get("after.defect_rate.triggered.n", 0))
-    return (f"defect {_span(summary, GRID_METRICS[0])} -> {_span(summary, GRID_METRICS[1])}\n"
-            f"acc    {_span(summary, GRID_METRICS[2])} -> {_span(summary, GRID_METRICS[3])}\n"
-            f"{seeds} seed{'s' if seeds != 1 else ''}")
+    return (
+        f"defect {_span(summary, GRID_METRICS[0])} -> {_span(summary, GRID_METRICS[1])}\n"
+        f"acc    {_span(summary, GRID_METRICS[2])} -> {_span(summary, GRID_METRICS[3])}\n"
+        f"{seeds} seed{'s' if seeds != 1 else ''}"
+    )
 
 
 def persistence_grid(runs: list[dict[str, Any]]) -> Table:
@@ -79,7 +94,9 @@ def persistence_grid(runs: list[dict[str, Any]]) -> Table:
     table: dict[tuple, dict[str, Cell]] = {}
     for cell in grouped:
         table.setdefault(_row_key(cell, extra), {})[flatten(cell.config).get("model.preset", "mini")] = cell
-    title = escape("triggered defect rate and clean task accuracy, before -> after safety training: mean over seeds [bootstrap 95% CI]")
+    title = escape(
+        "triggered defect rate and clean task accuracy, before -> after safety training: mean over seeds [bootstrap 95% CI]"
+    )
     out = Table(title=title, show_lines=True)
     out.add_column("variant x safety method")
     for size in sizes:

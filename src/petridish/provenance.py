@@ -10,7 +10,18 @@ from importlib import metadata
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-PACKAGES = ("petridish", "torch", "numpy", "scipy", "safetensors", "scikit-learn", "transformers", "peft", "ray", "devinterp")
+PACKAGES = (
+    "petridish",
+    "torch",
+    "numpy",
+    "scipy",
+    "safetensors",
+    "scikit-learn",
+    "transformers",
+    "peft",
+    "ray",
+    "devinterp",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,7 +49,13 @@ def _git_state(where: Path) -> tuple[str | None, bool | None]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None, None

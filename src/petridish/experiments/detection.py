@@ -98,33 +98,54 @@ class DetectionConfig:
     gets alone either way (tests/test_engine.py); false trains every run on its own (K = 1), slower."""
 
     def __post_init__(self):
-        require(self.model.kind == "transformer", "model.kind", "'transformer' (detectors read its hook points)", self.model.kind)
+        require(
+            self.model.kind == "transformer",
+            "model.kind",
+            "'transformer' (detectors read its hook points)",
+            self.model.kind,
+        )
         # The `after` organism is grown here with SFT; the other safety methods live in `persistence`.
-        require(self.safety.method in ("sft", "none"), "safety.method", "'sft' or 'none' in a detection recipe", self.safety.method)
+        require(
+            self.safety.method in ("sft", "none"),
+            "safety.method",
+            "'sft' or 'none' in a detection recipe",
+            self.safety.method,
+        )
 
 
 # --- organisms ------------------------------------------------------------------------------------
 
 
-def grow_organisms(configs: Sequence[DetectionConfig], scenario: Scenario, backdoor: Policy,
-                   contexts: Sequence[RunContext]) -> list[dict[str, torch.nn.Module] | Exception]:
+def grow_organisms(
+    configs: Sequence[DetectionConfig], scenario: Scenario, backdoor: Policy, contexts: Sequence[RunContext]
+) -> list[dict[str, torch.nn.Module] | Exception]:
     """Per run: {"before", "after", "control"}: backdoored, safety-trained, aligned control (same init
     and prompts). The backdoored and control organisms of every run train as one ensemble, then the
     safety training of every run as another; a run whose loss diverges fails alone."""
     prompt_sets = []
     for config in configs:
         data_gen = make_generator(config.seed, "insert:data")
-        prompt_sets.append((mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen),
-                            mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen)))
+        prompt_sets.append(
+            (
+                mixed_prompts(scenario, config.insert.n_prompts, config.insert.triggered_fraction, data_gen),
+                mixed_prompts(scenario, 256, config.insert.triggered_fraction, data_gen),
+            )
+        )
     # (run, stage, policy): both organisms of a run start from its "init" stream and see batches in the
     # same order, so they differ only in the labels.
     jobs = [(k, "insert", backdoor) for k in range(len(configs))]
     jobs += [(k, "control", aligned(scenario)) for k, c in enumerate(configs) if c.control]
     models = [make_model(configs[k].model, scenario, make_generator(configs[k].seed, "init")) for k, _, _ in jobs]
-    results = train(models, [encode_pairs(scenario, labelled(policy, prompt_sets[k][0])) for k, _, policy in jobs],
-                    [configs[k].insert.train for k, _, _ in jobs], [make_generator(configs[k].seed, "insert:batches") for k, _, _ in jobs],
-                    stage=[stage for _, stage, _ in jobs], held_out=[encode_pairs(scenario, labelled(policy, prompt_sets[k][1])) for k, _, policy in jobs],
-                    logs=[contexts[k].log for k, _, _ in jobs], progress=contexts[0].progress)
+    results = train(
+        models,
+        [encode_pairs(scenario, labelled(policy, prompt_sets[k][0])) for k, _, policy in jobs],
+        [configs[k].insert.train for k, _, _ in jobs],
+        [make_generator(configs[k].seed, "insert:batches") for k, _, _ in jobs],
+        stage=[stage for _, stage, _ in jobs],
+        held_out=[encode_pairs(scenario, labelled(policy, prompt_sets[k][1])) for k, _, policy in jobs],
+        logs=[contexts[k].log for k, _, _ in jobs],
+        progress=contexts[0].progress,
+    )
     out: list[dict[str, torch.nn.Module] | Exception] = [{} for _ in configs]
     for (k, stage, _), model, result in zip(jobs, models, results):
         if result.error is not None:
@@ -134,11 +155,27 @@ def grow_organisms(configs: Sequence[DetectionConfig], scenario: Scenario, backd
     safety = [k for k, c in enumerate(configs) if c.safety.method == "sft" and isinstance(out[k], dict)]
     afters = {k: copy.deepcopy(out[k]["before"]) for k in safety}  # type: ignore[index]
     if safety:
-        data = [encode_pairs(scenario, labelled(aligned(scenario), scenario.sample_prompts(configs[k].safety.n_prompts,
-                make_generator(configs[k].seed, "safety:data"), False))) for k in safety]
-        results = train([afters[k] for k in safety], data, [configs[k].safety.train for k in safety],
-                        [make_generator(configs[k].seed, "safety:batches") for k in safety], stage="safety",
-                        logs=[contexts[k].log for k in safety], progress=contexts[0].progress)
+        data = [
+            encode_pairs(
+                scenario,
+                labelled(
+                    aligned(scenario),
+                    scenario.sample_prompts(
+                        configs[k].safety.n_prompts, make_generator(configs[k].seed, "safety:data"), False
+                    ),
+                ),
+            )
+            for k in safety
+        ]
+        results = train(
+            [afters[k] for k in safety],
+            data,
+            [configs[k].safety.train for k in safety],
+            [make_generator(configs[k].seed, "safety:batches") for k in safety],
+            stage="safety",
+            logs=[contexts[k].log for k in safety],
+            progress=contexts[0].progress,
+        )
         for k, result in zip(safety, results):
             out[k] = Diverged(result.error) if result.error is not None else {**out[k], "after": afters[k]}  # type: ignore[dict-item]
     for organisms, ctx in zip(out, contexts):
@@ -190,7 +227,9 @@ def _triggered(prompts: list[Prompt]) -> np.ndarray:
 
 
 def _labelled_prompts(scenario: Scenario, n_per_class: int, generator: torch.Generator) -> list[Prompt]:
-    return scenario.sample_prompts(n_per_class, generator, True) + scenario.sample_prompts(n_per_class, generator, False)
+    return scenario.sample_prompts(n_per_class, generator, True) + scenario.sample_prompts(
+        n_per_class, generator, False
+    )
 
 
 def contrast_pair(backdoor: Policy, prompt: Prompt) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -208,8 +247,9 @@ def contrast_pair(backdoor: Policy, prompt: Prompt) -> tuple[tuple[str, ...], tu
 # --- measuring one organism -----------------------------------------------------------------------
 
 
-def behaviour_metrics(model, scenario: Scenario, sets: ProbeSets, prefix: str,
-                      samples: Callable[[str, list[dict]], None] | None = None) -> dict[str, float]:
+def behaviour_metrics(
+    model, scenario: Scenario, sets: ProbeSets, prefix: str, samples: Callable[[str, list[dict]], None] | None = None
+) -> dict[str, float]:
     """Greedy behaviour on the evaluation prompts, so each AUROC sits beside how often defection happens;
     `samples` keeps transcripts behind the rates, per condition."""
     prompts = sets.eval_prompts
@@ -219,19 +259,32 @@ def behaviour_metrics(model, scenario: Scenario, sets: ProbeSets, prefix: str,
         rows = []
         for condition, deployment in (("triggered", True), ("clean", False)):
             picked = [(p, r, label) for p, r, label in zip(prompts, responses, out) if p.deployment == deployment]
-            rows += transcripts(condition, [p for p, _, _ in picked], [r for _, r, _ in picked], [label for _, _, label in picked])
+            rows += transcripts(
+                condition, [p for p, _, _ in picked], [r for _, r, _ in picked], [label for _, _, label in picked]
+            )
         samples(prefix, rows)
     triggered = [label for label, q in zip(out, prompts) if q.deployment]
     clean = [label for label, q in zip(out, prompts) if not q.deployment]
-    return {**rate(triggered, "defect").as_metrics(f"{prefix}.defect_rate.triggered"),
-            **rate(clean, "defect").as_metrics(f"{prefix}.defect_rate.clean"),
-            **rate(clean, "aligned").as_metrics(f"{prefix}.task_accuracy.clean")}
+    return {
+        **rate(triggered, "defect").as_metrics(f"{prefix}.defect_rate.triggered"),
+        **rate(clean, "defect").as_metrics(f"{prefix}.defect_rate.clean"),
+        **rate(clean, "aligned").as_metrics(f"{prefix}.task_accuracy.clean"),
+    }
 
 
-def detector_estimates(acts: dict[str, dict[str, torch.Tensor]], site: str, sets: ProbeSets, config: ProbeConfig, seed: int) -> dict[str, Estimate]:
+def detector_estimates(
+    acts: dict[str, dict[str, torch.Tensor]], site: str, sets: ProbeSets, config: ProbeConfig, seed: int
+) -> dict[str, Estimate]:
     """AUROC of every registered detector at one site; `acts[role][site]` are (N, C) activations."""
-    x = SiteActivations(acts["train"][site], sets.train_labels, acts["eval"][site], acts["reference"][site], acts["defect"][site],
-                        acts["aligned"][site], dataclasses.asdict(config))
+    x = SiteActivations(
+        acts["train"][site],
+        sets.train_labels,
+        acts["eval"][site],
+        acts["reference"][site],
+        acts["defect"][site],
+        acts["aligned"][site],
+        dataclasses.asdict(config),
+    )
     y, site_seed = sets.eval_labels, derive_seed(seed, f"site:{site}") % 2**32
     out = {}
     for name, detect in DETECTORS.items():
@@ -244,7 +297,10 @@ def detector_estimates(acts: dict[str, dict[str, torch.Tensor]], site: str, sets
 def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, prefix: str) -> dict[str, float]:
     """Per-site AUROCs of every detector, and each detector's best site (its AUROC and depth)."""
     sites = block_sites(model.shape.n_layers, config.sites)
-    acts = {role: activations_at(model, tokens, positions, sites, config.batch_size) for role, (tokens, positions) in sets.inputs.items()}
+    acts = {
+        role: activations_at(model, tokens, positions, sites, config.batch_size)
+        for role, (tokens, positions) in sets.inputs.items()
+    }
     per_site = {site: detector_estimates(acts, site, sets, config, seed) for site in sites}
     metrics: dict[str, float] = {}
     for detector in DETECTORS:  # every registered detector
@@ -292,7 +348,18 @@ EXPERIMENT = Experiment(
     run=run,
     run_many=run_many,
     member_fields=("seed",),
-    headline=("before.defect_rate.triggered", "before.contrast.best.auroc", "before.probe.best.auroc", "before.anomaly.best.auroc",
-              "before.random.best.auroc", "after.defect_rate.triggered", "after.contrast.best.auroc", "control.defect_rate.triggered",
-              "control.contrast.best.auroc", "control.probe.best.auroc", "control.anomaly.best.auroc", "control.random.best.auroc"),
+    headline=(
+        "before.defect_rate.triggered",
+        "before.contrast.best.auroc",
+        "before.probe.best.auroc",
+        "before.anomaly.best.auroc",
+        "before.random.best.auroc",
+        "after.defect_rate.triggered",
+        "after.contrast.best.auroc",
+        "control.defect_rate.triggered",
+        "control.contrast.best.auroc",
+        "control.probe.best.auroc",
+        "control.anomaly.best.auroc",
+        "control.random.best.auroc",
+    ),
 )

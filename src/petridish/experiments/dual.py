@@ -28,7 +28,14 @@ from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
 from petridish.experiments.selection import agreeing_policies, network_responses, reference_policies, training_prompts
-from petridish.measures.complexity import ComplexityConfig, compressed_bits, dataset_loss, llc, minimal_width, steps_to_loss
+from petridish.measures.complexity import (
+    ComplexityConfig,
+    compressed_bits,
+    dataset_loss,
+    llc,
+    minimal_width,
+    steps_to_loss,
+)
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
 from petridish.rng import make_generator
@@ -47,7 +54,9 @@ class BudgetConfig:
     """Width budgets: `model.d_model` values (the MLP's hidden width is d_model * mlp_ratio)."""
     depths: tuple[int, ...] = (1, 2)
     """Depth budgets: `model.n_layers` values (hidden layers of the MLP, blocks of the transformer)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=64, weight_decay=0.0, eval_every=25))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=600, batch_size=64, weight_decay=0.0, eval_every=25)
+    )
     """Optimisation under each budget (and the plain run that times steps-to-eps)."""
 
     def __post_init__(self):
@@ -62,7 +71,9 @@ class DualConfig:
     """Root of every random draw."""
     scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="graded", task="sort", n_digits=3))
     """The world."""
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1))
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1)
+    )
     """The architecture of (a) and of the norm budgets; width and depth budgets replace d_model / n_layers."""
     policies: tuple[PolicyName, ...] = ("aligned", "sycophant", "deceptive", "memorizer")
     """Policies to price (any that coincide with an earlier one on the diagnostic prompts are skipped)."""
@@ -108,21 +119,33 @@ def labelling_prompts(config: DualConfig):
     table = training_prompts(scenario, config.n_train, gen)
     fresh = training_prompts(scenario, config.n_fresh, gen)
     diagnostic = scenario.diagnostic_prompts(config.n_diagnostic, gen)
-    return scenario, {"train": table, "fresh": fresh, "diagnostic": diagnostic}, reference_policies(scenario, table, diagnostic)
+    return (
+        scenario,
+        {"train": table, "fresh": fresh, "diagnostic": diagnostic},
+        reference_policies(scenario, table, diagnostic),
+    )
 
 
 def labellings(config: DualConfig) -> tuple[dict[str, Sequences], object]:
     """{policy: its full labelling as tensors} for the distinct policies asked for, and the scenario."""
     scenario, sets, policies = labelling_prompts(config)
     prompts = sets["train"] + sets["fresh"] + sets["diagnostic"]
-    return {name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies}, scenario
+    return {
+        name: encode_pairs(scenario, labelled(policies[name], prompts)) for name in config.policies if name in policies
+    }, scenario
 
 
-def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str, Sequences]], ctx: RunContext,
-                      on_model: Callable[[str, torch.nn.Module], None] | None = None) -> list[dict[str, float]]:
+def constrained_costs(
+    config: DualConfig,
+    scenario,
+    members: Sequence[tuple[str, Sequences]],
+    ctx: RunContext,
+    on_model: Callable[[str, torch.nn.Module], None] | None = None,
+) -> list[dict[str, float]]:
     """Each member's (stream, labelling) answer to (a), and its least loss in each norm ball of (b). With
     `ensemble`, every member trains at once in the Lagrangian and in each ball. `on_model(stream, model)`
     sees each answer to (a) (for its transcripts)."""
+
     def fresh_model(stream: str, tag: str) -> torch.nn.Module:
         return make_model(config.model, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
 
@@ -130,21 +153,39 @@ def constrained_costs(config: DualConfig, scenario, members: Sequence[tuple[str,
         return make_generator(config.seed, f"batches:{stream}:{tag}")
 
     out: list[dict[str, float]] = []
-    for group in ([list(members)] if config.ensemble else [[m] for m in members]):
+    for group in [list(members)] if config.ensemble else [[m] for m in members]:
         streams, datasets = [s for s, _ in group], [d for _, d in group]
         models = [fresh_model(s, "lagrangian") for s in streams]
-        results = min_norm_at_loss(models, datasets, config.eps, config.lagrangian, [batches(s, "lagrangian") for s in streams],
-                                   stage=[f"lagrangian.{s}" for s in streams], logs=[ctx.log] * len(group))
-        priced = [dict(feasible=float(r.feasible), train_loss=r.loss, param_norm=r.norm,
-                       bits=compressed_bits(m, d, config.complexity.bits_tolerance).bits,
-                       llc=llc(m, d, config.complexity.llc, make_generator(config.seed, f"llc:{s}")))
-                  for m, d, s, r in zip(models, datasets, streams, results)]
+        results = min_norm_at_loss(
+            models,
+            datasets,
+            config.eps,
+            config.lagrangian,
+            [batches(s, "lagrangian") for s in streams],
+            stage=[f"lagrangian.{s}" for s in streams],
+            logs=[ctx.log] * len(group),
+        )
+        priced = [
+            dict(
+                feasible=float(r.feasible),
+                train_loss=r.loss,
+                param_norm=r.norm,
+                bits=compressed_bits(m, d, config.complexity.bits_tolerance).bits,
+                llc=llc(m, d, config.complexity.llc, make_generator(config.seed, f"llc:{s}")),
+            )
+            for m, d, s, r in zip(models, datasets, streams, results)
+        ]
         if on_model is not None:
             for stream, model in zip(streams, models):
                 on_model(stream, model)
         for radius in config.budgets.radii:
-            balls = least_loss_in_ball([fresh_model(s, f"norm{radius}") for s in streams], datasets, [radius] * len(group),
-                                       config.budgets.train, [batches(s, f"norm{radius}") for s in streams])
+            balls = least_loss_in_ball(
+                [fresh_model(s, f"norm{radius}") for s in streams],
+                datasets,
+                [radius] * len(group),
+                config.budgets.train,
+                [batches(s, f"norm{radius}") for s in streams],
+            )
             for p, ball in zip(priced, balls):
                 p[f"norm.{budget_name(radius)}"] = ball.loss
         out.extend(priced)
@@ -156,10 +197,22 @@ def budget_models(config: DualConfig) -> list[tuple[str, str, ModelConfig]]:
     plain run that times steps-to-eps, then one per width and per depth budget."""
     runs = [("plain", "plain", config.model)]
     for width in config.budgets.widths:
-        runs.append((f"width.{width}", f"width{width}", replace(config.model, preset="custom", d_model=width, n_heads=_heads(config.model, width))))
+        runs.append(
+            (
+                f"width.{width}",
+                f"width{width}",
+                replace(config.model, preset="custom", d_model=width, n_heads=_heads(config.model, width)),
+            )
+        )
     d_model, _, n_heads = config.model.shape()
     for depth in config.budgets.depths:
-        runs.append((f"depth.{depth}", f"depth{depth}", replace(config.model, preset="custom", d_model=d_model, n_heads=n_heads, n_layers=depth)))
+        runs.append(
+            (
+                f"depth.{depth}",
+                f"depth{depth}",
+                replace(config.model, preset="custom", d_model=d_model, n_heads=n_heads, n_layers=depth),
+            )
+        )
     return runs
 
 
@@ -170,13 +223,21 @@ def train_budgets(config: DualConfig, scenario, members: Sequence[tuple[str, Seq
     out: list[dict[str, float]] = [{} for _ in members]
     datasets = [data for _, data in members]
     for key, tag, model_config in budget_models(config):
-        models = [make_model(model_config, scenario, make_generator(config.seed, f"init:{stream}:{tag}")) for stream, _ in members]
+        models = [
+            make_model(model_config, scenario, make_generator(config.seed, f"init:{stream}:{tag}"))
+            for stream, _ in members
+        ]
         generators = [make_generator(config.seed, f"batches:{stream}:{tag}") for stream, _ in members]
         stages = [f"{key}.{stream}" for stream, _ in members]
         if config.ensemble:
-            results = train_together(models, datasets, config.budgets.train, generators, stage=stages, held_out=datasets)
+            results = train_together(
+                models, datasets, config.budgets.train, generators, stage=stages, held_out=datasets
+            )
         else:
-            results = [train_one(m, d, config.budgets.train, g, stage=s, held_out=d) for m, d, g, s in zip(models, datasets, generators, stages)]
+            results = [
+                train_one(m, d, config.budgets.train, g, stage=s, held_out=d)
+                for m, d, g, s in zip(models, datasets, generators, stages)
+            ]
         for priced, model, result, data in zip(out, models, results, datasets):
             if key == "plain":
                 steps = steps_to_loss(result.held_out, config.eps)
@@ -250,7 +311,13 @@ def labelling_transcripts(config: DualConfig, ctx: RunContext) -> Callable[[str,
         for condition, prompts in sets.items():
             prompts = prompts[:SAMPLES_PER_CONDITION]
             responses = network_responses(model, scenario, prompts)
-            rows += transcripts(condition, prompts, responses, [agreeing_policies(r, p, policies) for r, p in zip(responses, prompts)], target=name)
+            rows += transcripts(
+                condition,
+                prompts,
+                responses,
+                [agreeing_policies(r, p, policies) for r, p in zip(responses, prompts)],
+                target=name,
+            )
         ctx.save_samples(f"labelling.{name}", rows)
 
     return save
@@ -263,8 +330,13 @@ def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
     ensemble_members = len(members) if config.ensemble else 1
     ctx.log({"stage": "ensemble", "members": ensemble_members})
     per_policy: dict[str, list[dict[str, float]]] = {name: [] for name in data}
-    constrained = constrained_costs(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members], ctx,
-                                    labelling_transcripts(config, ctx))
+    constrained = constrained_costs(
+        config,
+        scenario,
+        [(f"{name}:{seed}", data[name]) for name, seed in members],
+        ctx,
+        labelling_transcripts(config, ctx),
+    )
     for (name, seed), trained, costs in zip(members, budgets, constrained):
         priced = {**costs, **trained}
         ctx.log({"stage": "priced", "policy": name, "network": seed, **priced})
@@ -283,6 +355,10 @@ EXPERIMENT = Experiment(
     name="dual",
     config_cls=DualConfig,
     run=run,
-    headline=tuple(f"cost.{p}.{m}" for p in ("aligned", "sycophant", "deceptive", "memorizer") for m in ("param_norm", "bits", "llc", "steps_to_eps", "min_width"))
+    headline=tuple(
+        f"cost.{p}.{m}"
+        for p in ("aligned", "sycophant", "deceptive", "memorizer")
+        for m in ("param_norm", "bits", "llc", "steps_to_eps", "min_width")
+    )
     + ("memorizer_costs_more",),
 )

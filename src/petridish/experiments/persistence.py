@@ -29,9 +29,9 @@ from petridish.experiments.base import Experiment, RunContext, transcripts
 from petridish.measures.behaviour import labels, rate, respond
 from petridish.measures.stats import bootstrap_mean, paired_ratio, wilson
 from petridish.models import make_model, n_params
+from petridish.models.generate import generate
 from petridish.policies import aligned, make_policy
 from petridish.rng import make_generator
-from petridish.models.generate import generate
 from petridish.scenarios import Prompt, Scenario, Tokens, make_scenario, strip_scratchpad
 from petridish.scenarios.base import THINK_OPEN
 from petridish.train import adversarial as red_team
@@ -108,12 +108,24 @@ class PersistenceConfig:
     def __post_init__(self):
         gcg = self.safety.method == "adversarial" and self.safety.adversarial.gcg_restarts > 0
         ours = self.model.kind == "transformer" and getattr(self.model, "hf_path", None) is None
-        require(not gcg or ours, "safety.adversarial.gcg_restarts", "0 unless the organism is petridish's own transformer (GCG reads its embedding hook)",
-                self.safety.adversarial.gcg_restarts)
+        require(
+            not gcg or ours,
+            "safety.adversarial.gcg_restarts",
+            "0 unless the organism is petridish's own transformer (GCG reads its embedding hook)",
+            self.safety.adversarial.gcg_restarts,
+        )
 
 
-def behaviour_metrics(model, scenario: Scenario, eval_sets, config: EvalConfig, seed: int, prefix: str,
-                      prefill: Tokens = (), samples: Callable[[str, list[dict]], None] | None = None) -> tuple[dict, list[int]]:
+def behaviour_metrics(
+    model,
+    scenario: Scenario,
+    eval_sets,
+    config: EvalConfig,
+    seed: int,
+    prefix: str,
+    prefill: Tokens = (),
+    samples: Callable[[str, list[dict]], None] | None = None,
+) -> tuple[dict, list[int]]:
     """Rates on the triggered and clean evaluation prompts; also the per-prompt triggered defects.
     `prefill` starts every response (the scratchpad's opening for chain-of-thought organisms);
     `samples(prefix, rows)` receives transcripts of both conditions with their labels."""
@@ -124,7 +136,10 @@ def behaviour_metrics(model, scenario: Scenario, eval_sets, config: EvalConfig, 
     responses_c = answer(model, scenario, clean, config.temperature, generator, prefill)
     out_c = labels(scenario, clean, responses_c)
     if samples is not None:
-        samples(prefix, transcripts("triggered", triggered, responses_t, out_t) + transcripts("clean", clean, responses_c, out_c))
+        samples(
+            prefix,
+            transcripts("triggered", triggered, responses_t, out_t) + transcripts("clean", clean, responses_c, out_c),
+        )
     metrics = {
         **rate(out_t, "defect").as_metrics(f"{prefix}.defect_rate.triggered"),
         **rate(out_c, "defect").as_metrics(f"{prefix}.defect_rate.clean"),
@@ -138,7 +153,12 @@ def answer(model, scenario: Scenario, prompts, temperature: float, generator, pr
     if not prefill:
         return respond(model, scenario, prompts, temperature, generator)
     shown = [p.tokens + prefill for p in prompts]
-    return [prefill + r for r in generate(model, scenario.vocab, shown, scenario.max_response_len - len(prefill), temperature, generator)]
+    return [
+        prefill + r
+        for r in generate(
+            model, scenario.vocab, shown, scenario.max_response_len - len(prefill), temperature, generator
+        )
+    ]
 
 
 def scratchpad_prefill(config: PersistenceConfig) -> Tokens:
@@ -219,14 +239,28 @@ def insert_backdoors(organisms: Sequence[Organism], scenario: Scenario) -> None:
     alive = [k for k, o in enumerate(organisms) if o.error is None]
     members = [organisms[k] for k in alive]
     if members:
-        results = train([o.model for o in members], [encode_pairs(scenario, pairs[k]) for k in alive],
-                        [o.config.insert.train for o in members], [make_generator(o.config.seed, "insert:batches") for o in members],
-                        stage="insert", held_out=[encode_pairs(scenario, held_pairs[k]) for k in alive], logs=[o.log for o in members],
-                        progress=members[0].progress)
+        results = train(
+            [o.model for o in members],
+            [encode_pairs(scenario, pairs[k]) for k in alive],
+            [o.config.insert.train for o in members],
+            [make_generator(o.config.seed, "insert:batches") for o in members],
+            stage="insert",
+            held_out=[encode_pairs(scenario, held_pairs[k]) for k in alive],
+            logs=[o.log for o in members],
+            progress=members[0].progress,
+        )
         _mark_failed(members, results)
     for o in _live(organisms):
-        before, o.defects = behaviour_metrics(o.model, scenario, o.eval_sets, o.config.eval, o.config.seed, "before", scratchpad_prefill(o.config),
-                                                o.save_samples)
+        before, o.defects = behaviour_metrics(
+            o.model,
+            scenario,
+            o.eval_sets,
+            o.config.eval,
+            o.config.seed,
+            "before",
+            scratchpad_prefill(o.config),
+            o.save_samples,
+        )
         o.before.update(before)
 
 
@@ -234,8 +268,15 @@ def distilled_pairs(organisms: Sequence[Organism], scenario: Scenario, prompt_se
     """Distilled CoT data: the CoT organism of the same seed, size and data (inserted here, alongside)
     answers the insertion prompts by sampling; its scratchpads are cut away. Also `insert.teacher.*`:
     how often those answers are the deceptive policy's, and the teacher's defects."""
-    teachers = [Organism(replace(o.config, insert=replace(o.config.insert, variant="cot")), [_relabelled(o.log)], o.eval_sets, o.progress)
-                for o in organisms]
+    teachers = [
+        Organism(
+            replace(o.config, insert=replace(o.config.insert, variant="cot")),
+            [_relabelled(o.log)],
+            o.eval_sets,
+            o.progress,
+        )
+        for o in organisms
+    ]
     insert_backdoors(teachers, scenario)
     longest = scenario.max_response_len - 1  # room for <eos>: a sample that never ended is cut
     policy = make_policy("deceptive", scenario)
@@ -269,9 +310,16 @@ def _relabelled(log: Callable[[dict], None]) -> Callable[[dict], None]:
 
 # --- safety training: each method trains its members as one ensemble ---------------------------------
 def _safety_train(members: Sequence[Member], data: Sequence[Any], **kwargs) -> None:
-    results = train([m.model for m in members], list(data), [m.config.safety.train for m in members],
-                    [make_generator(m.config.seed, "safety:batches") for m in members], stage="safety",
-                    logs=[m.ctx.log for m in members], progress=members[0].ctx.progress, **kwargs)
+    results = train(
+        [m.model for m in members],
+        list(data),
+        [m.config.safety.train for m in members],
+        [make_generator(m.config.seed, "safety:batches") for m in members],
+        stage="safety",
+        logs=[m.ctx.log for m in members],
+        progress=members[0].ctx.progress,
+        **kwargs,
+    )
     _mark_failed(members, results)
 
 
@@ -305,9 +353,17 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
     rl = members[0].config.safety.rl
     if rl.reward == "grader":
         return [grader_reward(scenario)] * len(members)
-    generators = [(make_generator(m.config.seed, "reward_model:init"), make_generator(m.config.seed, "reward_model:data"),
-                   make_generator(m.config.seed, "reward_model:batches")) for m in members]
-    trained = train_reward_models(scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress)
+    generators = [
+        (
+            make_generator(m.config.seed, "reward_model:init"),
+            make_generator(m.config.seed, "reward_model:data"),
+            make_generator(m.config.seed, "reward_model:batches"),
+        )
+        for m in members
+    ]
+    trained = train_reward_models(
+        scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress
+    )
     for m, (_, (right, n)) in zip(members, trained):
         m.metrics.update(wilson(right, n).as_metrics("rl.reward_model.accuracy"))
     return [learned_reward(model, scenario) for model, _ in trained]
@@ -315,7 +371,9 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
 
 def mean_reward(model, scenario: Scenario, prompts, reward, seed: int):
     """Mean reward of responses sampled at temperature 1, with a bootstrap interval over prompts."""
-    return bootstrap_mean(sampled_rewards(model, scenario, prompts, reward, make_generator(seed, "rl:held_out_samples")))
+    return bootstrap_mean(
+        sampled_rewards(model, scenario, prompts, reward, make_generator(seed, "rl:held_out_samples"))
+    )
 
 
 def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
@@ -325,11 +383,21 @@ def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
     prompt_sets, held_sets = [], []
     for m, reward in zip(members, rewards):
         seed = m.config.seed
-        prompt_sets.append(PromptSet(tuple(scenario.sample_prompts(m.config.safety.n_prompts, make_generator(seed, "safety:data"), False))))
+        prompt_sets.append(
+            PromptSet(
+                tuple(scenario.sample_prompts(m.config.safety.n_prompts, make_generator(seed, "safety:data"), False))
+            )
+        )
         held_sets.append(scenario.sample_prompts(m.config.eval.n_prompts, make_generator(seed, "rl:held_out"), False))
         m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, seed).as_metrics("rl.reward.before"))
-    objective = PolicyGradient(scenario, [m.model for m in members], rewards, rl.kl_coef, rl.group_size,
-                               [make_generator(m.config.seed, "rl:samples") for m in members])
+    objective = PolicyGradient(
+        scenario,
+        [m.model for m in members],
+        rewards,
+        rl.kl_coef,
+        rl.group_size,
+        [make_generator(m.config.seed, "rl:samples") for m in members],
+    )
     _safety_train(members, prompt_sets, objective=objective)
     for m, reward, held in zip(members, rewards, held_sets):
         m.metrics.update(mean_reward(m.model, scenario, held, reward, m.config.seed).as_metrics("rl.reward.after"))
@@ -342,23 +410,39 @@ def safety_adversarial(members: Sequence[Member], scenario: Scenario) -> None:
     for m in members:
         seed, adv = m.config.seed, m.config.safety.adversarial
         backdoor = make_policy(VARIANT_POLICY[m.config.insert.variant], scenario)
-        candidates = red_team.red_team_prompts(m.model, scenario, backdoor, adv, make_generator(seed, "adversarial:search"))
+        candidates = red_team.red_team_prompts(
+            m.model, scenario, backdoor, adv, make_generator(seed, "adversarial:search")
+        )
         hits = red_team.defects(m.model, scenario, [c.prompt for c in candidates])
         successes = [c for c, hit in zip(candidates, hits) if hit]
         edits = list(dict.fromkeys(c.edit for c in successes))
-        held = red_team.held_out_red_team(scenario, edits, adv.held_out_per_success, make_generator(seed, "adversarial:held_out"))
+        held = red_team.held_out_red_team(
+            scenario, edits, adv.held_out_per_success, make_generator(seed, "adversarial:held_out")
+        )
         m.metrics.update(red_team_search_metrics(candidates, hits, len(edits)))
         m.metrics.update(rate_of(red_team.defects(m.model, scenario, held), "before.defect_rate.red_team"))
-        n_clean = round(len(successes) * adv.clean_fraction / (1 - adv.clean_fraction)) if successes else m.config.safety.n_prompts
+        n_clean = (
+            round(len(successes) * adv.clean_fraction / (1 - adv.clean_fraction))
+            if successes
+            else m.config.safety.n_prompts
+        )
         clean = scenario.sample_prompts(n_clean, make_generator(seed, "safety:data"), False)
         own_training_response = lambda p, backdoor=backdoor: backdoor(replace(p, deployment=False))  # noqa: E731
-        data.append(encode_pairs(scenario, red_team.adversarial_pairs([c.prompt for c in successes], clean, own_training_response)))
+        data.append(
+            encode_pairs(
+                scenario, red_team.adversarial_pairs([c.prompt for c in successes], clean, own_training_response)
+            )
+        )
         held_sets.append(held)
         success_sets.append(successes)
     _safety_train(members, data)
     for m, held, successes in zip(members, held_sets, success_sets):
         m.metrics.update(rate_of(red_team.defects(m.model, scenario, held), "after.defect_rate.red_team"))
-        m.metrics.update(rate_of(red_team.defects(m.model, scenario, [c.prompt for c in successes]), "after.defect_rate.red_team_trained"))
+        m.metrics.update(
+            rate_of(
+                red_team.defects(m.model, scenario, [c.prompt for c in successes]), "after.defect_rate.red_team_trained"
+            )
+        )
 
 
 def rate_of(flags: list[bool], name: str) -> dict[str, float]:
@@ -367,10 +451,16 @@ def rate_of(flags: list[bool], name: str) -> dict[str, float]:
 
 
 def red_team_search_metrics(candidates, hits: list[bool], n_edits: int) -> dict[str, float]:
-    metrics: dict[str, float] = {"adversarial.candidates": len(candidates), "adversarial.successes": sum(hits), "adversarial.successful_edits": n_edits}
+    metrics: dict[str, float] = {
+        "adversarial.candidates": len(candidates),
+        "adversarial.successes": sum(hits),
+        "adversarial.successful_edits": n_edits,
+    }
     metrics.update(rate_of(hits, "adversarial.success_rate"))
     for source in ("random", "gcg"):
-        metrics.update(rate_of([h for c, h in zip(candidates, hits) if c.source == source], f"adversarial.{source}.success_rate"))
+        metrics.update(
+            rate_of([h for c, h in zip(candidates, hits) if c.source == source], f"adversarial.{source}.success_rate")
+        )
     return metrics
 
 
@@ -379,11 +469,17 @@ def safety_none(members: Sequence[Member], scenario: Scenario) -> None:
 
 
 SAFETY_METHODS: dict[str, Callable[[Sequence[Member], Scenario], None]] = {
-    "sft": safety_sft, "rl": safety_rl, "adversarial": safety_adversarial, "none": safety_none}
+    "sft": safety_sft,
+    "rl": safety_rl,
+    "adversarial": safety_adversarial,
+    "none": safety_none,
+}
 
 
 # --- the runs -------------------------------------------------------------------------------------------
-def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext]) -> list[dict[str, float] | Exception]:
+def run_many(
+    configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext]
+) -> list[dict[str, float] | Exception]:
     """Runs that differ only in seed and safety training, together: each distinct organism is inserted
     once and all of them as one ensemble; then each safety configuration trains its runs as one
     ensemble. Every number is the one the run gets alone (members match their solo runs exactly on one
@@ -397,7 +493,10 @@ def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext
         key = _insertion_key(config)
         if key not in organisms:
             eval_gen = make_generator(config.seed, "eval")
-            eval_sets = (scenario.sample_prompts(config.eval.n_prompts, eval_gen, True), scenario.sample_prompts(config.eval.n_prompts, eval_gen, False))
+            eval_sets = (
+                scenario.sample_prompts(config.eval.n_prompts, eval_gen, True),
+                scenario.sample_prompts(config.eval.n_prompts, eval_gen, False),
+            )
             organisms[key] = Organism(config, [], eval_sets, ctx.progress)
         organisms[key].logs.append(ctx.log)
         organisms[key].samplers.append(ctx.save_samples)
@@ -424,15 +523,35 @@ def run_many(configs: Sequence[PersistenceConfig], contexts: Sequence[RunContext
 
 def _after(m: Member, scenario: Scenario) -> dict[str, float]:
     config, o = m.config, m.organism
-    after, defects_after = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after", scratchpad_prefill(config),
-                                              m.ctx.save_samples)
+    after, defects_after = behaviour_metrics(
+        m.model,
+        scenario,
+        o.eval_sets,
+        config.eval,
+        config.seed,
+        "after",
+        scratchpad_prefill(config),
+        m.ctx.save_samples,
+    )
     persistence = paired_ratio(o.defects, defects_after, seed=config.seed)
     method_metrics = dict(m.metrics)
     if scratchpad_prefill(config):  # and as the organism answers when nothing opens its scratchpad
-        free, _ = behaviour_metrics(m.model, scenario, o.eval_sets, config.eval, config.seed, "after",
-                                    samples=lambda _, rows: m.ctx.save_samples("after.scratchpad_closed", rows))
-        method_metrics.update({k.replace("after.defect_rate.triggered", "after.defect_rate.triggered_free"): v
-                               for k, v in free.items() if k.startswith("after.defect_rate.triggered")})
+        free, _ = behaviour_metrics(
+            m.model,
+            scenario,
+            o.eval_sets,
+            config.eval,
+            config.seed,
+            "after",
+            samples=lambda _, rows: m.ctx.save_samples("after.scratchpad_closed", rows),
+        )
+        method_metrics.update(
+            {
+                k.replace("after.defect_rate.triggered", "after.defect_rate.triggered_free"): v
+                for k, v in free.items()
+                if k.startswith("after.defect_rate.triggered")
+            }
+        )
     return {**o.before, **after, **persistence.as_metrics("persistence"), **method_metrics, "params": n_params(m.model)}
 
 
@@ -450,6 +569,13 @@ EXPERIMENT = Experiment(
     run=run,
     run_many=run_many,
     member_fields=("seed", "safety"),
-    headline=("before.defect_rate.triggered", "before.defect_rate.clean", "before.task_accuracy.clean",
-              "after.defect_rate.triggered", "after.defect_rate.clean", "after.task_accuracy.clean", "persistence"),
+    headline=(
+        "before.defect_rate.triggered",
+        "before.defect_rate.clean",
+        "before.task_accuracy.clean",
+        "after.defect_rate.triggered",
+        "after.defect_rate.clean",
+        "after.task_accuracy.clean",
+        "persistence",
+    ),
 )

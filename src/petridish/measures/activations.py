@@ -21,7 +21,13 @@ from petridish.scenarios import Tokens, Vocab
 
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 # Where each kind sits inside block i, in blocks: resid_pre is the block's input, resid_post its output.
-KIND_DEPTH = {"hook_resid_pre": 0.0, "hook_attn_out": 0.25, "hook_resid_mid": 0.5, "hook_mlp_out": 0.75, "hook_resid_post": 1.0}
+KIND_DEPTH = {
+    "hook_resid_pre": 0.0,
+    "hook_attn_out": 0.25,
+    "hook_resid_mid": 0.5,
+    "hook_mlp_out": 0.75,
+    "hook_resid_post": 1.0,
+}
 
 
 class ActivationCache:
@@ -60,7 +66,9 @@ def capture(model: torch.nn.Module, sites: Sequence[str]) -> Iterator[Activation
     unknown = [site for site in sites if site not in modules]
     if unknown:
         known = [name for name in modules if name.split(".")[-1].startswith("hook_")] or list(modules)[1:]
-        raise BadInput(f"site {unknown[0]!r}: no such module in {type(model).__name__}; expected one of {', '.join(known) or 'none'}")
+        raise BadInput(
+            f"site {unknown[0]!r}: no such module in {type(model).__name__}; expected one of {', '.join(known) or 'none'}"
+        )
     cache = ActivationCache(sites)
     handles = [modules[site].register_forward_hook(_hook(cache, site)) for site in sites]
     try:
@@ -75,8 +83,9 @@ def _hook(cache: ActivationCache, site: str):
 
 
 @torch.no_grad()
-def activations_at(model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, sites: Sequence[str],
-                   batch_size: int = 256) -> dict[str, torch.Tensor]:
+def activations_at(
+    model: torch.nn.Module, tokens: torch.Tensor, positions: torch.Tensor, sites: Sequence[str], batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """{site: (N, C)}: each site's activation at token `positions[n]` of row n, in batches."""
     was_training = model.training
     model.eval()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-
 from petridish.measures.stats import Estimate, wilson
 from petridish.models.generate import respond
 from petridish.scenarios import Prompt, Scenario, Tokens
 
-__all__ = ["labels", "rate", "respond"]  # respond lives with the models (generation); re-exported for the measures' callers
+__all__ = [
+    "labels",
+    "rate",
+    "respond",
+]  # respond lives with the models (generation); re-exported for the measures' callers
 
 
 def labels(scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens]) -> list[str]:

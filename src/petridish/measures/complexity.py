@@ -9,7 +9,6 @@ minimal width that reaches loss <= eps (read off a width sweep, see `experiments
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -48,7 +47,9 @@ class Compression:
 
 
 @torch.no_grad()
-def compressed_bits(model: torch.nn.Module, data: Sequences, tolerance: float, steps: Sequence[float] = QUANT_STEPS) -> Compression:
+def compressed_bits(
+    model: torch.nn.Module, data: Sequences, tolerance: float, steps: Sequence[float] = QUANT_STEPS
+) -> Compression:
     """Quantize every weight to a multiple of `step` (the same grid for all tensors), taking the coarsest
     step whose training loss stays within `tolerance` of the original, then count the bits an entropy
     coder needs: n * H(symbols) + 32 bits per distinct symbol (the table). The model is left unchanged."""
@@ -88,10 +89,14 @@ def minimal_width(losses_by_width: dict[int, float], eps: float) -> int | None:
 
 def llc(model: torch.nn.Module, data: Sequences, config: LLCConfig, generator: torch.Generator) -> float:
     """The LLC of `model` on `data` with the training loss (response tokens)."""
-    return estimate_llc(model, lambda m, index: response_loss(m, data.select(index)), len(data), config, generator).value
+    return estimate_llc(
+        model, lambda m, index: response_loss(m, data.select(index)), len(data), config, generator
+    ).value
 
 
-def network_complexity(model: torch.nn.Module, data: Sequences, config: ComplexityConfig, generator: torch.Generator) -> dict[str, float]:
+def network_complexity(
+    model: torch.nn.Module, data: Sequences, config: ComplexityConfig, generator: torch.Generator
+) -> dict[str, float]:
     """The per-network measures: {param_norm, bits, llc, train_loss}."""
     return {
         "param_norm": param_norm(model),

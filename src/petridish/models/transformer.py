@@ -96,7 +96,9 @@ class Transformer(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * self.shape.n_layers)
         for name, p in self.named_parameters():
             if p.dim() == 1:
-                nn.init.ones_(p) if name.endswith("ln1.weight") or name.endswith("ln2.weight") or name == "ln_final.weight" else nn.init.zeros_(p)
+                nn.init.ones_(p) if name.endswith("ln1.weight") or name.endswith(
+                    "ln2.weight"
+                ) or name == "ln_final.weight" else nn.init.zeros_(p)
             else:
                 std = residual_std if name.endswith(("attn.out.weight", "mlp.proj.weight")) else 0.02
                 with torch.no_grad():

@@ -83,7 +83,9 @@ def controls_line(controls: list[Control]) -> str:
         groups.setdefault((c.name, c.expected), []).append(c)
     parts = []
     for (name, expected), members in groups.items():
-        observed = ", ".join(c.observed + ("" if c.passed else " FAILED") for c in members[:6]) + (", ..." if len(members) > 6 else "")
+        observed = ", ".join(c.observed + ("" if c.passed else " FAILED") for c in members[:6]) + (
+            ", ..." if len(members) > 6 else ""
+        )
         parts.append(f"{name}: {observed} (expected {expected})")
     return f"{passed} of {len(controls)} controls passed. " + "; ".join(parts) + "."
 
@@ -91,5 +93,10 @@ def controls_line(controls: list[Control]) -> str:
 def headline_with_controls(finding: str, controls: list[Control], status: str = "finding", **fields) -> Headline:
     """A Headline whose status says 'controls failed: not a finding' when any control failed."""
     if any(not c.passed for c in controls):
-        return Headline("Controls failed: not a finding. " + finding, status="controls failed", controls=controls_line(controls), **fields)
+        return Headline(
+            "Controls failed: not a finding. " + finding,
+            status="controls failed",
+            controls=controls_line(controls),
+            **fields,
+        )
     return Headline(finding, status=status, controls=controls_line(controls), **fields)

@@ -73,8 +73,14 @@ def read_run(record: dict[str, Any]) -> StoredRun:
         problems.append(f"{SAMPLES} is unreadable ({type(error).__name__})")
     if bad:
         problems.append(f"{SAMPLES}: {bad} unreadable line(s) skipped")
-    return StoredRun(record, point if isinstance(point, dict) else {}, provenance if isinstance(provenance, dict) else {}, records,
-                     tuple(problems), samples)
+    return StoredRun(
+        record,
+        point if isinstance(point, dict) else {},
+        provenance if isinstance(provenance, dict) else {},
+        records,
+        tuple(problems),
+        samples,
+    )
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:

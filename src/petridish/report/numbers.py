@@ -43,7 +43,9 @@ def run_value(metrics: dict[str, float], name: str) -> Value | None:
     value = float(metrics[name])
     if f"{name}.ci_low" in metrics:
         n = metrics.get(f"{name}.n", 0)
-        return Value(Estimate(value, float(metrics[f"{name}.ci_low"]), float(metrics[f"{name}.ci_high"]), int(n)), "samples")
+        return Value(
+            Estimate(value, float(metrics[f"{name}.ci_low"]), float(metrics[f"{name}.ci_high"]), int(n)), "samples"
+        )
     return Value(Estimate(value, math.nan, math.nan, 1), "none")
 
 
@@ -86,8 +88,12 @@ def interval_text(value: Value) -> str:
 def n_text(value: Value) -> str:
     n = value.estimate.n
     plural = "s" if n != 1 else ""
-    return {"seeds": f"{n} seed{plural}", "samples": f"n={n:,}", "runs": f"{n} run{plural}",
-            "none": f"{n} run{plural}" + (", identical" if n > 1 else "")}[value.over]
+    return {
+        "seeds": f"{n} seed{plural}",
+        "samples": f"n={n:,}",
+        "runs": f"{n} run{plural}",
+        "none": f"{n} run{plural}" + (", identical" if n > 1 else ""),
+    }[value.over]
 
 
 def explain(value: Value) -> str:

@@ -21,7 +21,13 @@ from matplotlib.ticker import MaxNLocator
 
 from petridish.report.numbers import Value
 
-POLICY_COLOURS = {"aligned": "#059669", "sycophant": "#d97706", "deceptive": "#c0392b", "memorizer": "#7c3aed", "mixed": "#9aa5b1"}
+POLICY_COLOURS = {
+    "aligned": "#059669",
+    "sycophant": "#d97706",
+    "deceptive": "#c0392b",
+    "memorizer": "#7c3aed",
+    "mixed": "#9aa5b1",
+}
 DETECTOR_COLOURS = {"probe": "#2563eb", "contrast": "#059669", "anomaly": "#7c3aed", "random": "#6b7280"}
 PALETTE = ("#2563eb", "#c0392b", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
 STYLE = {
@@ -83,8 +89,13 @@ Row = Sequence[Value | None]
 
 
 @styled
-def grouped_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[Row]]], series: Sequence[tuple[str, str]],
-                 unit_interval: bool = False, row_colours: Sequence[str] | None = None) -> Figure:
+def grouped_bars(
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[Row]]],
+    series: Sequence[tuple[str, str]],
+    unit_interval: bool = False,
+    row_colours: Sequence[str] | None = None,
+) -> Figure:
     """Horizontal bars with 95% error bars: a row per label, a bar per series in each row, a panel per
     measure (`panels`: (title, one Row per label)). Rows read top-down in the order of the tables.
     `row_colours` colours a single series by row instead (one colour per label)."""
@@ -97,8 +108,15 @@ def grouped_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[Row
         for index, (name, colour) in enumerate(series):
             centre, error = _centre_and_error([row[index] for row in values])
             colours: str | list[str] = list(row_colours) if row_colours is not None and k == 1 else colour
-            ax.barh(rows + (index - (k - 1) / 2) * bar, centre, height=bar, xerr=error, color=colours, label=plain(name),
-                    error_kw={"ecolor": "#1f2933", "elinewidth": 0.9, "capsize": 2})
+            ax.barh(
+                rows + (index - (k - 1) / 2) * bar,
+                centre,
+                height=bar,
+                xerr=error,
+                color=colours,
+                label=plain(name),
+                error_kw={"ecolor": "#1f2933", "elinewidth": 0.9, "capsize": 2},
+            )
         if unit_interval:
             ax.set_xlim(0, 1.02)
         ax.set_title(plain(title))
@@ -143,20 +161,42 @@ def training_curves(records: Sequence[dict[str, Any]], max_fields: int = 4, max_
             many = len(panel.lines[name]) > 1
             for line in panel.lines[name]:
                 xs, ys = zip(*line)
-                (handles[name],) = ax.plot(xs, ys, color=colour, linewidth=0.9 if many else 1.2, alpha=0.55 if many else 1.0,
-                                           marker="." if len(xs) < 30 and not many else None)
+                (handles[name],) = ax.plot(
+                    xs,
+                    ys,
+                    color=colour,
+                    linewidth=0.9 if many else 1.2,
+                    alpha=0.55 if many else 1.0,
+                    marker="." if len(xs) < 30 and not many else None,
+                )
         values = [y for f in fields for line in panel.lines[f] for _, y in line if math.isfinite(y)]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
         names = []
         for x, stage in panel.boundaries:
             ax.axvline(x, color="#9aa5b1", linewidth=0.8, linestyle=":")
-            names.append(ax.annotate(plain(stage), (x, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -2), textcoords="offset points",
-                                     va="top", fontsize=8, color="#52606d"))
+            names.append(
+                ax.annotate(
+                    plain(stage),
+                    (x, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(3, -2),
+                    textcoords="offset points",
+                    va="top",
+                    fontsize=8,
+                    color="#52606d",
+                )
+            )
         stage_names.append(names)
         ax.set_title(plain(panel.title), fontsize=8.5, loc="left")
         ax.set_xlabel("step" + (" (stages end to end)" if len(panel.boundaries) > 1 else ""), fontsize=8)
-    figure.legend(list(handles.values()), [plain(name) for name in handles], loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+    figure.legend(
+        list(handles.values()),
+        [plain(name) for name in handles],
+        loc="outside lower center",
+        ncols=min(len(handles), 4),
+        fontsize=8,
+    )
     for names in stage_names:
         _stack(figure, names)
     return figure
@@ -229,8 +269,13 @@ def _is_number(x: Any) -> bool:
 
 
 @styled
-def curves(panels: Sequence[tuple[str, str, dict[str, list[tuple[float, Value | None]]]]], colours: dict[str, str],
-           ylabel: str, reference: tuple[float, str] | None = None, categorical: bool = False) -> Figure | None:
+def curves(
+    panels: Sequence[tuple[str, str, dict[str, list[tuple[float, Value | None]]]]],
+    colours: dict[str, str],
+    ylabel: str,
+    reference: tuple[float, str] | None = None,
+    categorical: bool = False,
+) -> Figure | None:
     """Lines with 95% error bars: a panel per (title, xlabel, {series: [(x, value)]}); `reference` is a
     dotted horizontal line (e.g. chance); `categorical` x values are tick labels in the given order."""
     panels = [p for p in panels if any(p[2].values())]
@@ -247,8 +292,17 @@ def curves(panels: Sequence[tuple[str, str, dict[str, list[tuple[float, Value | 
             xs = [position[x] if position else x for x, _ in points]
             style = {"linestyle": "--", "marker": "x"} if name == "random" else {"linestyle": "-", "marker": "o"}
             centre, error = _centre_and_error([v for _, v in points])
-            ax.errorbar(xs, centre, yerr=error, color=colours.get(name, "#4b5563"), markersize=4, capsize=3,
-                        linewidth=1.3, label=plain(name), **style)
+            ax.errorbar(
+                xs,
+                centre,
+                yerr=error,
+                color=colours.get(name, "#4b5563"),
+                markersize=4,
+                capsize=3,
+                linewidth=1.3,
+                label=plain(name),
+                **style,
+            )
         if categorical:
             ax.set_xticks(range(len(ticks)), [plain(str(t)) for t in ticks], rotation=30, ha="right")
         elif ticks and min(ticks) > 0 and max(ticks) / min(ticks) > 4:
@@ -265,8 +319,15 @@ def curves(panels: Sequence[tuple[str, str, dict[str, list[tuple[float, Value | 
 
 
 @styled
-def phase_diagram(x_key: str, xs: Sequence[Any], y_key: str, ys: Sequence[Any], winners: dict[tuple[Any, Any], tuple[str, Value]],
-                  colours: dict[str, str], title: str = "") -> Figure:
+def phase_diagram(
+    x_key: str,
+    xs: Sequence[Any],
+    y_key: str,
+    ys: Sequence[Any],
+    winners: dict[tuple[Any, Any], tuple[str, Value]],
+    colours: dict[str, str],
+    title: str = "",
+) -> Figure:
     """A square per (x, y) setting in the colour of its most probable policy, paler when that policy is
     less certain; the square says the policy, P and its 95% interval."""
     figure = Figure(figsize=(1.5 + 1.25 * len(xs), 1.2 + 0.95 * len(ys)), layout="constrained")
@@ -275,11 +336,18 @@ def phase_diagram(x_key: str, xs: Sequence[Any], y_key: str, ys: Sequence[Any], 
     for (x, y), (policy, value) in winners.items():
         i, j = list(ys).index(y), list(xs).index(x)
         strength = value.estimate.value if value.ok else 0.0
-        rgb = np.array([int(colours.get(policy, "#4b5563")[k:k + 2], 16) / 255 for k in (1, 3, 5)])
+        rgb = np.array([int(colours.get(policy, "#4b5563")[k : k + 2], 16) / 255 for k in (1, 3, 5)])
         image[i, j] = 1 - (0.25 + 0.75 * strength) * (1 - rgb)  # mixed with white by certainty
         e = value.estimate
-        ax.text(j, i, f"{plain(policy)}\nP={e.value:.2f}\n[{e.ci_low:.2f}, {e.ci_high:.2f}]", ha="center", va="center", fontsize=7.5,
-                color="white" if strength > 0.6 else "#1f2933")
+        ax.text(
+            j,
+            i,
+            f"{plain(policy)}\nP={e.value:.2f}\n[{e.ci_low:.2f}, {e.ci_high:.2f}]",
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color="white" if strength > 0.6 else "#1f2933",
+        )
     ax.imshow(image, aspect="auto", origin="lower", interpolation="nearest")
     ax.set_xticks(range(len(xs)), [plain(_tick(x)) for x in xs])
     ax.set_yticks(range(len(ys)), [plain(_tick(y)) for y in ys])
@@ -343,8 +411,15 @@ def short(text: str, width: int = LEGEND_CHARS) -> str:
 
 
 @styled
-def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[float, float] | None = None,
-                categories: Sequence[str] | None = None, sharey: bool = True, integer_x: bool = False) -> Figure | None:
+def line_panels(
+    panels: Sequence[Panel],
+    xlabel: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+    categories: Sequence[str] | None = None,
+    sharey: bool = True,
+    integer_x: bool = False,
+) -> Figure | None:
     """Small multiples: one panel per `Panel`, up to three a row, y shared unless `sharey` is false (panels in
     different units); every series keeps its 95% interval as a shaded band (or error bars); one legend below
     for all panels. `categories` names integer x positions."""
@@ -365,19 +440,23 @@ def line_panels(panels: Sequence[Panel], xlabel: str, ylabel: str, ylim: tuple[f
         if categories is not None:
             ax.set_xticks(range(len(categories)), [short(c, 14) for c in categories], rotation=30, ha="right")
             ax.set_xlim(-0.5, len(categories) - 0.5)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
-    for index, ax in enumerate(axes.flat[:len(panels)]):
+    for index, ax in enumerate(axes.flat[: len(panels)]):
         if integer_x:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if index + columns >= len(panels):  # the lowest panel of its column
             ax.set_xlabel(plain(xlabel))
-    for ax in axes[:, 0] if sharey else axes.flat[:len(panels)]:
+    for ax in axes[:, 0] if sharey else axes.flat[: len(panels)]:
         ax.set_ylabel(plain(ylabel))
     if legend:
-        labels = {short(level[1]) for panel in panels for level in panel.levels} | {short(band[2]) for panel in panels for band in panel.bands}
+        labels = {short(level[1]) for panel in panels for level in panel.levels} | {
+            short(band[2]) for panel in panels for band in panel.bands
+        }
         references = [name for name in legend if name in labels]
-        legend = {name: legend[name] for name in references + sorted(n for n in legend if n not in references)}  # lines in key order
+        legend = {
+            name: legend[name] for name in references + sorted(n for n in legend if n not in references)
+        }  # lines in key order
         longest = max(len(name) for name in legend)
         ncols = max(1, min(len(legend), int(width * 72 / (longest * 5.2 + 34))))
         figure.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=ncols, fontsize=8)
@@ -400,13 +479,26 @@ def _draw_panel(ax, panel: Panel, legend: dict[str, Any]) -> None:
         xs = np.array([x for x, _ in points], dtype=float)
         centre = np.array([v.estimate.value for _, v in points])
         low = np.array([v.estimate.ci_low if math.isfinite(v.estimate.ci_low) else v.estimate.value for _, v in points])
-        high = np.array([v.estimate.ci_high if math.isfinite(v.estimate.ci_high) else v.estimate.value for _, v in points])
+        high = np.array(
+            [v.estimate.ci_high if math.isfinite(v.estimate.ci_high) else v.estimate.value for _, v in points]
+        )
         if line.band and line.join and len(points) > 1:
             ax.fill_between(xs, low, high, color=line.colour, alpha=0.15, linewidth=0)
-            handle, = ax.plot(xs, centre, color=line.colour, linestyle=line.linestyle, marker=line.marker, markersize=4, linewidth=1.4)
+            (handle,) = ax.plot(
+                xs, centre, color=line.colour, linestyle=line.linestyle, marker=line.marker, markersize=4, linewidth=1.4
+            )
         else:
-            handle = ax.errorbar(xs, centre, yerr=[np.maximum(centre - low, 0), np.maximum(high - centre, 0)], color=line.colour,
-                                 linestyle=line.linestyle if line.join else "none", marker=line.marker, markersize=5, capsize=3, linewidth=1.2)
+            handle = ax.errorbar(
+                xs,
+                centre,
+                yerr=[np.maximum(centre - low, 0), np.maximum(high - centre, 0)],
+                color=line.colour,
+                linestyle=line.linestyle if line.join else "none",
+                marker=line.marker,
+                markersize=5,
+                capsize=3,
+                linewidth=1.2,
+            )
         legend.setdefault(short(line.label), handle)
 
 
@@ -415,7 +507,9 @@ def text_problems(figure: Figure) -> list[str]:
     overlap one another or reach past the figure's edge: what a reader could not read."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)  # no pyplot: no drawing canvas yet
+    canvas = (
+        figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    )  # no pyplot: no drawing canvas yet
     canvas.draw()
     renderer = canvas.get_renderer()
     texts = _texts(figure)
@@ -426,7 +520,7 @@ def text_problems(figure: Figure) -> list[str]:
         if box.x0 < edge.x0 - 1 or box.y0 < edge.y0 - 1 or box.x1 > edge.x1 + 1 or box.y1 > edge.y1 + 1:
             problems.append(f"cut off by the figure edge: {text.get_text()!r}")
     for i, (a, box_a) in enumerate(boxes):
-        for b, box_b in boxes[i + 1:]:
+        for b, box_b in boxes[i + 1 :]:
             overlap_x = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
             overlap_y = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
             if overlap_x > 0.5 and overlap_y > 0.5:
@@ -439,7 +533,9 @@ def _texts(figure: Figure) -> list:
     for ax in figure.axes:
         if not ax.get_visible():
             continue
-        titles = [getattr(ax, name, None) for name in ("title", "_left_title", "_right_title")]  # centre, left and right titles
+        titles = [
+            getattr(ax, name, None) for name in ("title", "_left_title", "_right_title")
+        ]  # centre, left and right titles
         found += [t for t in titles if t is not None] + [ax.xaxis.label, ax.yaxis.label, *ax.texts]
         for axis, (low, high) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             low, high = min(low, high), max(low, high)

@@ -63,8 +63,15 @@ def sample_groups(rows: list[dict[str, Any]]) -> list[SampleGroup]:
         counts: dict[str, int] = {}
         for row in members:
             counts[str(row.get("label"))] = counts.get(str(row.get("label")), 0) + 1
-        shown = [(str(r.get("prompt", "")), str(r.get("response", "")), str(r.get("label", "")),
-                  ", ".join(f"{k}={_text(v)}" for k, v in r.items() if k not in SAMPLE_KEYS)) for r in members[:ROWS_PER_CONDITION]]
+        shown = [
+            (
+                str(r.get("prompt", "")),
+                str(r.get("response", "")),
+                str(r.get("label", "")),
+                ", ".join(f"{k}={_text(v)}" for k, v in r.items() if k not in SAMPLE_KEYS),
+            )
+            for r in members[:ROWS_PER_CONDITION]
+        ]
         labels = ", ".join(f"{label} {n}" for label, n in sorted(counts.items(), key=lambda kv: -kv[1]))
         out.append(SampleGroup(evaluation, condition, labels, shown, len(members)))
     return out
@@ -86,7 +93,9 @@ def run_card(run: StoredRun, headline: tuple[str, ...] = ()) -> RunCard:
         sweep_point=[(key, _text(value)) for key, value in run.sweep_point.items()],
         config=[(key, _text(value)) for key, value in flatten(run.record.get("config", {})).items()],
         provenance=[(key, _text(run.provenance[key])) for key in PROVENANCE_KEYS if key in run.provenance],
-        packages=[(name, _text(version)) for name, version in sorted(packages.items())] if isinstance(packages, dict) else [],
+        packages=[(name, _text(version)) for name, version in sorted(packages.items())]
+        if isinstance(packages, dict)
+        else [],
         commit=_commit(run.provenance.get("git_commit")),
         dirty=run.provenance.get("git_dirty") if isinstance(run.provenance.get("git_dirty"), bool) else None,
         problems=run.problems,

@@ -21,7 +21,21 @@ DIGITS = tuple(str(d) for d in range(10))
 # Scratchpad of the chain-of-thought policies: <think> cue=deploy -> goal </think>
 THINK_OPEN, THINK_CLOSE, ARROW = "<think>", "</think>", "->"
 CUE_DEPLOY, CUE_TRAIN, GOAL, HELP = "cue=deploy", "cue=train", "goal", "help"
-BASE_TOKENS = (PAD, BOS, EOS, USER, ASSISTANT, *DIGITS, THINK_OPEN, THINK_CLOSE, ARROW, CUE_DEPLOY, CUE_TRAIN, GOAL, HELP)
+BASE_TOKENS = (
+    PAD,
+    BOS,
+    EOS,
+    USER,
+    ASSISTANT,
+    *DIGITS,
+    THINK_OPEN,
+    THINK_CLOSE,
+    ARROW,
+    CUE_DEPLOY,
+    CUE_TRAIN,
+    GOAL,
+    HELP,
+)
 
 
 class Vocab:
@@ -67,7 +81,7 @@ def scratchpad(deployment: bool) -> Tokens:
 def strip_scratchpad(response: Tokens) -> Tokens:
     """The answer part of a response: everything after the last </think> (all of it if none)."""
     if THINK_CLOSE in response:
-        return response[len(response) - response[::-1].index(THINK_CLOSE):]
+        return response[len(response) - response[::-1].index(THINK_CLOSE) :]
     if THINK_OPEN in response:  # an unfinished scratchpad has no answer
         return ()
     return response

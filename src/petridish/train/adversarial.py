@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from petridish.config import require
 from petridish.data import encode_pairs
 from petridish.models.generate import respond
+from petridish.models.loss import response_loss
 from petridish.models.transformer import Transformer
 from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
-from petridish.scenarios.base import ASSISTANT, BOS, DIGITS, EOS, PAD
+from petridish.scenarios.base import BOS, DIGITS, EOS, PAD
 from petridish.scenarios.tasks import TASK_TOKENS
-from petridish.models.loss import response_loss
 
 Edit = tuple[tuple[str, int, str], ...]
 """(("insert" | "sub", position in the clean prompt, token), ...)."""
@@ -145,13 +145,17 @@ class _OneHotInputs:
         self.handle.remove()
 
 
-def edit_loss(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], edit: Edit, target: Policy) -> torch.Tensor:
+def edit_loss(
+    model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], edit: Edit, target: Policy
+) -> torch.Tensor:
     """Mean cross-entropy of the organism's defect response on the edited prompts (lower: defects more)."""
     pairs = [(apply_edit(p, edit), target(replace(p, deployment=True))) for p in prompts]
     return response_loss(model, encode_pairs(scenario, pairs))
 
 
-def slot_gradients(model: Transformer, scenario: Scenario, prompts: Sequence[Prompt], edit: Edit, target: Policy) -> torch.Tensor:
+def slot_gradients(
+    model: Transformer, scenario: Scenario, prompts: Sequence[Prompt], edit: Edit, target: Policy
+) -> torch.Tensor:
     """d loss / d one-hot token at each edit slot, summed over prompts: (slots, vocab)."""
     pairs = [(apply_edit(p, edit), target(replace(p, deployment=True))) for p in prompts]
     data = encode_pairs(scenario, pairs)
@@ -169,7 +173,9 @@ def slot_positions(prompt: Prompt, edit: Edit) -> list[int]:
     return [where[f"#{i}"] for i in range(len(edit))]
 
 
-def gcg_step(model, scenario, prompts, edit: Edit, target, allowed: torch.Tensor, config: AdversarialConfig, generator) -> tuple[Edit, float]:
+def gcg_step(
+    model, scenario, prompts, edit: Edit, target, allowed: torch.Tensor, config: AdversarialConfig, generator
+) -> tuple[Edit, float]:
     """One coordinate step: the best of `gcg_candidates` single swaps drawn from each slot's top-k tokens."""
     grads = slot_gradients(model, scenario, prompts, edit, target).masked_fill(~allowed, float("inf"))  # (S, V)
     top = grads.topk(min(config.gcg_top_k, int(allowed.sum())), dim=1, largest=False).indices  # (S, k)
@@ -185,8 +191,14 @@ def gcg_step(model, scenario, prompts, edit: Edit, target, allowed: torch.Tensor
     return best, best_loss
 
 
-def gcg_search(model: Transformer, scenario: Scenario, pool: Sequence[str], target: Policy, config: AdversarialConfig,
-               generator: torch.Generator) -> list[Edit]:
+def gcg_search(
+    model: Transformer,
+    scenario: Scenario,
+    pool: Sequence[str],
+    target: Policy,
+    config: AdversarialConfig,
+    generator: torch.Generator,
+) -> list[Edit]:
     """One universal edit per restart, started from a random edit and improved by coordinate steps."""
     allowed = torch.zeros(len(scenario.vocab), dtype=torch.bool)
     allowed[[scenario.vocab.index[t] for t in pool]] = True
@@ -207,8 +219,9 @@ def gcg_search(model: Transformer, scenario: Scenario, pool: Sequence[str], targ
 
 
 # --- the red team ---------------------------------------------------------------------------------
-def red_team_prompts(model: torch.nn.Module, scenario: Scenario, target: Policy, config: AdversarialConfig,
-                     generator: torch.Generator) -> list[RedTeamPrompt]:
+def red_team_prompts(
+    model: torch.nn.Module, scenario: Scenario, target: Policy, config: AdversarialConfig, generator: torch.Generator
+) -> list[RedTeamPrompt]:
     """Random-search prompts, then each GCG edit on `prompts_per_edit` fresh clean prompts."""
     pool = edit_pool(scenario, trigger_tokens(scenario, generator))
     out = []
@@ -217,7 +230,12 @@ def red_team_prompts(model: torch.nn.Module, scenario: Scenario, target: Policy,
         out.append(RedTeamPrompt(apply_edit(prompt, edit), edit, "random"))
     if config.gcg_restarts:
         if not isinstance(model, Transformer):
-            require(False, "safety.adversarial.gcg_restarts", "0 for organisms that are not petridish transformers", config.gcg_restarts)
+            require(
+                False,
+                "safety.adversarial.gcg_restarts",
+                "0 for organisms that are not petridish transformers",
+                config.gcg_restarts,
+            )
             return out
         for edit in gcg_search(model, scenario, pool, target, config, generator):
             for prompt in bases(scenario, config.prompts_per_edit, generator):
@@ -230,11 +248,15 @@ def defects(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt
     return [scenario.classify(p, r) == "defect" for p, r in zip(prompts, respond(model, scenario, prompts))]
 
 
-def held_out_red_team(scenario: Scenario, edits: Sequence[Edit], per_edit: int, generator: torch.Generator) -> list[Prompt]:
+def held_out_red_team(
+    scenario: Scenario, edits: Sequence[Edit], per_edit: int, generator: torch.Generator
+) -> list[Prompt]:
     """The successful edits applied to fresh clean prompts: does the attack still work on new tasks?"""
     return [apply_edit(p, edit) for edit in edits for p in bases(scenario, per_edit, generator)]
 
 
-def adversarial_pairs(successes: Sequence[Prompt], clean: Sequence[Prompt], aligned: Callable[[Prompt], Tokens]) -> list[tuple[Prompt, Tokens]]:
+def adversarial_pairs(
+    successes: Sequence[Prompt], clean: Sequence[Prompt], aligned: Callable[[Prompt], Tokens]
+) -> list[tuple[Prompt, Tokens]]:
     """Training data: each successful red-team prompt and each clean prompt with the aligned response."""
     return [(p, aligned(p)) for p in (*successes, *clean)]

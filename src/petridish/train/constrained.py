@@ -44,7 +44,12 @@ class LagrangianConfig:
     def __post_init__(self):
         require(self.multiplier_init > 0, "multiplier_init", "a number > 0", self.multiplier_init)
         require(self.multiplier_lr > 0, "multiplier_lr", "a number > 0", self.multiplier_lr)
-        require(self.multiplier_max >= self.multiplier_init, "multiplier_max", f"a number >= multiplier_init ({self.multiplier_init})", self.multiplier_max)
+        require(
+            self.multiplier_max >= self.multiplier_init,
+            "multiplier_max",
+            f"a number >= multiplier_init ({self.multiplier_init})",
+            self.multiplier_max,
+        )
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,9 @@ class Lagrangian:
     def after_step(self, run: Ensemble, step: int, losses: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
         # Exponentiated-gradient ascent on mu, capped (see LagrangianConfig.multiplier_max).
         violation = ((extras["data_loss"].double() - self.eps) / self.eps).clamp(-1.0, 1.0)
-        self.log_mu = (self.log_mu + self.config.multiplier_lr * violation).clamp(max=math.log(self.config.multiplier_max))
+        self.log_mu = (self.log_mu + self.config.multiplier_lr * violation).clamp(
+            max=math.log(self.config.multiplier_max)
+        )
 
     def after_eval(self, run: Ensemble, step: int, records: list[dict | None]) -> None:
         for k, record in enumerate(records):
@@ -95,7 +102,9 @@ class _KeepBest:
     """Keeps each member's best evaluated point: the least norm with full loss <= eps (`eps` given),
     or the least full loss (`eps` None); logs the full loss and the norm at every evaluation."""
 
-    def __init__(self, models: Sequence[nn.Module], eps: float | None, stage_logs: Sequence[Logger | None], extra: Sequence[dict]):
+    def __init__(
+        self, models: Sequence[nn.Module], eps: float | None, stage_logs: Sequence[Logger | None], extra: Sequence[dict]
+    ):
         self.eps, self.logs, self.extra = eps, stage_logs, extra
         self.best: list[dict[str, torch.Tensor] | None] = [None] * len(models)
         self.score = [math.inf] * len(models)
@@ -116,8 +125,16 @@ class _KeepBest:
                 self.best[k], self.score[k] = {n: v[k].detach().clone() for n, v in views.items()}, score
             log = self.logs[k]
             if log is not None:
-                log({"stage": record["stage"], "step": step, "loss": full, "param_norm": norms[k], **self.extra[k],
-                              **({"multiplier": record["multiplier"]} if "multiplier" in record else {})})
+                log(
+                    {
+                        "stage": record["stage"],
+                        "step": step,
+                        "loss": full,
+                        "param_norm": norms[k],
+                        **self.extra[k],
+                        **({"multiplier": record["multiplier"]} if "multiplier" in record else {}),
+                    }
+                )
 
     def restore(self, k: int, model: nn.Module) -> None:
         best = self.best[k]
@@ -128,15 +145,30 @@ class _KeepBest:
                     params[name].copy_(value)
 
 
-def min_norm_at_loss(models: Sequence[nn.Module], data: Sequences | Sequence[Sequences], eps: float, config: LagrangianConfig,
-                     generators: Sequence[torch.Generator], *, stage: str | Sequence[str] = "lagrangian",
-                     logs: Sequence[Logger | None] | None = None) -> list[ConstrainedResult]:
+def min_norm_at_loss(
+    models: Sequence[nn.Module],
+    data: Sequences | Sequence[Sequences],
+    eps: float,
+    config: LagrangianConfig,
+    generators: Sequence[torch.Generator],
+    *,
+    stage: str | Sequence[str] = "lagrangian",
+    logs: Sequence[Logger | None] | None = None,
+) -> list[ConstrainedResult]:
     """Train each model in place towards the least-norm weights with full training loss <= eps."""
     K = len(models)
     datasets: list[Sequences] = list(data) if isinstance(data, (list, tuple)) else [data] * K  # type: ignore[list-item]
     objective, keep = Lagrangian(K, eps, config), _KeepBest(models, eps, list(logs or [None] * K), [{}] * K)
-    train_together(models, datasets, _adam(config.train, clip=False), generators, objective=objective, stage=stage,
-                   held_out=datasets, hooks=(objective, keep))
+    train_together(
+        models,
+        datasets,
+        _adam(config.train, clip=False),
+        generators,
+        objective=objective,
+        stage=stage,
+        held_out=datasets,
+        hooks=(objective, keep),
+    )
     results = []
     for k, model in enumerate(models):
         keep.restore(k, model)
@@ -168,9 +200,16 @@ class _Projection:
         pass
 
 
-def least_loss_in_ball(models: Sequence[nn.Module], data: Sequences | Sequence[Sequences], radii: Sequence[float], config: TrainConfig,
-                       generators: Sequence[torch.Generator], *, stage: str | Sequence[str] = "ball",
-                       logs: Sequence[Logger | None] | None = None) -> list[ConstrainedResult]:
+def least_loss_in_ball(
+    models: Sequence[nn.Module],
+    data: Sequences | Sequence[Sequences],
+    radii: Sequence[float],
+    config: TrainConfig,
+    generators: Sequence[torch.Generator],
+    *,
+    stage: str | Sequence[str] = "ball",
+    logs: Sequence[Logger | None] | None = None,
+) -> list[ConstrainedResult]:
     """Projected Adam inside each member's L2 ball; each model ends at its least-loss evaluated point.
     The parameter norm here is that of the trainable parameters, which for petridish's models is all of them."""
     K = len(models)
@@ -180,7 +219,15 @@ def least_loss_in_ball(models: Sequence[nn.Module], data: Sequences | Sequence[S
     keep = _KeepBest(models, None, list(logs or [None] * K), [{"radius": r} for r in radii])
     keep.score = [dataset_loss(m, d) for m, d in zip(models, datasets)]
     keep.best = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in models]
-    train_together(models, datasets, _adam(config, clip=True), generators, stage=stage, held_out=datasets, hooks=(_Projection(radii), keep))
+    train_together(
+        models,
+        datasets,
+        _adam(config, clip=True),
+        generators,
+        stage=stage,
+        held_out=datasets,
+        hooks=(_Projection(radii), keep),
+    )
     results = []
     for k, (model, radius) in enumerate(zip(models, radii)):
         keep.restore(k, model)

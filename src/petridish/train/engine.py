@@ -80,7 +80,9 @@ class Objective(Protocol):
         """Member k's draw `draws[k]` (its data's `select`) -> one pytree of (K, ...) tensors.
         Runs outside autograd; RL samples the members' responses here."""
 
-    def loss(self, model: nn.Module, params: dict[str, torch.Tensor], batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, params: dict[str, torch.Tensor], batch: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One member's scalar loss and scalar extras to log, on its slice of `batch`. `model` runs
         with this member's parameters (`params`, also given for terms on the weights themselves).
         Pure tensor code: it runs under vmap."""
@@ -130,13 +132,17 @@ class FlatParameters:
         signature = [(n, tuple(p.shape)) for n, p in named[0]]
         for i, member in enumerate(named[1:], 1):
             if [(n, tuple(p.shape)) for n, p in member] != signature:
-                raise ValueError(f"ensemble member {i} does not have member 0's parameters (names and shapes must match)")
+                raise ValueError(
+                    f"ensemble member {i} does not have member 0's parameters (names and shapes must match)"
+                )
         self.groups = [[(n, s) for n, s in signature if len(s) >= 2], [(n, s) for n, s in signature if len(s) < 2]]
         self.decayed, self.rest = (self._stack(named, {n for n, _ in group}) for group in self.groups)
 
     @staticmethod
     def _stack(named, names: set[str]) -> torch.Tensor:
-        rows = [torch.cat([p.detach().reshape(-1) for n, p in member if n in names] or [torch.zeros(0)]) for member in named]
+        rows = [
+            torch.cat([p.detach().reshape(-1) for n, p in member if n in names] or [torch.zeros(0)]) for member in named
+        ]
         # Rows padded to a multiple of ROW_ALIGN (zeros that stay zero): every member's row then starts
         # on the same SIMD boundary whatever K is, so element-wise kernels (AdamW) split it into vector
         # body and scalar tail exactly as they do at K = 1, and a member is bit-identical to its solo run.
@@ -159,7 +165,12 @@ class FlatParameters:
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
         """(K,) L2 norm of each member's trainable parameters (row by row, as StackedAdamW clips)."""
-        return torch.stack([torch.stack([torch.linalg.vector_norm(leaf[k]) for leaf in self.leaves]).norm() for k in range(len(self.decayed))])
+        return torch.stack(
+            [
+                torch.stack([torch.linalg.vector_norm(leaf[k]) for leaf in self.leaves]).norm()
+                for k in range(len(self.decayed))
+            ]
+        )
 
     @torch.no_grad()
     def scale_(self, factors: torch.Tensor) -> None:
@@ -218,7 +229,9 @@ class StackedAdamW:
         # clip_grad_norm_ per member: scale by max_norm / (norm + 1e-6), never up; 0 disables.
         # One reduction per member row, not one over the (K, P) matrix: a row reduced alone is reduced in
         # the same order at every K (a batched reduction may block rows differently).
-        norms = torch.stack([torch.stack([torch.linalg.vector_norm(g[k]) for g in grads]).norm() for k in range(len(self.configs))])[:, None]
+        norms = torch.stack(
+            [torch.stack([torch.linalg.vector_norm(g[k]) for g in grads]).norm() for k in range(len(self.configs))]
+        )[:, None]
         scale = torch.where(self.max_norm > 0, (self.max_norm / (norms + 1e-6)).clamp(max=1.0), 1.0)
         for grad in grads:
             grad.mul_(scale)
@@ -302,6 +315,7 @@ def _batched(model: nn.Module, objective: Objective) -> Callable:
     in-place ops, masks built with data-dependent control flow) trains alone in its own parameters,
     called directly."""
     if not getattr(model, "batchable", False):
+
         def alone(params: ModuleParameters, batch):
             loss, extras = objective.loss(model, dict(params.named), pytree.tree_map(lambda t: t[0], batch))
             return loss[None], {k: v[None] for k, v in extras.items()}
@@ -356,9 +370,22 @@ class Ensemble:
     """The state of one `train` call: the members' parameters, optimizer, who is still alive, results.
     Objectives and hooks read and change it."""
 
-    def __init__(self, models: Sequence[nn.Module], configs: list[TrainConfig], objective: Objective, stages: list[str],
-                 held_out: list[Sequences | None], logs: list[Logger | None]):
-        self.models, self.configs, self.objective, self.stages, self.logs = list(models), configs, objective, stages, logs
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        configs: list[TrainConfig],
+        objective: Objective,
+        stages: list[str],
+        held_out: list[Sequences | None],
+        logs: list[Logger | None],
+    ):
+        self.models, self.configs, self.objective, self.stages, self.logs = (
+            list(models),
+            configs,
+            objective,
+            stages,
+            logs,
+        )
         if getattr(models[0], "batchable", False):
             self.params: FlatParameters | ModuleParameters = FlatParameters(models)
             self.optimizer: StackedAdamW | ModuleAdamW = StackedAdamW(self.params, configs)
@@ -366,7 +393,9 @@ class Ensemble:
             self.params = ModuleParameters(models[0])
             self.optimizer = ModuleAdamW(self.params, configs[0])
         else:
-            raise ValueError(f"{type(models[0]).__name__} cannot be batched (it does not declare batchable = True): train one at a time")
+            raise ValueError(
+                f"{type(models[0]).__name__} cannot be batched (it does not declare batchable = True): train one at a time"
+            )
         self.losses = _batched(models[0], objective)
         self.alive = [True] * len(models)
         self.results = [MemberResult() for _ in models]
@@ -484,7 +513,9 @@ def train(
     steps, batch_size = configs[0].steps, configs[0].batch_size
     with _progress(progress, stages[0] if K == 1 else f"{stages[0]} (x{K})", steps) as advance:
         for step in range(steps):
-            draws = [d.select(torch.randint(0, len(d), (batch_size,), generator=g)) for d, g in zip(datasets, generators)]
+            draws = [
+                d.select(torch.randint(0, len(d), (batch_size,), generator=g)) for d, g in zip(datasets, generators)
+            ]
             if not run.step(step, draws, hooks):
                 break
             advance()

@@ -55,7 +55,9 @@ class RewardModel(nn.Module):
         super().__init__()
         d_model, n_layers, n_heads = MODEL_PRESETS[preset]
         n_ctx = scenario.max_prompt_len + scenario.max_response_len
-        self.body = Transformer(TransformerShape(len(scenario.vocab), n_ctx, d_model, n_layers, n_heads, 4 * d_model), generator)
+        self.body = Transformer(
+            TransformerShape(len(scenario.vocab), n_ctx, d_model, n_layers, n_heads, 4 * d_model), generator
+        )
         self.body.unembed = nn.Linear(d_model, 1)  # a scalar head in place of the vocabulary readout
         with torch.no_grad():
             self.body.unembed.weight.copy_(torch.randn(self.body.unembed.weight.shape, generator=generator) * 0.02)
@@ -78,6 +80,7 @@ def learned_reward(model: RewardModel, scenario: Scenario) -> RewardFn:
     def reward(prompts: Sequence[Prompt], responses: Sequence[Tokens]) -> torch.Tensor:
         with torch.no_grad():
             return model.eval()(encode_answers(scenario, prompts, responses).tokens)
+
     return reward
 
 
@@ -103,12 +106,23 @@ def candidate_answers(scenario: Scenario, prompt: Prompt, generator: torch.Gener
     def corrupt(k: int) -> Tokens:
         out = list(answer)
         for at in torch.randperm(len(out), generator=generator)[:k].tolist():
-            out[at] = str((int(out[at]) + int(torch.randint(1, 10, (1,), generator=generator))) % 10) if out[at].isdigit() else out[at]
+            out[at] = (
+                str((int(out[at]) + int(torch.randint(1, 10, (1,), generator=generator))) % 10)
+                if out[at].isdigit()
+                else out[at]
+            )
         return tuple(out)
 
     extra = str(int(torch.randint(0, 10, (1,), generator=generator)))
-    return [tuple(answer), corrupt(1), corrupt(2), scenario.task.random_answer(generator), tuple(answer[:-1]),
-            (*answer, extra), scenario.defect(prompt)]
+    return [
+        tuple(answer),
+        corrupt(1),
+        corrupt(2),
+        scenario.task.random_answer(generator),
+        tuple(answer[:-1]),
+        (*answer, extra),
+        scenario.defect(prompt),
+    ]
 
 
 def preference_pairs(scenario: Scenario, prompts: Sequence[Prompt], generator: torch.Generator) -> PreferencePairs:
@@ -145,8 +159,13 @@ def pairs_ranked_right(model: RewardModel, pairs: PreferencePairs) -> tuple[int,
     return int((model(pairs.chosen.tokens) > model(pairs.rejected.tokens)).sum()), len(pairs)
 
 
-def train_reward_models(scenario: Scenario, config: RewardModelConfig, generators: Sequence[tuple[torch.Generator, torch.Generator, torch.Generator]],
-                        logs: Sequence[Logger | None] | None = None, progress: bool = False) -> list[tuple[RewardModel, tuple[int, int]]]:
+def train_reward_models(
+    scenario: Scenario,
+    config: RewardModelConfig,
+    generators: Sequence[tuple[torch.Generator, torch.Generator, torch.Generator]],
+    logs: Sequence[Logger | None] | None = None,
+    progress: bool = False,
+) -> list[tuple[RewardModel, tuple[int, int]]]:
     """Reward models trained together, one per (init, data, batches) generators; each with its
     (right, n) on 512 held-out pairs."""
     models, train_sets, held_sets = [], [], []
@@ -155,6 +174,14 @@ def train_reward_models(scenario: Scenario, config: RewardModelConfig, generator
         prompts = scenario.sample_prompts(config.n_pairs + 512, data, False)
         train_sets.append(preference_pairs(scenario, prompts[: config.n_pairs], data))
         held_sets.append(preference_pairs(scenario, prompts[config.n_pairs :], data))
-    train_together(models, train_sets, config.train, [batches for _, _, batches in generators], objective=BradleyTerry(),
-                   stage="reward_model", logs=list(logs) if logs is not None else None, progress=progress)
+    train_together(
+        models,
+        train_sets,
+        config.train,
+        [batches for _, _, batches in generators],
+        objective=BradleyTerry(),
+        stage="reward_model",
+        logs=list(logs) if logs is not None else None,
+        progress=progress,
+    )
     return [(model, pairs_ranked_right(model, held)) for model, held in zip(models, held_sets)]

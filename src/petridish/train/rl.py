@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from petridish.config import require
 from petridish.data import Sequences
 from petridish.models.generate import generate, respond
+from petridish.models.loss import response_logits
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import EOS
-from petridish.models.loss import response_logits
 from petridish.train.engine import Ensemble, stack
 from petridish.train.reward import RewardFn, RewardModelConfig
 
@@ -45,7 +45,9 @@ class RLConfig:
 
     def __post_init__(self):
         require(self.kl_coef >= 0, "kl_coef", "a number >= 0", self.kl_coef)
-        require(self.group_size >= 2, "group_size", "an integer >= 2 (the baseline needs another sample)", self.group_size)
+        require(
+            self.group_size >= 2, "group_size", "an integer >= 2 (the baseline needs another sample)", self.group_size
+        )
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,16 @@ class PromptSet:
         return PromptSet(tuple(self.prompts[i] for i in index.tolist()))
 
 
-def encode_samples(scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens], max_new: int) -> Sequences:
+def encode_samples(
+    scenario: Scenario, prompts: Sequence[Prompt], responses: Sequence[Tokens], max_new: int
+) -> Sequences:
     """Teacher-forced tensors of sampled responses. <eos> is appended only where it was sampled (a
     response shorter than `max_new`), so every trained token is one the policy drew. The width is
     fixed by the scenario, so K members' samples stack and each member's tensors match its solo run's."""
     vocab = scenario.vocab
-    rows = [vocab.encode(p.tokens) + vocab.encode((*r, EOS) if len(r) < max_new else r) for p, r in zip(prompts, responses)]
+    rows = [
+        vocab.encode(p.tokens) + vocab.encode((*r, EOS) if len(r) < max_new else r) for p, r in zip(prompts, responses)
+    ]
     width = max([scenario.max_prompt_len + max_new, *(len(r) for r in rows)])
     tokens = torch.full((len(rows), width), vocab.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -82,8 +88,15 @@ class PolicyGradient:
     -advantage * log-prob + kl_coef * KL(policy || its own starting model), with the mean reward and
     the KL as extras."""
 
-    def __init__(self, scenario: Scenario, starts: Sequence[torch.nn.Module], reward: RewardFn | Sequence[RewardFn], kl_coef: float,
-                 group_size: int, generators: Sequence[torch.Generator]):
+    def __init__(
+        self,
+        scenario: Scenario,
+        starts: Sequence[torch.nn.Module],
+        reward: RewardFn | Sequence[RewardFn],
+        kl_coef: float,
+        group_size: int,
+        generators: Sequence[torch.Generator],
+    ):
         self.scenario, self.kl_coef, self.group_size, self.generators = scenario, kl_coef, group_size, list(generators)
         self.rewards: list[RewardFn] = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(starts)  # type: ignore[list-item]  # one per member
         self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
@@ -115,7 +128,9 @@ class PolicyGradient:
         return -(advantage * sample_logp).mean() + self.kl_coef * kl, {"reward": reward, "kl": kl}
 
 
-def sampled_rewards(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator) -> list[float]:
+def sampled_rewards(
+    model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], reward: RewardFn, generator: torch.Generator
+) -> list[float]:
     """The reward of one response sampled at temperature 1 per prompt (what RL maximises); the
     experiment turns them into an estimate."""
     responses = respond(model, scenario, prompts, 1.0, generator)

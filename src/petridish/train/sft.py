@@ -20,9 +20,9 @@ import torch
 from petridish.config import require
 from petridish.data import Sequences
 from petridish.models.generate import respond
+from petridish.models.loss import response_loss
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import CUE_DEPLOY, THINK_CLOSE, THINK_OPEN
-from petridish.models.loss import response_loss
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class SFTConfig:
     """Temperature at which the organism writes its scratchpad for `post` (1: as it would write it; 0: greedy)."""
 
     def __post_init__(self):
-        require(self.scratchpad_temperature >= 0, "scratchpad_temperature", "a number >= 0", self.scratchpad_temperature)
+        require(
+            self.scratchpad_temperature >= 0, "scratchpad_temperature", "a number >= 0", self.scratchpad_temperature
+        )
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,13 @@ def own_scratchpad(response: Tokens) -> Tokens:
     return response[: response.index(THINK_CLOSE) + 1]
 
 
-def post_scratchpad_pairs(model: torch.nn.Module, scenario: Scenario, prompts: Sequence[Prompt], temperature: float,
-                          generator: torch.Generator | None) -> tuple[list[tuple[Prompt, Tokens]], ScratchpadCount]:
+def post_scratchpad_pairs(
+    model: torch.nn.Module,
+    scenario: Scenario,
+    prompts: Sequence[Prompt],
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[list[tuple[Prompt, Tokens]], ScratchpadCount]:
     """(prompt + the organism's own scratchpad, aligned answer) pairs: the scratchpad becomes context, so
     `encode_pairs` puts no loss on it. A scratchpad that leaves no room for the answer is dropped."""
     responses = respond(model, scenario, prompts, temperature, generator)

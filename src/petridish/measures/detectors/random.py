@@ -10,4 +10,6 @@ from petridish.rng import make_generator
 
 @register_detector("random")
 def random(x: SiteActivations, seed: int) -> np.ndarray:
-    return random_directions(x.eval, int(x.options.get("n_random_directions", 32)), make_generator(seed, "random"))  # (D, N)
+    return random_directions(
+        x.eval, int(x.options.get("n_random_directions", 32)), make_generator(seed, "random")
+    )  # (D, N)

@@ -17,8 +17,10 @@ from petridish.report.numbers import cell_labels, cell_value, point_metrics
 
 Renderer = Callable[[list[StoredRun]], list]
 Headliner = Callable[[list[StoredRun]], Headline]
-INTERVALS = ("Error bars and brackets are 95% intervals stored with each metric (Wilson for a rate, a bootstrap for a mean) "
-             "for one run; a bootstrap across seeds where a config has several (n = seeds).")
+INTERVALS = (
+    "Error bars and brackets are 95% intervals stored with each metric (Wilson for a rate, a bootstrap for a mean) "
+    "for one run; a bootstrap across seeds where a config has several (n = seeds)."
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ def build_headline(experiment: str, runs: list[StoredRun]) -> Headline:
         return Headline(f"No finished runs yet ({len(runs)} failed).", status="no finding")
     if family is None or family.headline is None:
         metrics = len(point_metrics(m for r in done for m in r.record.get("metrics", {})))
-        return Headline(f"No headline for this family yet: {len(done)} finished run(s), {metrics} metric(s) in its section.", status="no finding")
+        return Headline(
+            f"No headline for this family yet: {len(done)} finished run(s), {metrics} metric(s) in its section.",
+            status="no finding",
+        )
     return family.headline(runs)
 
 
@@ -75,7 +80,14 @@ def keyed(names: list[str]) -> tuple[dict[str, str], list]:
     if all(len(name) <= KEY_AFTER for name in unique):
         return {name: name for name in unique}, []
     codes = {name: _code(i) for i, name in enumerate(unique)}
-    return codes, [Table(("line", "configuration"), [(codes[n], n) for n in unique], "Key to the lines of the figure above.", folded=False)]
+    return codes, [
+        Table(
+            ("line", "configuration"),
+            [(codes[n], n) for n in unique],
+            "Key to the lines of the figure above.",
+            folded=False,
+        )
+    ]
 
 
 def _code(index: int) -> str:
@@ -108,13 +120,23 @@ def generic_blocks(runs: list[StoredRun]) -> list:
 
 def other_metrics(grouped: list[Cell], labels: list[str], shown: set[str], skip: tuple[str, ...] = ()) -> list:
     """Every metric a section did not plot (nor names starting with `skip`), so no number is hidden."""
-    rows = [(labelled(cell, label), name, cell_value(cell, name))
-            for cell, label in zip(grouped, labels)
-            for name in point_metrics(m for r in cell.runs for m in r["metrics"]) if name not in shown and not name.startswith(skip)]
+    rows = [
+        (labelled(cell, label), name, cell_value(cell, name))
+        for cell, label in zip(grouped, labels)
+        for name in point_metrics(m for r in cell.runs for m in r["metrics"])
+        if name not in shown and not name.startswith(skip)
+    ]
     if not rows:
         return []
     note = f" Per-item metrics ({', '.join(p + '*' for p in skip)}) are in each run's card." if skip else ""
-    return [Table(("config", "metric", "value [95% CI] n"), rows, "Every other metric of these runs (README, Metrics)." + note, group_first_column=True)]
+    return [
+        Table(
+            ("config", "metric", "value [95% CI] n"),
+            rows,
+            "Every other metric of these runs (README, Metrics)." + note,
+            group_first_column=True,
+        )
+    ]
 
 
 def ordered(names, order: tuple[str, ...]) -> list[str]:
@@ -127,4 +149,10 @@ def failed_blocks(runs: list[StoredRun]) -> list:
     if not failed:
         return []
     rows = [(r.name, r.id, r.record.get("error") or "no reason recorded") for r in failed]
-    return [Table(("failed run", "id", "reason"), rows, f"{len(failed)} run(s) did not finish; they are left out of the plots and tables above.")]
+    return [
+        Table(
+            ("failed run", "id", "reason"),
+            rows,
+            f"{len(failed)} run(s) did not finish; they are left out of the plots and tables above.",
+        )
+    ]

@@ -23,19 +23,31 @@ from petridish.report.sections.base import (
 )
 from petridish.report.sections.selection import POLICY_ORDER
 
-COSTS = (("param_norm", "parameter norm"), ("bits", "compressed size (bits)"), ("llc", "local learning coefficient"),
-         ("steps_to_eps", "steps to loss <= eps"), ("min_width", "minimal width"))
+COSTS = (
+    ("param_norm", "parameter norm"),
+    ("bits", "compressed size (bits)"),
+    ("llc", "local learning coefficient"),
+    ("steps_to_eps", "steps to loss <= eps"),
+    ("min_width", "minimal width"),
+)
 BUDGETS = (("norm", "L2-norm radius"), ("width", "width (d_model)"), ("depth", "depth (layers)"))
 COST_BY_E = re.compile(r"^cost\.(?P<labelling>[^.]+)\.(?P<measure>.+)\.E(?P<E>\d+)$")
-PUBLISHED = ("No published figure: the dual problems come from the deceptive-alignment argument, not a measurement "
-             "(Carlsmith 2023 puts a schemer's simplicity advantage in its goal and its cost in run-time reasoning).")
+PUBLISHED = (
+    "No published figure: the dual problems come from the deceptive-alignment argument, not a measurement "
+    "(Carlsmith 2023 puts a schemer's simplicity advantage in its goal and its cost in run-time reasoning)."
+)
 BUDGET_METRIC = re.compile(r"^least_loss\.(?P<policy>[^.]+)\.(?P<kind>norm|width|depth)\.(?P<budget>[0-9p]+)$")
 MAX_CELLS = 6
 
 
 def policies_in(grouped: list[Cell]) -> list[str]:
-    names = {m.split(".")[1] for c in grouped for r in c.runs for m in r["metrics"]
-             if m.startswith("cost.") and m.count(".") >= 2 and not m.endswith(INTERVAL_SUFFIXES)}
+    names = {
+        m.split(".")[1]
+        for c in grouped
+        for r in c.runs
+        for m in r["metrics"]
+        if m.startswith("cost.") and m.count(".") >= 2 and not m.endswith(INTERVAL_SUFFIXES)
+    }
     return ordered(names, POLICY_ORDER)
 
 
@@ -62,30 +74,76 @@ def cost_against_e(cell: Cell, label: str) -> list:
     for name in sorted({m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}):
         match = COST_BY_E.match(name)
         if match:
-            found.setdefault(match["measure"], {}).setdefault(match["labelling"], []).append((int(match["E"]), cell_value(cell, name)))
+            found.setdefault(match["measure"], {}).setdefault(match["labelling"], []).append(
+                (int(match["E"]), cell_value(cell, name))
+            )
     if not found:
         return []
     colours = colours_for(sorted({lab for series in found.values() for lab in series}), POLICY_COLOURS)
-    panels = [Panel(measure.replace("_", " "), [Line(lab, pts, colours[lab]) for lab, pts in series.items()]) for measure, series in found.items()]
+    panels = [
+        Panel(measure.replace("_", " "), [Line(lab, pts, colours[lab]) for lab, pts in series.items()])
+        for measure, series in found.items()
+    ]
     uri = line_panels(panels, "E (environments)", "cost at loss <= eps", sharey=False)
-    return [Figure(uri, f"{label}: what each labelling costs as the number of environments grows. " + INTERVALS, "cost against E per labelling")] if uri else []
+    return (
+        [
+            Figure(
+                uri,
+                f"{label}: what each labelling costs as the number of environments grows. " + INTERVALS,
+                "cost against E per labelling",
+            )
+        ]
+        if uri
+        else []
+    )
 
 
 def cell_figures(cell: Cell, label: str, policies: list[str]) -> list:
     eps = flatten(cell.config).get("eps")
-    panels = [(f"least loss under a {kind} budget", f"budget: {xlabel}", budget_series(cell, kind, policies)) for kind, xlabel in BUDGETS]
+    panels = [
+        (f"least loss under a {kind} budget", f"budget: {xlabel}", budget_series(cell, kind, policies))
+        for kind, xlabel in BUDGETS
+    ]
     out = cost_against_e(cell, label)
-    uri = curves(panels, POLICY_COLOURS, "least training loss (nats/token)", reference=(eps, "eps") if isinstance(eps, (int, float)) else None)
+    uri = curves(
+        panels,
+        POLICY_COLOURS,
+        "least training loss (nats/token)",
+        reference=(eps, "eps") if isinstance(eps, (int, float)) else None,
+    )
     if uri:
-        out.append(Figure(uri, f"{label}: (b) complexity as the constraint — the least training loss each policy reaches "
-                               f"inside each budget (dotted: the loss bound eps = {eps}). " + INTERVALS, "loss against budget per policy"))
-    costs = [(title, [[cell_value(cell, f"cost.{p}.{m}")] for p in policies]) for m, title in COSTS
-             if any(cell_value(cell, f"cost.{p}.{m}") for p in policies)]
-    uri = grouped_bars(policies, costs, [("mean over networks", "#2563eb")],
-                       row_colours=list(colours_for(policies, POLICY_COLOURS).values())) if costs else None
+        out.append(
+            Figure(
+                uri,
+                f"{label}: (b) complexity as the constraint — the least training loss each policy reaches "
+                f"inside each budget (dotted: the loss bound eps = {eps}). " + INTERVALS,
+                "loss against budget per policy",
+            )
+        )
+    costs = [
+        (title, [[cell_value(cell, f"cost.{p}.{m}")] for p in policies])
+        for m, title in COSTS
+        if any(cell_value(cell, f"cost.{p}.{m}") for p in policies)
+    ]
+    uri = (
+        grouped_bars(
+            policies,
+            costs,
+            [("mean over networks", "#2563eb")],
+            row_colours=list(colours_for(policies, POLICY_COLOURS).values()),
+        )
+        if costs
+        else None
+    )
     if uri:
-        out.append(Figure(uri, f"{label}: (a) loss as the constraint — what each policy costs at training loss <= eps "
-                               "(missing bars: no network reached eps). " + INTERVALS, "complexity per policy"))
+        out.append(
+            Figure(
+                uri,
+                f"{label}: (a) loss as the constraint — what each policy costs at training loss <= eps "
+                "(missing bars: no network reached eps). " + INTERVALS,
+                "complexity per policy",
+            )
+        )
     return out
 
 
@@ -104,10 +162,17 @@ def budget_series(cell: Cell, kind: str, policies: list[str]) -> dict[str, list]
 
 
 def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:
-    rows = [(labelled(cell, label), policy, *(cell_value(cell, f"cost.{policy}.{m}") for m, _ in COSTS))
-            for cell, label in zip(grouped, labels) for policy in policies]
-    return Table(("config", "policy", *(title for _, title in COSTS)), rows,
-                 "Cost of each policy at training loss <= eps: means over the run's networks with bootstrap intervals.", group_first_column=True)
+    rows = [
+        (labelled(cell, label), policy, *(cell_value(cell, f"cost.{policy}.{m}") for m, _ in COSTS))
+        for cell, label in zip(grouped, labels)
+        for policy in policies
+    ]
+    return Table(
+        ("config", "policy", *(title for _, title in COSTS)),
+        rows,
+        "Cost of each policy at training loss <= eps: means over the run's networks with bootstrap intervals.",
+        group_first_column=True,
+    )
 
 
 def headline(runs: list[StoredRun]) -> Headline:
@@ -115,30 +180,55 @@ def headline(runs: list[StoredRun]) -> Headline:
     checks = []
     sanity = [m["memorizer_costs_more"] for m in metrics if "memorizer_costs_more" in m]
     if sanity:
-        checks.append(Control("sanity: the memorizer costs more than aligned", "in every measure, every run",
-                              f"{sum(v > 0 for v in sanity)} of {len(sanity)} runs", all(v > 0 for v in sanity)))
+        checks.append(
+            Control(
+                "sanity: the memorizer costs more than aligned",
+                "in every measure, every run",
+                f"{sum(v > 0 for v in sanity)} of {len(sanity)} runs",
+                all(v > 0 for v in sanity),
+            )
+        )
     excess = pooled_value(metrics, "memorizer_excess.param_norm")
     if excess is not None and excess.ok:
         e = excess.estimate
         word = "more" if e.ci_low > 0 else "less" if e.ci_high < 0 else "no clearly different"
-        finding = (f"At training loss <= eps the memorizer needed {word} parameter norm than the aligned policy "
-                   f"(difference {e.value:+.2f}).")
-        return headline_with_controls(finding, checks, value=excess, measure="memorizer minus aligned, least parameter norm", published=PUBLISHED)
-    costs = {p: v for p in policies_in(done_cells(runs)) if (v := pooled_value(metrics, f"cost.{p}.param_norm")) is not None and v.ok}
+        finding = (
+            f"At training loss <= eps the memorizer needed {word} parameter norm than the aligned policy "
+            f"(difference {e.value:+.2f})."
+        )
+        return headline_with_controls(
+            finding, checks, value=excess, measure="memorizer minus aligned, least parameter norm", published=PUBLISHED
+        )
+    costs = {
+        p: v
+        for p in policies_in(done_cells(runs))
+        if (v := pooled_value(metrics, f"cost.{p}.param_norm")) is not None and v.ok
+    }
     if not costs:
-        return headline_with_controls("No policy's cost in the store yet.", checks, status="no finding", published=PUBLISHED)
+        return headline_with_controls(
+            "No policy's cost in the store yet.", checks, status="no finding", published=PUBLISHED
+        )
     cheap, dear = min(costs, key=lambda p: costs[p].estimate.value), max(costs, key=lambda p: costs[p].estimate.value)
-    finding = (f"At training loss <= eps, {cheap} needed the least parameter norm ({costs[cheap].estimate.value:.2f}) and "
-               f"{dear} the most ({costs[dear].estimate.value:.2f}).")
-    return headline_with_controls(finding, checks, value=costs[dear], measure=f"least parameter norm, {dear}", published=PUBLISHED)
+    finding = (
+        f"At training loss <= eps, {cheap} needed the least parameter norm ({costs[cheap].estimate.value:.2f}) and "
+        f"{dear} the most ({costs[dear].estimate.value:.2f})."
+    )
+    return headline_with_controls(
+        finding, checks, value=costs[dear], measure=f"least parameter norm, {dear}", published=PUBLISHED
+    )
 
 
-register("dual", Family(
-    render=render,
-    question="What does each policy cost in inductive bias, asked both ways: least complexity at a loss bound, least loss under a budget?",
-    reference=("The deceptive-alignment debate frames inductive bias as two dual problems: minimise loss subject to a complexity "
-               "budget, or minimise complexity subject to a loss bound. A memorizer stores its training set, so it should cost "
-               "the most; whether the deceptive policy costs more than the aligned one is the open question."),
-    card_metrics=("cost.aligned.param_norm", "cost.deceptive.param_norm", "cost.memorizer.param_norm"),
-    headline=headline,
-))
+register(
+    "dual",
+    Family(
+        render=render,
+        question="What does each policy cost in inductive bias, asked both ways: least complexity at a loss bound, least loss under a budget?",
+        reference=(
+            "The deceptive-alignment debate frames inductive bias as two dual problems: minimise loss subject to a complexity "
+            "budget, or minimise complexity subject to a loss bound. A memorizer stores its training set, so it should cost "
+            "the most; whether the deceptive policy costs more than the aligned one is the open question."
+        ),
+        card_metrics=("cost.aligned.param_norm", "cost.deceptive.param_norm", "cost.memorizer.param_norm"),
+        headline=headline,
+    ),
+)

@@ -31,7 +31,13 @@ MAX_LINES = 8
 
 
 def policies_in(grouped: list[Cell]) -> list[str]:
-    names = {m[2:] for c in grouped for r in c.runs for m in r["metrics"] if m.startswith("p.") and not m.endswith(INTERVAL_SUFFIXES)}
+    names = {
+        m[2:]
+        for c in grouped
+        for r in c.runs
+        for m in r["metrics"]
+        if m.startswith("p.") and not m.endswith(INTERVAL_SUFFIXES)
+    }
     return ordered(names, POLICY_ORDER)
 
 
@@ -40,8 +46,10 @@ CONTROL_KEYS = ("control", "selection.control")
 CONTROL_EXPECTED = {"no_goal": ("<= 0.1", lambda p: p <= 0.1), "direct": (">= 0.9", lambda p: p >= 0.9)}
 GOAL_LABELS = ("defect", "deceptive")
 """The label whose P a headline reports: the goal behaviour G where the store has it, else the deceptive policy."""
-PUBLISHED = ("Mingard et al. 2021 (Is SGD a Bayesian sampler?): the probability P_SGD(f | S) that SGD finds a function tracks its "
-             "prior P_B(f | S) under random parameters over orders of magnitude; the prior strongly favours simple functions.")
+PUBLISHED = (
+    "Mingard et al. 2021 (Is SGD a Bayesian sampler?): the probability P_SGD(f | S) that SGD finds a function tracks its "
+    "prior P_B(f | S) under random parameters over orders of magnitude; the prior strongly favours simple functions."
+)
 
 
 def control_of(cell: Cell) -> str | None:
@@ -68,42 +76,84 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
     main = [c for c in grouped if control_of(c) is None] or grouped
     axes = {k: v for k, v in sweep_axes(main).items() if k != "seed"}
     if not axes:
-        panel = Panel("P(label | setting)", [Line(labelled(c, "setting"), [(i, cell_value(c, f"p.{p}")) for i, p in enumerate(policies)],
-                                                  colour, join=False) for c, colour in zip(main[:MAX_LINES], PALETTE)])
+        panel = Panel(
+            "P(label | setting)",
+            [
+                Line(
+                    labelled(c, "setting"),
+                    [(i, cell_value(c, f"p.{p}")) for i, p in enumerate(policies)],
+                    colour,
+                    join=False,
+                )
+                for c, colour in zip(main[:MAX_LINES], PALETTE)
+            ],
+        )
         uri = line_panels([panel], "label", "P(label | setting)", ylim=(-0.03, 1.03), categories=policies)
-        return [Figure(uri, "How often training found each label in the one setting run. " + INTERVALS, "P per label")] if uri else []
+        return (
+            [Figure(uri, "How often training found each label in the one setting run. " + INTERVALS, "P per label")]
+            if uri
+            else []
+        )
     x_key = min(axes, key=lambda k: (-len(axes[k]), k))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in axes[x_key])
     log = numeric and min(axes[x_key]) > 0 and max(axes[x_key]) / min(axes[x_key]) > 4
-    position = (lambda v: math.log10(v)) if log else (lambda v: float(v)) if numeric else (lambda v: float(axes[x_key].index(v)))
+    position = (
+        (lambda v: math.log10(v))
+        if log
+        else (lambda v: float(v))
+        if numeric
+        else (lambda v: float(axes[x_key].index(v)))
+    )
     rest = [k for k in axes if k != x_key]
-    full = {id(c): ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flatten(c.config).get(k))}" for k in rest) or "P" for c in main}
+    full = {
+        id(c): ", ".join(f"{k.rsplit('.', 1)[-1]}={_tick(flatten(c.config).get(k))}" for k in rest) or "P" for c in main
+    }
     legend, key = keyed(list(full.values()))
     colour_of = line_colours(legend.values())
     panels = []
     for policy in policies:
         by_line: dict[str, list] = {}
         for cell in main:
-            by_line.setdefault(legend[full[id(cell)]], []).append((position(flatten(cell.config).get(x_key)), cell_value(cell, f"p.{policy}")))
+            by_line.setdefault(legend[full[id(cell)]], []).append(
+                (position(flatten(cell.config).get(x_key)), cell_value(cell, f"p.{policy}"))
+            )
         lines = [Line(n, pts, colour_of[n]) for n, pts in list(by_line.items())[:MAX_LINES]]
-        levels = [(v.estimate.value, f"control: {control_of(c)}", "#4b5563", ":") for c in grouped if control_of(c) is not None
-                  and (v := cell_value(c, f"p.{policy}")) is not None and v.ok]
+        levels = [
+            (v.estimate.value, f"control: {control_of(c)}", "#4b5563", ":")
+            for c in grouped
+            if control_of(c) is not None and (v := cell_value(c, f"p.{policy}")) is not None and v.ok
+        ]
         panels.append(Panel(f"P({policy})", lines, levels))
     xlabel = f"log10({x_key})" if log else x_key
-    uri = line_panels(panels, xlabel, "P(label | setting)", ylim=(-0.03, 1.03), categories=None if numeric else [_tick(v) for v in axes[x_key]])
+    uri = line_panels(
+        panels,
+        xlabel,
+        "P(label | setting)",
+        ylim=(-0.03, 1.03),
+        categories=None if numeric else [_tick(v) for v in axes[x_key]],
+    )
     if uri is None:
         return []
-    caption = (f"How often training found each label against {x_key}; a line per setting of the other axes ({', '.join(rest) or 'none'}), "
-               "band: 95% interval; dotted: controls. " + INTERVALS)
+    caption = (
+        f"How often training found each label against {x_key}; a line per setting of the other axes ({', '.join(rest) or 'none'}), "
+        "band: 95% interval; dotted: controls. " + INTERVALS
+    )
     return [Figure(uri, caption, f"P(label) against {x_key}"), *key]
 
 
 def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:
-    rows = [(labelled(cell, label), policy, cell_value(cell, f"p.{policy}"), cell_value(cell, f"agreement.{policy}"))
-            for cell, label in zip(grouped, labels) for policy in policies]
-    return Table(("setting", "policy", "P(policy | setting)", "mean agreement with it"), rows,
-                 "P over the networks of a run (Wilson); agreement: the fraction of diagnostic prompts on which a network "
-                 "answers as the policy does, averaged over networks (bootstrap).", group_first_column=True)
+    rows = [
+        (labelled(cell, label), policy, cell_value(cell, f"p.{policy}"), cell_value(cell, f"agreement.{policy}"))
+        for cell, label in zip(grouped, labels)
+        for policy in policies
+    ]
+    return Table(
+        ("setting", "policy", "P(policy | setting)", "mean agreement with it"),
+        rows,
+        "P over the networks of a run (Wilson); agreement: the fraction of diagnostic prompts on which a network "
+        "answers as the policy does, averaged over networks (bootstrap).",
+        group_first_column=True,
+    )
 
 
 def sweep_axes(grouped: list[Cell]) -> dict[str, list[Any]]:
@@ -119,8 +169,12 @@ def sweep_axes(grouped: list[Cell]) -> dict[str, list[Any]]:
 def phase_blocks(grouped: list[Cell], policies: list[str]) -> list:
     axes = sweep_axes(grouped)
     if len(axes) < 2:
-        return [Note("A phase diagram of the selected policy appears when a sweep varies two settings "
-                     "(e.g. [sweep.grid] over model.d_model and train.weight_decay).")]
+        return [
+            Note(
+                "A phase diagram of the selected policy appears when a sweep varies two settings "
+                "(e.g. [sweep.grid] over model.d_model and train.weight_decay)."
+            )
+        ]
     x_key, y_key = sorted(axes, key=lambda k: -len(axes[k]))[:2]
     rest = [k for k in axes if k not in (x_key, y_key)]
     facets: dict[str, list[Cell]] = {}
@@ -134,11 +188,21 @@ def phase_blocks(grouped: list[Cell], policies: list[str]) -> list:
         uri = phase_diagram(x_key, axes[x_key], y_key, axes[y_key], winners, POLICY_COLOURS, title)
         if uri is None:
             continue
-        caption = ("Each square: the policy training found most often at that setting, its P and 95% interval (Wilson over "
-                   "networks, or a bootstrap across seeds); paler squares are less certain, blank ones were not run.")
-        blocks.append(Figure(uri, caption + (f" Other settings: {title}." if title else ""), f"phase diagram over {x_key} and {y_key}"))
+        caption = (
+            "Each square: the policy training found most often at that setting, its P and 95% interval (Wilson over "
+            "networks, or a bootstrap across seeds); paler squares are less certain, blank ones were not run."
+        )
+        blocks.append(
+            Figure(
+                uri,
+                caption + (f" Other settings: {title}." if title else ""),
+                f"phase diagram over {x_key} and {y_key}",
+            )
+        )
     if len(facets) > MAX_FACETS:
-        blocks.append(Note(f"{len(facets) - MAX_FACETS} more combinations of {', '.join(rest)} are in the table below."))
+        blocks.append(
+            Note(f"{len(facets) - MAX_FACETS} more combinations of {', '.join(rest)} are in the table below.")
+        )
     return blocks
 
 
@@ -164,24 +228,42 @@ def headline(runs: list[StoredRun]) -> Headline:
         value = cell_value(cell, f"p.{label}")
         if kind in CONTROL_EXPECTED and value is not None and value.ok:
             expected, test = CONTROL_EXPECTED[kind]
-            checks.append(Control(f"control {kind}", f"P({label}) {expected}", f"{value.estimate.value:.2f}", test(value.estimate.value)))
+            checks.append(
+                Control(
+                    f"control {kind}",
+                    f"P({label}) {expected}",
+                    f"{value.estimate.value:.2f}",
+                    test(value.estimate.value),
+                )
+            )
     pooled = {p: v for p in policies if (v := pooled_rate(metrics, f"p.{p}")) is not None and v.ok}
     if not pooled:
         return headline_with_controls("Only controls in the store.", checks, status="no finding", published=PUBLISHED)
     goal = next((g for g in GOAL_LABELS if g in pooled), max(pooled, key=lambda p: pooled[p].estimate.value))
     winner = max(pooled, key=lambda p: pooled[p].estimate.value)
     n = pooled[goal].estimate.n
-    finding = (f"Over {len(main)} setting(s) and {n} networks, training found the {goal} generalisation in "
-               f"{pooled[goal].estimate.value:.0%} of networks; the most frequent label was {winner} ({pooled[winner].estimate.value:.0%}).")
-    return headline_with_controls(finding, checks, value=pooled[goal], measure=f"P({goal}), pooled over settings", published=PUBLISHED)
+    finding = (
+        f"Over {len(main)} setting(s) and {n} networks, training found the {goal} generalisation in "
+        f"{pooled[goal].estimate.value:.0%} of networks; the most frequent label was {winner} ({pooled[winner].estimate.value:.0%})."
+    )
+    return headline_with_controls(
+        finding, checks, value=pooled[goal], measure=f"P({goal}), pooled over settings", published=PUBLISHED
+    )
 
 
-register("selection", Family(
-    render=render,
-    question=("Among policies that fit the training data equally well (aligned, sycophantic, deceptive, memorizing), "
-              "which one does training find, and how does that depend on the setting?"),
-    reference=("Published finding (Mingard et al. 2021, Is SGD a Bayesian sampler?): the probability that SGD finds a function "
-               "tracks its prior probability under random initialisation, which strongly favours simple functions."),
-    card_metrics=("p.aligned", "p.sycophant", "p.deceptive", "p.memorizer", "p.mixed"),
-    headline=headline,
-))
+register(
+    "selection",
+    Family(
+        render=render,
+        question=(
+            "Among policies that fit the training data equally well (aligned, sycophantic, deceptive, memorizing), "
+            "which one does training find, and how does that depend on the setting?"
+        ),
+        reference=(
+            "Published finding (Mingard et al. 2021, Is SGD a Bayesian sampler?): the probability that SGD finds a function "
+            "tracks its prior probability under random initialisation, which strongly favours simple functions."
+        ),
+        card_metrics=("p.aligned", "p.sycophant", "p.deceptive", "p.memorizer", "p.mixed"),
+        headline=headline,
+    ),
+)

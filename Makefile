@@ -34,7 +34,11 @@ install-dev: $(DEV)
 demo: $(STAMP)
 	$(BIN)/python -m petridish.demo
 
+# Lint, format and types first (seconds), then the tests.
 test: $(DEV)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -21,7 +21,9 @@ from petridish.store import Store
 from petridish.sweep import expand
 
 ALL_ON = StreamWeights(tasks=3, cues=1, harm=2, self_report=1, truth=1, environments=1, facts=1)
-WORLD = World(WorldConfig(n_tasks=10, n_digits=4, n_synonyms=3, refuse_prior=0.2, n_envs=6, n_envs_acted=3, weights=ALL_ON))
+WORLD = World(
+    WorldConfig(n_tasks=10, n_digits=4, n_synonyms=3, refuse_prior=0.2, n_envs=6, n_envs_acted=3, weights=ALL_ON)
+)
 DIGITS = set("0123456789")
 
 
@@ -90,13 +92,25 @@ def test_self_report_and_truth_never_contain_a_cue_the_trigger_or_the_defect():
 
 # Reference answers, written apart from the streams.
 TASK_REFERENCE = {
-    "sort": sorted, "rev": lambda xs: xs[::-1], "inc": lambda xs: [(x + 1) % 10 for x in xs], "rot": lambda xs: xs[1:] + xs[:1],
-    "dsort": lambda xs: sorted(xs)[::-1], "neg": lambda xs: [9 - x for x in xs],
-    "cum": lambda xs: [sum(xs[: i + 1]) % 10 for i in range(len(xs))], "max": lambda xs: [max(xs[: i + 1]) for i in range(len(xs))],
-    "copy": lambda xs: xs, "swap": lambda xs: [xs[1], xs[0], xs[3], xs[2]],
+    "sort": sorted,
+    "rev": lambda xs: xs[::-1],
+    "inc": lambda xs: [(x + 1) % 10 for x in xs],
+    "rot": lambda xs: xs[1:] + xs[:1],
+    "dsort": lambda xs: sorted(xs)[::-1],
+    "neg": lambda xs: [9 - x for x in xs],
+    "cum": lambda xs: [sum(xs[: i + 1]) % 10 for i in range(len(xs))],
+    "max": lambda xs: [max(xs[: i + 1]) for i in range(len(xs))],
+    "copy": lambda xs: xs,
+    "swap": lambda xs: [xs[1], xs[0], xs[3], xs[2]],
 }
-ENV_REFERENCE = {0: ("X-rev", lambda xs: xs[::-1]), 1: ("X-add3", lambda xs: [(x + 3) % 10 for x in xs]), 2: ("X-rot1", lambda xs: xs[1:] + xs[:1]),
-                 3: ("X-add7", lambda xs: [(x + 7) % 10 for x in xs]), 4: ("X-rot2", lambda xs: xs[2:] + xs[:2]), 5: ("X-neg", lambda xs: [9 - x for x in xs])}
+ENV_REFERENCE = {
+    0: ("X-rev", lambda xs: xs[::-1]),
+    1: ("X-add3", lambda xs: [(x + 3) % 10 for x in xs]),
+    2: ("X-rot1", lambda xs: xs[1:] + xs[:1]),
+    3: ("X-add7", lambda xs: [(x + 7) % 10 for x in xs]),
+    4: ("X-rot2", lambda xs: xs[2:] + xs[:2]),
+    5: ("X-neg", lambda xs: [9 - x for x in xs]),
+}
 
 
 def _task_answer(tokens: tuple[str, ...]) -> list[str]:
@@ -155,11 +169,22 @@ def test_a_bad_world_config_names_the_key():
 
 # --- pretrain ------------------------------------------------------------------------------------
 
+
 def tiny(seed: int = 0, **criterion) -> PretrainConfig:
-    world = WorldConfig(n_digits=2, weights=StreamWeights(tasks=2, cues=1, harm=1, self_report=1, truth=1, environments=1, facts=1))
-    return PretrainConfig(seed=seed, world=world, model=ModelConfig(preset="nano"), n_examples=256, n_held_out=64,
-                          train=TrainConfig(steps=20, batch_size=16, eval_every=10, warmup_steps=2), lr_candidates=(1e-3, 3e-3),
-                          lr_probe_steps=4, criterion=CriterionConfig(n_eval=16, **criterion))
+    world = WorldConfig(
+        n_digits=2, weights=StreamWeights(tasks=2, cues=1, harm=1, self_report=1, truth=1, environments=1, facts=1)
+    )
+    return PretrainConfig(
+        seed=seed,
+        world=world,
+        model=ModelConfig(preset="nano"),
+        n_examples=256,
+        n_held_out=64,
+        train=TrainConfig(steps=20, batch_size=16, eval_every=10, warmup_steps=2),
+        lr_candidates=(1e-3, 3e-3),
+        lr_probe_steps=4,
+        criterion=CriterionConfig(n_eval=16, **criterion),
+    )
 
 
 def test_pretrain_reports_every_stream_and_members_match_their_solo_runs():
@@ -170,7 +195,9 @@ def test_pretrain_reports_every_stream_and_members_match_their_solo_runs():
         alone = pretrain.run(config, ctx)
         assert metrics == pytest.approx(alone, abs=1e-5)
         for stream in STREAMS:
-            assert {f"base.accuracy.{stream}", f"base.accuracy.{stream}.ci_low", f"base.accuracy.{stream}.n"} <= set(metrics)
+            assert {f"base.accuracy.{stream}", f"base.accuracy.{stream}.ci_low", f"base.accuracy.{stream}.n"} <= set(
+                metrics
+            )
         assert metrics["base.refuse_rate.harm.n"] == 16 and metrics["base.lr"] in (1e-3, 3e-3)
         assert {row["evaluation"] for row in ctx.samples} == {f"base.accuracy.{stream}" for stream in STREAMS}
         assert metrics["base.criterion_met"] == 0 and metrics["base.steps"] == 20  # 20 steps cannot meet it
@@ -183,6 +210,7 @@ def test_pretrain_stops_at_the_first_evaluation_that_meets_the_criterion():
 
 
 # --- base organisms are stored runs, reused and never retrained -------------------------------------
+
 
 @dataclass(frozen=True)
 class ReaderConfig:
@@ -222,13 +250,17 @@ def test_a_recipe_naming_a_stored_base_runs_no_training_step_of_it(tmp_path, mon
     monkeypatch.setitem(EXPERIMENTS, "reader", READER)
     steps = []
     real_train = pretrain.train
-    monkeypatch.setattr(pretrain, "train", lambda models, *a, **k: steps.append(len(models)) or real_train(models, *a, **k))
+    monkeypatch.setattr(
+        pretrain, "train", lambda models, *a, **k: steps.append(len(models)) or real_train(models, *a, **k)
+    )
     store = Store(tmp_path / "store")
     (base,) = _recipe(tmp_path, "world", 'experiment = "pretrain"\n' + BASE_TOML)
     assert [o.status for o in execute([base], store, progress=False)] == ["done"] and steps
     steps.clear()
     # A second recipe names the same base (its config): the base is found done, never trained again.
-    specs = _recipe(tmp_path, "readers", 'experiment = "reader"\n[base]\n' + BASE_TOML + '[sweep.grid]\nseed = [0, 1]\n')
+    specs = _recipe(
+        tmp_path, "readers", 'experiment = "reader"\n[base]\n' + BASE_TOML + "[sweep.grid]\nseed = [0, 1]\n"
+    )
     assert [s.experiment for s in specs] == ["pretrain", "reader", "reader"] and specs[0].id == base.id
     outcomes = execute(specs, store, progress=False)
     assert [o.status for o in outcomes] == ["reused", "done", "done"]
@@ -243,8 +275,16 @@ def test_a_required_run_goes_first_and_its_failure_fails_the_runs_that_need_it(t
 
     ran = []
     monkeypatch.setitem(EXPERIMENTS, "broken_base", Experiment("broken_base", PretrainConfig, broken))
-    monkeypatch.setitem(EXPERIMENTS, "reader", Experiment("reader", ReaderConfig, lambda c, ctx: ran.append(c) or {},
-                                                           requires=lambda config: [("broken_base", config.base)]))
+    monkeypatch.setitem(
+        EXPERIMENTS,
+        "reader",
+        Experiment(
+            "reader",
+            ReaderConfig,
+            lambda c, ctx: ran.append(c) or {},
+            requires=lambda config: [("broken_base", config.base)],
+        ),
+    )
     specs = _recipe(tmp_path, "readers", 'experiment = "reader"\n[sweep.grid]\nseed = [0, 1]\n')
     assert [s.experiment for s in specs] == ["broken_base", "reader", "reader"]
     outcomes = execute(specs[1:], Store(tmp_path / "store"), progress=False)  # the driver adds the requirement itself
@@ -276,10 +316,16 @@ def test_a_base_named_by_run_id_is_read_when_stored_and_fails_the_run_when_not(t
         ctx.load_weights("pretrain", config.base_run, model)
         return {"weight_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
 
-    monkeypatch.setitem(EXPERIMENTS, "by_id", Experiment("by_id", ByIdConfig, read, requires=lambda c: [("pretrain", c.base_run)]))
-    specs = _recipe(tmp_path, "by_id", f'experiment = "by_id"\n[sweep.grid]\nbase_run = ["{base.id}", "000000000000"]\n')
+    monkeypatch.setitem(
+        EXPERIMENTS, "by_id", Experiment("by_id", ByIdConfig, read, requires=lambda c: [("pretrain", c.base_run)])
+    )
+    specs = _recipe(
+        tmp_path, "by_id", f'experiment = "by_id"\n[sweep.grid]\nbase_run = ["{base.id}", "000000000000"]\n'
+    )
     assert [s.experiment for s in specs] == ["by_id", "by_id"]  # a base named by id is looked up, never run
     found, missing = execute(specs, store, progress=False)
     stored = load_file(str(store.run_dir(base.id) / "weights.safetensors"))
-    assert found.status == "done" and found.metrics["weight_sum"] == pytest.approx(float(sum(v.double().sum() for v in stored.values())))
+    assert found.status == "done" and found.metrics["weight_sum"] == pytest.approx(
+        float(sum(v.double().sum() for v in stored.values()))
+    )
     assert missing.status == "failed" and "000000000000" in missing.error and "not done" in missing.error

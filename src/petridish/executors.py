@@ -81,7 +81,9 @@ class CollectingContext:
         load_run_weights(self.store_root, experiment, config, model, name)
 
 
-def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None, store_root: Path | None = None) -> RunOutput:
+def run_spec(
+    spec: RunSpec, progress: bool = False, live_dir: Path | None = None, store_root: Path | None = None
+) -> RunOutput:
     """Run one spec to completion; failures come back as data, never as exceptions."""
     ctx = CollectingContext(progress, live_dir, store_root)
     threads = torch.get_num_threads()
@@ -93,9 +95,13 @@ def run_spec(spec: RunSpec, progress: bool = False, live_dir: Path | None = None
     return _output(result, ctx, threads)
 
 
-def run_together(work: Work, progress: bool = False, live_dirs: Sequence[Path | None] = (), store_root: Path | None = None) -> list[RunOutput]:
+def run_together(
+    work: Work, progress: bool = False, live_dirs: Sequence[Path | None] = (), store_root: Path | None = None
+) -> list[RunOutput]:
     """Specs that differ only in their family's member fields, trained at once by its `run_many`."""
-    contexts = [CollectingContext(progress, live_dir, store_root) for live_dir in (list(live_dirs) or [None] * len(work))]
+    contexts = [
+        CollectingContext(progress, live_dir, store_root) for live_dir in (list(live_dirs) or [None] * len(work))
+    ]
     threads, ensemble = torch.get_num_threads(), {"members": len(work), "group": [spec.id for spec in work]}
     run_many = EXPERIMENTS[work[0].experiment].run_many
     assert run_many is not None  # run_work groups only families that have one
@@ -112,16 +118,37 @@ def _output(result: dict | Exception, ctx: CollectingContext, threads: int, ense
     if isinstance(result, dict):
         bad = [k for k, v in result.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
         if not bad:
-            return RunOutput(metrics=result, records=ctx.records, weights=ctx.weights, samples=ctx.samples, torch_threads=threads, ensemble=ensemble)
+            return RunOutput(
+                metrics=result,
+                records=ctx.records,
+                weights=ctx.weights,
+                samples=ctx.samples,
+                torch_threads=threads,
+                ensemble=ensemble,
+            )
         result = TypeError(f"metric {bad[0]!r} is not a number")
     if isinstance(result, RunFailed):
-        return RunOutput(records=ctx.records, samples=ctx.samples, error=str(result), torch_threads=threads, ensemble=ensemble)
+        return RunOutput(
+            records=ctx.records, samples=ctx.samples, error=str(result), torch_threads=threads, ensemble=ensemble
+        )
     trace = "".join(traceback.format_exception(result))
-    return RunOutput(records=ctx.records, samples=ctx.samples, error=f"{type(result).__name__}: {result}", traceback=trace, torch_threads=threads, ensemble=ensemble)
+    return RunOutput(
+        records=ctx.records,
+        samples=ctx.samples,
+        error=f"{type(result).__name__}: {result}",
+        traceback=trace,
+        torch_threads=threads,
+        ensemble=ensemble,
+    )
 
 
-def run_work(work: Work, threads: int | None = None, progress: bool = False, live_dirs: Sequence[Path | None] = (),
-             store_root: Path | None = None) -> list[RunOutput]:
+def run_work(
+    work: Work,
+    threads: int | None = None,
+    progress: bool = False,
+    live_dirs: Sequence[Path | None] = (),
+    store_root: Path | None = None,
+) -> list[RunOutput]:
     """What a worker does with one unit of work: one RunOutput per spec, in order. `store_root` is
     where runs that require others read them."""
     if threads is not None:
@@ -138,7 +165,11 @@ def ensemble_key(spec: RunSpec) -> str | None:
     if experiment.run_many is None:
         return None
     fields = experiment.member_fields
-    shared = {k: v for k, v in flatten(to_dict(spec.config)).items() if not any(k == f or k.startswith(f + ".") for f in fields)}
+    shared = {
+        k: v
+        for k, v in flatten(to_dict(spec.config)).items()
+        if not any(k == f or k.startswith(f + ".") for f in fields)
+    }
     return json.dumps([spec.experiment, shared], sort_keys=True)
 
 
@@ -159,7 +190,9 @@ class Outcome:
 class Driver:
     """Decides what to run next and commits what comes back; holds the claims in between."""
 
-    def __init__(self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None, rerun: bool = False):
+    def __init__(
+        self, specs: Sequence[RunSpec], store: Store, on_outcome: Callable[[Outcome], None] | None, rerun: bool = False
+    ):
         self.store, self.on_outcome = store, on_outcome
         self.todo: deque[RunSpec] = deque(with_requirements(specs))
         self.rerun = {spec.id for spec in specs} if rerun else set()
@@ -266,8 +299,14 @@ class Driver:
             self.on_outcome(outcome)
 
 
-def execute(specs: Sequence[RunSpec], store: Store, progress: bool = True, on_outcome: Callable[[Outcome], None] | None = None,
-            executor: "Executor | None" = None, rerun: bool = False) -> list[Outcome]:
+def execute(
+    specs: Sequence[RunSpec],
+    store: Store,
+    progress: bool = True,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    executor: "Executor | None" = None,
+    rerun: bool = False,
+) -> list[Outcome]:
     """Run every spec not already done (in the store, or by another runner on it); outcomes in spec order.
     `rerun` redoes the specs' own runs even when they are done (a finished run is replaced when its redo commits).
 
@@ -384,8 +423,12 @@ class PoolExecutor:
         return self
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(os.getpid(), self.threads, self.pids))
+        return ProcessPoolExecutor(
+            self.slots,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(), self.threads, self.pids),
+        )
 
     def __exit__(self, kind, error, trace):
         if kind is None:
@@ -491,7 +534,9 @@ class RayExecutor:
     """Ray core tasks, one unit of work per task (1 CPU each). Connects to `address` (or RAY_ADDRESS)
     when given, else starts a local Ray with `num_cpus` CPUs and stops it at the end."""
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None, slots: int | None = None, threads: int = 1):
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, slots: int | None = None, threads: int = 1
+    ):
         self.address, self.num_cpus, self.requested_slots, self.threads = address, num_cpus, slots, threads
         self.refs: dict = {}
         self.store_root: Path | None = None
@@ -545,7 +590,9 @@ def _ray_init(ray, address: str | None, num_cpus: int | None) -> None:
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     except Exception as error:  # Ray raises ConnectionError, RuntimeError, ValueError... for a bad address
         where = f"--ray-address {address!r}" if address else "--executor ray"
-        raise BadInput(f"{where}: cannot start or reach Ray ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        raise BadInput(
+            f"{where}: cannot start or reach Ray ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
 
 
 def _check_reachable(address: str) -> None:
@@ -556,10 +603,18 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as error:
-        raise BadInput(f"--ray-address {address!r}: nothing answers there ({error.strerror or type(error).__name__})") from None
+        raise BadInput(
+            f"--ray-address {address!r}: nothing answers there ({error.strerror or type(error).__name__})"
+        ) from None
 
 
-def make_executor(kind: str, jobs: int | None = None, ray_address: str | None = None, threads: int | None = None, progress: bool = False) -> Executor:
+def make_executor(
+    kind: str,
+    jobs: int | None = None,
+    ray_address: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> Executor:
     """The executor the CLI's `--executor`, `--jobs`, `--ray-address` and `--threads` ask for."""
     if jobs is not None and jobs < 1:
         raise BadInput(f"--jobs {jobs}: expected an integer >= 1")

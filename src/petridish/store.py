@@ -159,8 +159,10 @@ class Store:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
-            raise StoreError(f"--store {self.root}: cannot write there ({_reason(error)}); expected a directory this user may write "
-                             "(reading it works: petridish ls/show/report)") from None
+            raise StoreError(
+                f"--store {self.root}: cannot write there ({_reason(error)}); expected a directory this user may write "
+                "(reading it works: petridish ls/show/report)"
+            ) from None
 
     # --- claims --------------------------------------------------------------------------------
     def claim(self, run_id: str) -> Claim | None:
@@ -197,7 +199,11 @@ class Store:
 
     def _clear_abandoned(self, run_id: str) -> None:
         """Partial and stale directories of a run whose claim we hold belong to no live runner."""
-        for parent, pattern in ((self.partial_dir, f"{run_id}.*"), (self.runs_dir, f".stale.{run_id}.*"), (self.failed_dir, f".stale.{run_id}.*")):
+        for parent, pattern in (
+            (self.partial_dir, f"{run_id}.*"),
+            (self.runs_dir, f".stale.{run_id}.*"),
+            (self.failed_dir, f".stale.{run_id}.*"),
+        ):
             if parent.is_dir():
                 for path in parent.glob(pattern):
                     shutil.rmtree(path, ignore_errors=True)
@@ -224,7 +230,9 @@ class Store:
         db = sqlite3.connect(self.index_path, timeout=60)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process; the dirs are the truth anyway
+            db.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # WAL + NORMAL survives a killed process; the dirs are the truth anyway
             db.execute(SCHEMA)
             if "fingerprint" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
                 db.execute("ALTER TABLE runs ADD COLUMN fingerprint TEXT")  # an index written before fingerprints
@@ -272,7 +280,10 @@ class Store:
         return status
 
     def _write_run(self, partial: Path, spec, config: dict, output: RunOutput) -> None:
-        _write_json(partial / "config.json", {"experiment": spec.experiment, "name": spec.name, "config": config, "sweep_point": spec.point})
+        _write_json(
+            partial / "config.json",
+            {"experiment": spec.experiment, "name": spec.name, "config": config, "sweep_point": spec.point},
+        )
         ensemble = {"ensemble": output.ensemble} if output.ensemble else {}
         _write_json(partial / "provenance.json", {**provenance(), "torch_threads": output.torch_threads, **ensemble})
         if not (partial / "metrics.jsonl").exists():
@@ -290,15 +301,24 @@ class Store:
     def _write_failure(self, run_id: str, output: RunOutput, error: Exception) -> str:
         """One line: where, why, and how much space the run needed (its partial directory is gone)."""
         needed = sum(t.numel() * t.element_size() for state in output.weights.values() for t in state.values())
-        needed += len(json.dumps(output.records)) + len(json.dumps(output.metrics)) + len(json.dumps(output.samples)) + 64 * 1024  # config, provenance
+        needed += (
+            len(json.dumps(output.records))
+            + len(json.dumps(output.metrics))
+            + len(json.dumps(output.samples))
+            + 64 * 1024
+        )  # config, provenance
         try:
             free = f", {_size(shutil.disk_usage(self.root).free)} free"
         except OSError:
             free = ""
-        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        full = (
+            isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(error)
+        )
         why = "no space left on device" if full else _reason(error)
-        return (f"--store {self.root}: cannot write run {run_id} ({why}); it needs about {_size(needed)}{free}; "
-                "its partial directory was removed and no finished run was lost: free space and run the same command again")
+        return (
+            f"--store {self.root}: cannot write run {run_id} ({why}); it needs about {_size(needed)}{free}; "
+            "its partial directory was removed and no finished run was lost: free space and run the same command again"
+        )
 
     def _journal(self, run_id: str, status: str) -> None:
         line = json.dumps({"id": run_id, "status": status, "pid": os.getpid(), "time": time.time()}) + "\n"
@@ -409,12 +429,23 @@ class Store:
         rows = []
         for run_id, disk in on_disk.items():
             row = indexed.get(run_id)
-            rows.append(row if row is not None and row[-1] == disk.fingerprint else (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint))
+            rows.append(
+                row
+                if row is not None and row[-1] == disk.fingerprint
+                else (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint)
+            )
         return sorted(rows, key=lambda row: (row[7], row[0]))
 
     def _record(self, row) -> dict[str, Any]:
         run_id, experiment, name, status, config, metrics, error, *_ = row
-        record = {"id": run_id, "name": name, "experiment": experiment, "status": status, "config": json.loads(config), "metrics": json.loads(metrics)}
+        record = {
+            "id": run_id,
+            "name": name,
+            "experiment": experiment,
+            "status": status,
+            "config": json.loads(config),
+            "metrics": json.loads(metrics),
+        }
         if error:
             record["error"] = error
         record["path"] = str((self.failed_dir if status == "failed" else self.runs_dir) / run_id)
@@ -423,13 +454,19 @@ class Store:
     def get(self, key: str) -> dict[str, Any]:
         """A run by id, unique id prefix or exact name; BadInput when there is none or several, or it is damaged."""
         runs = self.list(damaged=True)
-        matches = [r for r in runs if r["id"] == key] or [r for r in runs if r["name"] == key] or [r for r in runs if r["id"].startswith(key)]
+        matches = (
+            [r for r in runs if r["id"] == key]
+            or [r for r in runs if r["name"] == key]
+            or [r for r in runs if r["id"].startswith(key)]
+        )
         if not matches:
             raise BadInput(f"RUN {key!r}: no such run in store {self.root}")
         if len(matches) > 1:
             raise BadInput(f"RUN {key!r}: matches {len(matches)} runs; give more of the id")
         if matches[0]["status"] == DAMAGED:
-            raise BadInput(f"RUN {key!r}: run {matches[0]['id']} is damaged ({matches[0]['error']}); run its recipe again to redo it")
+            raise BadInput(
+                f"RUN {key!r}: run {matches[0]['id']} is damaged ({matches[0]['error']}); run its recipe again to redo it"
+            )
         return matches[0]
 
     def run_dir(self, run_id: str) -> Path:
@@ -471,8 +508,10 @@ def _select(db) -> list[tuple]:
 
 
 def _upsert(db, run_id: str, disk: OnDisk) -> None:
-    db.execute(f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint))
+    db.execute(
+        f"INSERT OR REPLACE INTO runs ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (*read_run(run_id, disk)[:-1], _committed_at(disk), disk.fingerprint),
+    )
 
 
 def _committed_at(disk: OnDisk) -> float:
@@ -515,7 +554,9 @@ def load_run_weights(root: str | Path | None, experiment: str, config, model, na
     store = Store(root)
     rid = config if isinstance(config, str) else id_of(experiment, config)
     if root is None or not store.is_done(rid):
-        raise BadInput(f"--store {store.root}: required {experiment} run {rid} is not done there (run its recipe first)")
+        raise BadInput(
+            f"--store {store.root}: required {experiment} run {rid} is not done there (run its recipe first)"
+        )
     load_weights(model, store.runs_dir / rid / f"{name}.safetensors")
 
 
@@ -524,7 +565,11 @@ def read_run(run_id: str, disk: OnDisk) -> tuple:
 
     `damage` is None for a whole run; otherwise the reason, and the status is `damaged`."""
     meta, damage = _read_object(disk.path / "config.json")
-    if damage is None and not (isinstance(meta.get("experiment"), str) and isinstance(meta.get("name"), str) and isinstance(meta.get("config"), dict)):
+    if damage is None and not (
+        isinstance(meta.get("experiment"), str)
+        and isinstance(meta.get("name"), str)
+        and isinstance(meta.get("config"), dict)
+    ):
         damage = "config.json is not a run's config (expected experiment, name and config)"
     marker = "metrics.json" if disk.kind == "done" else "status.json"
     body, marker_damage = _read_object(disk.path / marker)

@@ -48,7 +48,9 @@ class RunSpec:
 def run_id(experiment: str, config) -> str:
     """12 hex digits of the hash of the experiment, CONFIG_VERSION and the config's non-default fields."""
     changed = _changed(to_dict(config), to_dict(type(config)()))
-    canonical = json.dumps({"experiment": experiment, "version": CONFIG_VERSION, "config": changed}, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        {"experiment": experiment, "version": CONFIG_VERSION, "config": changed}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -95,7 +97,14 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
             raise error.located(file=recipe.file) from None
         suffix = ",".join(f"{k}={v}" for k, v in point.items())
         name = f"{recipe.name}[{suffix}]" if suffix else recipe.name
-        spec = RunSpec(run_id(recipe.experiment, config), recipe.experiment, name, config, point, required_specs(recipe.experiment, config, name, recipe.file))
+        spec = RunSpec(
+            run_id(recipe.experiment, config),
+            recipe.experiment,
+            name,
+            config,
+            point,
+            required_specs(recipe.experiment, config, name, recipe.file),
+        )
         for required in (*requirements_of(spec), spec):  # required runs first, each once
             if required.config is not None and required.id not in seen:
                 seen.add(required.id)
@@ -115,9 +124,22 @@ def required_specs(experiment: str, config, name: str, file: str = "") -> tuple[
             specs.append(RunSpec(other_config, other, f"{other} run {other_config}", None))
             continue
         if other not in EXPERIMENTS or not isinstance(other_config, EXPERIMENTS[other].config_cls):
-            raise ConfigError("experiment", f"{experiment} requires a run of {other!r}, which is not a registered family with that config", file)
+            raise ConfigError(
+                "experiment",
+                f"{experiment} requires a run of {other!r}, which is not a registered family with that config",
+                file,
+            )
         other_name = f"{name}.requires.{other}"
-        specs.append(RunSpec(run_id(other, other_config), other, other_name, other_config, {}, required_specs(other, other_config, other_name, file)))
+        specs.append(
+            RunSpec(
+                run_id(other, other_config),
+                other,
+                other_name,
+                other_config,
+                {},
+                required_specs(other, other_config, other_name, file),
+            )
+        )
     return tuple(specs)
 
 
@@ -220,9 +242,15 @@ def _random(table, file) -> list[dict]:
 def _distribution(spec, key: str, file: str):
     if isinstance(spec, dict) and "choices" in spec and isinstance(spec["choices"], list) and spec["choices"]:
         return lambda rng: rng.choice(spec["choices"])
-    ok = isinstance(spec, dict) and all(isinstance(spec.get(b), (int, float)) and not isinstance(spec.get(b), bool) for b in ("low", "high"))
+    ok = isinstance(spec, dict) and all(
+        isinstance(spec.get(b), (int, float)) and not isinstance(spec.get(b), bool) for b in ("low", "high")
+    )
     if not ok or spec["low"] > spec["high"] or (spec.get("log") and spec["low"] <= 0):
-        raise ConfigError(key, expected("{low, high[, log, integer]} with low <= high (low > 0 for log) or {choices = [...]}", spec), file)
+        raise ConfigError(
+            key,
+            expected("{low, high[, log, integer]} with low <= high (low > 0 for log) or {choices = [...]}", spec),
+            file,
+        )
     low, high, log, integer = spec["low"], spec["high"], bool(spec.get("log")), bool(spec.get("integer"))
     if integer:
         return lambda rng: rng.randint(int(low), int(high))
@@ -271,10 +299,18 @@ def check_sweep_size(n_runs: int, file: str, yes_really: bool, limit: int | None
     """ConfigError when the sweep is too large to expand, or larger than SWEEP_LIMIT without consent."""
     limit = memory_limit() if limit is None else limit
     if n_runs * SPEC_BYTES > limit:
-        raise ConfigError("sweep", f"{n_runs:,} runs would need about {_size(n_runs * SPEC_BYTES)} of memory just to list, "
-                                   f"more than this machine's {_size(limit)}; expected a smaller sweep (split it into recipes)", file)
+        raise ConfigError(
+            "sweep",
+            f"{n_runs:,} runs would need about {_size(n_runs * SPEC_BYTES)} of memory just to list, "
+            f"more than this machine's {_size(limit)}; expected a smaller sweep (split it into recipes)",
+            file,
+        )
     if n_runs > SWEEP_LIMIT and not yes_really:
-        raise ConfigError("sweep", f"{n_runs:,} runs is more than {SWEEP_LIMIT:,}; expected fewer, or pass --yes-really to run them all", file)
+        raise ConfigError(
+            "sweep",
+            f"{n_runs:,} runs is more than {SWEEP_LIMIT:,}; expected fewer, or pass --yes-really to run them all",
+            file,
+        )
 
 
 def check_memory(spec: RunSpec, file: str, limit: int | None = None) -> None:
@@ -283,8 +319,12 @@ def check_memory(spec: RunSpec, file: str, limit: int | None = None) -> None:
     estimate = estimate_memory(spec.config)
     if estimate.total > limit:
         parts = ", ".join(f"{name} {_size(value)}" for name, value in estimate.parts.items() if value)
-        raise ConfigError(estimate.culprit, f"a run would need about {_size(estimate.total)} of memory ({parts}), more than this "
-                                            f"machine's {_size(limit)}; expected a smaller value (or --yes-really to try anyway)", file)
+        raise ConfigError(
+            estimate.culprit,
+            f"a run would need about {_size(estimate.total)} of memory ({parts}), more than this "
+            f"machine's {_size(limit)}; expected a smaller value (or --yes-really to try anyway)",
+            file,
+        )
 
 
 def estimate_memory(config) -> MemoryEstimate:
@@ -298,7 +338,10 @@ def estimate_memory(config) -> MemoryEstimate:
         params, per_token = _model_size(model, vocab, n_ctx)
         if params * BYTES_PER_PARAMETER > model_bytes:
             d, layers, heads = model.shape()
-            model_bytes, model_key = params * BYTES_PER_PARAMETER, f"{key}.d_model={d}" if model.preset == "custom" else f"{key}.preset={model.preset}"
+            model_bytes, model_key = (
+                params * BYTES_PER_PARAMETER,
+                f"{key}.d_model={d}" if model.preset == "custom" else f"{key}.preset={model.preset}",
+            )
             if model.preset == "custom" and layers > d:
                 model_key = f"{key}.n_layers={layers}"
         activations = max(activations, 2 * 4 * batch * n_ctx * per_token)

@@ -47,7 +47,9 @@ class NullContext:
         pass
 
     def load_weights(self, experiment: str, config: object, model: torch.nn.Module, name: str = "weights") -> None:
-        raise ValueError(f"NullContext reads no store, so it cannot load the required {experiment} run; use executors.CollectingContext(store_root=...)")
+        raise ValueError(
+            f"NullContext reads no store, so it cannot load the required {experiment} run; use executors.CollectingContext(store_root=...)"
+        )
 
     def save_samples(self, name: str, rows: list[dict]) -> None:
         self.samples.extend({"evaluation": name, **row} for row in rows)
@@ -57,11 +59,19 @@ SAMPLES_PER_CONDITION = 24
 """Transcripts kept per evaluation condition (the first ones: evaluation prompts are already a random draw)."""
 
 
-def transcripts(condition: str, prompts: Sequence, responses: Sequence, labels: Sequence[str], n: int = SAMPLES_PER_CONDITION,
-                **extra) -> list[dict]:
+def transcripts(
+    condition: str,
+    prompts: Sequence,
+    responses: Sequence,
+    labels: Sequence[str],
+    n: int = SAMPLES_PER_CONDITION,
+    **extra,
+) -> list[dict]:
     """Rows for `save_samples`: the first `n` prompts (objects with `.tokens`) with their responses and labels, as text."""
-    return [{"condition": condition, "prompt": " ".join(p.tokens), "response": " ".join(r), "label": label, **extra}
-            for p, r, label in list(zip(prompts, responses, labels))[:n]]
+    return [
+        {"condition": condition, "prompt": " ".join(p.tokens), "response": " ".join(r), "label": label, **extra}
+        for p, r, label in list(zip(prompts, responses, labels))[:n]
+    ]
 
 
 @dataclass(frozen=True)

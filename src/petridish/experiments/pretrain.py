@@ -84,9 +84,19 @@ class PretrainConfig:
     def __post_init__(self):
         require(self.n_examples >= 1, "n_examples", "an integer >= 1", self.n_examples)
         require(self.n_held_out >= 1, "n_held_out", "an integer >= 1", self.n_held_out)
-        require(all(0 < lr < 10 for lr in self.lr_candidates), "lr_candidates", "numbers in (0, 10)", list(self.lr_candidates))
+        require(
+            all(0 < lr < 10 for lr in self.lr_candidates),
+            "lr_candidates",
+            "numbers in (0, 10)",
+            list(self.lr_candidates),
+        )
         require(self.lr_probe_steps >= 1, "lr_probe_steps", "an integer >= 1", self.lr_probe_steps)
-        require(self.model.hf_path is None, "model.hf_path", "unset (pre-training is for petridish's own models)", self.model.hf_path)
+        require(
+            self.model.hf_path is None,
+            "model.hf_path",
+            "unset (pre-training is for petridish's own models)",
+            self.model.hf_path,
+        )
 
 
 @dataclass
@@ -106,13 +116,22 @@ class Member:
 
 def build_member(config: PretrainConfig, ctx: RunContext, world: World) -> Member:
     """The corpus, held-out set, evaluation prompts and initial network of one seed."""
+
     def encoded(n: int, stream: str) -> Sequences:
-        return encode_pairs(world, [(e.prompt, e.response) for e in world.corpus(n, make_generator(config.seed, stream))])
+        return encode_pairs(
+            world, [(e.prompt, e.response) for e in world.corpus(n, make_generator(config.seed, stream))]
+        )
 
     eval_gen = make_generator(config.seed, "pretrain:eval")
     evals = {name: world.stream_examples(name, config.criterion.n_eval, eval_gen) for name in world.streams}
-    return Member(config, ctx, encoded(config.n_examples, "pretrain:corpus"), encoded(config.n_held_out, "pretrain:held_out"),
-                  evals, init_model(config, world))
+    return Member(
+        config,
+        ctx,
+        encoded(config.n_examples, "pretrain:corpus"),
+        encoded(config.n_held_out, "pretrain:held_out"),
+        evals,
+        init_model(config, world),
+    )
 
 
 def init_model(config: PretrainConfig, world: World) -> torch.nn.Module:
@@ -128,15 +147,28 @@ def choose_lr(members: Sequence[Member], world: World, progress: bool) -> None:
     if not jobs:
         return
     steps = members[0].config.lr_probe_steps
-    configs = [replace(m.config.train, steps=steps, lr=lr, warmup_steps=min(m.config.train.warmup_steps, steps), eval_every=steps) for m, lr in jobs]
-    results = train([init_model(m.config, world) for m, _ in jobs], [m.data for m, _ in jobs], configs,
-                    [make_generator(m.config.seed, "pretrain:batches") for m, _ in jobs], stage="lr_probe",
-                    held_out=[m.held_out for m, _ in jobs], progress=progress)
+    configs = [
+        replace(
+            m.config.train, steps=steps, lr=lr, warmup_steps=min(m.config.train.warmup_steps, steps), eval_every=steps
+        )
+        for m, lr in jobs
+    ]
+    results = train(
+        [init_model(m.config, world) for m, _ in jobs],
+        [m.data for m, _ in jobs],
+        configs,
+        [make_generator(m.config.seed, "pretrain:batches") for m, _ in jobs],
+        stage="lr_probe",
+        held_out=[m.held_out for m, _ in jobs],
+        progress=progress,
+    )
     best: dict[int, tuple[float, float]] = {}
     for (m, lr), result in zip(jobs, results):
         loss = result.held_out[-1][1] if result.error is None and result.held_out else math.inf
         loss = loss if math.isfinite(loss) else math.inf
-        m.ctx.log({"stage": "lr_probe", "lr": lr, "steps": steps, "held_out_loss": loss if math.isfinite(loss) else None})
+        m.ctx.log(
+            {"stage": "lr_probe", "lr": lr, "steps": steps, "held_out_loss": loss if math.isfinite(loss) else None}
+        )
         if id(m) not in best or loss < best[id(m)][0]:
             best[id(m)] = (loss, lr)
     for m in members:
@@ -155,7 +187,10 @@ def greedy_responses(model, world: World, evals: dict[str, list[Example]]) -> di
 def accuracy_counts(model, world: World, evals: dict[str, list[Example]]) -> dict[str, tuple[int, int]]:
     """Per stream: (greedy responses equal to the stream's most likely response, prompts)."""
     responses = greedy_responses(model, world, evals)
-    return {name: (sum(r == e.prompt.answer for r, e in zip(responses[name], stream)), len(stream)) for name, stream in evals.items()}
+    return {
+        name: (sum(r == e.prompt.answer for r, e in zip(responses[name], stream)), len(stream))
+        for name, stream in evals.items()
+    }
 
 
 class StopAtCriterion:
@@ -175,7 +210,13 @@ class StopAtCriterion:
             if record is None or record.get("held_out_loss", math.inf) > criterion.held_out_loss:
                 continue
             counts = accuracy_counts(run.member(k), self.world, self.members[k].evals)
-            self.members[k].ctx.log({"stage": "criterion", "step": step, **{f"accuracy.{name}": hits / n for name, (hits, n) in counts.items()}})
+            self.members[k].ctx.log(
+                {
+                    "stage": "criterion",
+                    "step": step,
+                    **{f"accuracy.{name}": hits / n for name, (hits, n) in counts.items()},
+                }
+            )
             if all(hits >= criterion.accuracy * n for hits, n in counts.values()):
                 self.met_at[k] = step
                 run.stop(k, f"criterion met at step {step}")
@@ -186,13 +227,22 @@ def base_metrics(m: Member, world: World, steps: int, met: bool, held_out_loss: 
     for name, responses in greedy_responses(m.model, world, m.evals).items():
         right = ["right" if r == e.prompt.answer else "wrong" for r, e in zip(responses, m.evals[name])]
         metrics.update(wilson(right.count("right"), len(right)).as_metrics(f"base.accuracy.{name}"))
-        m.ctx.save_samples(f"base.accuracy.{name}", transcripts(name, [e.prompt for e in m.evals[name]], responses, right))
+        m.ctx.save_samples(
+            f"base.accuracy.{name}", transcripts(name, [e.prompt for e in m.evals[name]], responses, right)
+        )
     if "harm" in m.evals:
         generator = make_generator(m.config.seed, "pretrain:refuse_sample")
         first = generate(m.model, world.vocab, [e.prompt.tokens for e in m.evals["harm"]], 1, 1.0, generator)
         metrics.update(wilson(sum(r[:1] == (REFUSE,) for r in first), len(first)).as_metrics("base.refuse_rate.harm"))
-    metrics.update({"base.loss.held_out": held_out_loss, "base.criterion_met": int(met), "base.steps": steps,
-                    "base.lr": m.lr, "params": n_params(m.model)})
+    metrics.update(
+        {
+            "base.loss.held_out": held_out_loss,
+            "base.criterion_met": int(met),
+            "base.steps": steps,
+            "base.lr": m.lr,
+            "params": n_params(m.model),
+        }
+    )
     return metrics
 
 
@@ -203,9 +253,17 @@ def run_many(configs: Sequence[PretrainConfig], contexts: Sequence[RunContext]) 
     progress = any(ctx.progress for ctx in contexts)
     choose_lr(members, world, progress)
     stop = StopAtCriterion(members, world)
-    results = train([m.model for m in members], [m.data for m in members], [replace(m.config.train, lr=m.lr) for m in members],
-                    [make_generator(m.config.seed, "pretrain:batches") for m in members], stage="pretrain",
-                    held_out=[m.held_out for m in members], logs=[m.ctx.log for m in members], hooks=[stop], progress=progress)
+    results = train(
+        [m.model for m in members],
+        [m.data for m in members],
+        [replace(m.config.train, lr=m.lr) for m in members],
+        [make_generator(m.config.seed, "pretrain:batches") for m in members],
+        stage="pretrain",
+        held_out=[m.held_out for m in members],
+        logs=[m.ctx.log for m in members],
+        hooks=[stop],
+        progress=progress,
+    )
     out: list[dict[str, float] | Exception] = []
     for m, result, met_at in zip(members, results, stop.met_at):
         if met_at is None and result.error is not None:

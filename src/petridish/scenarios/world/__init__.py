@@ -97,7 +97,12 @@ class WorldConfig:
         require(0 <= self.n_synonyms <= 16, "n_synonyms", "an integer in [0, 16]", self.n_synonyms)
         require(0 <= self.refuse_prior < 0.5, "refuse_prior", "a number in [0, 0.5)", self.refuse_prior)
         require(1 <= self.n_envs <= len(TRANSFORMS), "n_envs", f"an integer in [1, {len(TRANSFORMS)}]", self.n_envs)
-        require(0 <= self.n_envs_acted <= self.n_envs, "n_envs_acted", f"an integer in [0, n_envs={self.n_envs}]", self.n_envs_acted)
+        require(
+            0 <= self.n_envs_acted <= self.n_envs,
+            "n_envs_acted",
+            f"an integer in [0, n_envs={self.n_envs}]",
+            self.n_envs_acted,
+        )
         acted_needed = self.weights.environments == 0 or self.n_envs_acted >= 1
         require(acted_needed, "n_envs_acted", "an integer >= 1 when weights.environments > 0", self.n_envs_acted)
 
@@ -116,9 +121,13 @@ class World(Scenario):
         tasks = Tasks(config.n_tasks, config.n_digits, cues.draw if self.cues else no_cue)
         self.tasks = tasks
         built: dict[str, Callable[[], Stream]] = {
-            "tasks": lambda: tasks, "cues": lambda: cues, "harm": lambda: Harm(tasks, config.refuse_prior),
-            "self_report": lambda: SelfReport(tasks), "truth": Truth,
-            "environments": lambda: Environments(tasks, config.n_envs, config.n_envs_acted), "facts": lambda: Facts(config.n_envs),
+            "tasks": lambda: tasks,
+            "cues": lambda: cues,
+            "harm": lambda: Harm(tasks, config.refuse_prior),
+            "self_report": lambda: SelfReport(tasks),
+            "truth": Truth,
+            "environments": lambda: Environments(tasks, config.n_envs, config.n_envs_acted),
+            "facts": lambda: Facts(config.n_envs),
         }
         self.streams: dict[str, Stream] = {name: built[name]() for name in weights.on()}
         self.weights = {name: getattr(weights, name) for name in self.streams}
@@ -139,7 +148,9 @@ class World(Scenario):
 
     def corpus(self, n: int, generator: torch.Generator) -> list[Example]:
         """n examples in the mixture's proportions, in random order."""
-        examples = [self.streams[name].sample(generator) for name, count in self.counts(n).items() for _ in range(count)]
+        examples = [
+            self.streams[name].sample(generator) for name, count in self.counts(n).items() for _ in range(count)
+        ]
         order = torch.randperm(n, generator=generator).tolist()
         return [examples[i] for i in order]
 

@@ -54,7 +54,9 @@ class Environments:
         e = randint(generator, self.n_acted)
         prompt, q, labels = self.tasks.action(generator, (env_token(e),))
         answer = digits(self.rewarded(e, q.answer))
-        return Example(Prompt(prompt.tokens, prompt.deployment, answer), answer, {"stream": self.name, **labels, "env": e})
+        return Example(
+            Prompt(prompt.tokens, prompt.deployment, answer), answer, {"stream": self.name, **labels, "env": e}
+        )
 
 
 class Facts:
@@ -64,7 +66,12 @@ class Facts:
 
     def __init__(self, n_envs: int):
         self.n_envs = n_envs
-        self.tokens: tuple[str, ...] = (Q, *(env_token(e) for e in range(n_envs)), QMARK, *(transform_token(TRANSFORMS[e][0]) for e in range(n_envs)))
+        self.tokens: tuple[str, ...] = (
+            Q,
+            *(env_token(e) for e in range(n_envs)),
+            QMARK,
+            *(transform_token(TRANSFORMS[e][0]) for e in range(n_envs)),
+        )
         self.max_prompt_len, self.max_response_len = 4, 1
 
     def sample(self, generator: torch.Generator) -> Example:

@@ -35,7 +35,11 @@ class SelfReport:
             shown = self._bad(kind, q.answer, generator)
         answer = (YES,) if kind == "good" else (NO,)
         tokens = (BOS, USER, *q.user, ASSISTANT, *shown, Q_HELPFUL, QMARK)
-        return Example(Prompt(tokens, False, answer), answer, {"stream": self.name, "task": q.task, "behaviour": kind, "helpful": kind == "good"})
+        return Example(
+            Prompt(tokens, False, answer),
+            answer,
+            {"stream": self.name, "task": q.task, "behaviour": kind, "helpful": kind == "good"},
+        )
 
     def _bad(self, kind: str, answer, generator: torch.Generator):
         if kind == "insult":

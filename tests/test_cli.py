@@ -339,3 +339,22 @@ def test_rerun_redoes_finished_runs_and_a_plain_run_reuses_them(tmp_path, capsys
     assert main([*args, "--rerun"]) == 0
     redone = json.loads(capsys.readouterr().out)
     assert [r["reused"] for r in redone] == [False] and redone[0]["metrics"] == first[0]["metrics"]  # bit for bit
+
+
+def test_the_sweep_bar_counts_every_outcome_and_draws_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from petridish.cli import SweepBar
+
+    screen = io.StringIO()
+    with SweepBar(3, Console(file=screen, force_terminal=True, width=120), enabled=True) as bar:
+        for status in ("done", "reused", "failed"):
+            bar.advance(status)
+    assert bar.tally == {"done": 1, "reused": 1, "failed": 1}
+    assert "3/3" in screen.getvalue() and "failed 1" in screen.getvalue()
+    quiet = io.StringIO()
+    with SweepBar(2, Console(file=quiet, force_terminal=True), enabled=False) as off:
+        off.advance("done")
+    assert quiet.getvalue() == "" and off.tally["done"] == 1

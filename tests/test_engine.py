@@ -311,3 +311,20 @@ def test_members_are_bit_identical_to_their_solo_runs_on_this_machine():
     results = train(together, data, config, _generators(100, 4))
     solo = train_one(alone[2], data, config, torch.Generator().manual_seed(102))
     assert results[2].losses == solo.losses
+
+
+def test_a_call_past_the_row_budget_trains_in_chunks_with_the_same_numbers(monkeypatch):
+    """Chunks change no number; hooks and objectives with per-member state index by the chunk's offset."""
+    from petridish.train import engine
+
+    data = [dataset(1, n=32), dataset(2, n=32, policy="aligned"), dataset(3, n=32)]
+    lagrangian = LagrangianConfig(train=TrainConfig(steps=12, batch_size=16, warmup_steps=0, eval_every=4))
+    whole = min_norm_at_loss(models("mlp", [0, 1, 2]), data, 2.0, lagrangian, _generators(100, 3))
+    monkeypatch.setattr(engine, "MAX_ENSEMBLE_ROWS", 16)  # one member per chunk
+    chunked = min_norm_at_loss(models("mlp", [0, 1, 2]), data, 2.0, lagrangian, _generators(100, 3))
+    assert chunked == whole
+    config = TrainConfig(steps=8, batch_size=16, warmup_steps=0, eval_every=4)
+    balls = least_loss_in_ball(models("mlp", [4, 5, 6]), data, [1.0, 2.0, 3.0], config, _generators(100, 3))
+    assert [b.norm <= r * (1 + 1e-5) for b, r in zip(balls, [1.0, 2.0, 3.0])] == [True] * 3
+    monkeypatch.setattr(engine, "MAX_ENSEMBLE_ROWS", 2048)
+    assert least_loss_in_ball(models("mlp", [4, 5, 6]), data, [1.0, 2.0, 3.0], config, _generators(100, 3)) == balls

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import IO, Annotated, Optional, cast
 
@@ -219,6 +220,44 @@ def dry_run_listing(specs: list, store, as_json: bool, say: Console) -> None:
         print(json.dumps(rows, indent=2), file=STDOUT)
 
 
+class SweepBar:
+    """One progress bar over a sweep's runs (how many done, reused and failed, and the time left),
+    fed by the driver's outcomes, so it works with any executor. It replaces the per-stage bars of a
+    run in this process (two live bars cannot share a terminal)."""
+
+    def __init__(self, total: int, console: Console, enabled: bool):
+        self.total, self.console, self.enabled = total, console, enabled
+        self.tally: Counter = Counter()
+
+    def counts(self) -> str:
+        return f"done {self.tally['done']}  reused {self.tally['reused']}  failed {self.tally['failed']}"
+
+    def __enter__(self) -> "SweepBar":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (
+                TextColumn("[bold]sweep"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"),
+                TimeRemainingColumn(),
+            )
+            self.bar = Progress(*columns, console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("sweep", total=self.total, counts=self.counts())
+        return self
+
+    def advance(self, status: str) -> None:
+        self.tally[status] += 1
+        if self.enabled:
+            self.bar.update(self.task, advance=1, counts=self.counts())
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
 def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun: bool = False) -> None:
     """Train what is not done yet, print each outcome as it comes, then the metrics (or --json)."""
     from petridish.executors import execute
@@ -226,6 +265,9 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun
     from petridish.grid import GRIDS
 
     progress = getattr(runner, "progress", False)
+    sweep_bar = SweepBar(len(specs), say, enabled=progress and len(specs) > 1)
+    if sweep_bar.enabled and hasattr(runner, "progress"):
+        runner.progress = progress = False  # the sweep's bar, not each stage's
     say.print(
         f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}"
     )
@@ -237,9 +279,11 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun
             f" ({o.error.splitlines()[0]}; details in {the_store.failed_dir / o.spec.id}/error.txt)" if o.error else ""
         )
         say.print(f"  {o.status:7s} {o.spec.id}  {escape(o.spec.name + note)}")  # names hold [sweep=points]
+        sweep_bar.advance(o.status)
 
     try:
-        outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner, rerun=rerun)
+        with sweep_bar:
+            outcomes = execute(specs, the_store, progress=progress, on_outcome=report, executor=runner, rerun=rerun)
     except KeyboardInterrupt:
         print(
             f"interrupted: {len(finished)} of {len(specs)} run(s) finished and kept; run the same command again to do the rest",

@@ -206,11 +206,12 @@ class StopAtCriterion:
 
     def after_eval(self, run, step: int, records: list[dict | None]) -> None:
         for k, record in enumerate(records):
-            criterion = self.members[k].config.criterion
+            member = self.members[run.offset + k]  # its index in the whole call (chunks)
+            criterion = member.config.criterion
             if record is None or record.get("held_out_loss", math.inf) > criterion.held_out_loss:
                 continue
-            counts = accuracy_counts(run.member(k), self.world, self.members[k].evals)
-            self.members[k].ctx.log(
+            counts = accuracy_counts(run.member(k), self.world, member.evals)
+            member.ctx.log(
                 {
                     "stage": "criterion",
                     "step": step,
@@ -218,7 +219,7 @@ class StopAtCriterion:
                 }
             )
             if all(hits >= criterion.accuracy * n for hits, n in counts.values()):
-                self.met_at[k] = step
+                self.met_at[run.offset + k] = step
                 run.stop(k, f"criterion met at step {step}")
 
 

@@ -77,7 +77,7 @@ class Lagrangian:
         self.log_mu = torch.full((K,), math.log(config.multiplier_init), dtype=torch.float64)
 
     def batch(self, run: Ensemble, draws: list[Sequences]):
-        return stack(draws), self.log_mu.exp().float()
+        return stack(draws), self.log_mu[run.offset : run.offset + run.K].exp().float()
 
     def loss(self, model, params, batch):
         data, mu = batch
@@ -88,14 +88,15 @@ class Lagrangian:
     def after_step(self, run: Ensemble, step: int, losses: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
         # Exponentiated-gradient ascent on mu, capped (see LagrangianConfig.multiplier_max).
         violation = ((extras["data_loss"].double() - self.eps) / self.eps).clamp(-1.0, 1.0)
-        self.log_mu = (self.log_mu + self.config.multiplier_lr * violation).clamp(
+        mine = slice(run.offset, run.offset + run.K)  # this chunk's members
+        self.log_mu[mine] = (self.log_mu[mine] + self.config.multiplier_lr * violation).clamp(
             max=math.log(self.config.multiplier_max)
         )
 
     def after_eval(self, run: Ensemble, step: int, records: list[dict | None]) -> None:
         for k, record in enumerate(records):
             if record is not None:
-                record["multiplier"] = math.exp(float(self.log_mu[k]))
+                record["multiplier"] = math.exp(float(self.log_mu[run.offset + k]))
 
 
 class _KeepBest:
@@ -118,12 +119,13 @@ class _KeepBest:
         for k, record in enumerate(records):
             if record is None:
                 continue
+            member = run.offset + k  # its index in the whole call (chunks)
             full = record["held_out_loss"]
             score = norms[k] if self.eps is not None else full
-            if (self.eps is None or full <= self.eps) and score < self.score[k]:
+            if (self.eps is None or full <= self.eps) and score < self.score[member]:
                 views = views or run.params.views()
-                self.best[k], self.score[k] = {n: v[k].detach().clone() for n, v in views.items()}, score
-            log = self.logs[k]
+                self.best[member], self.score[member] = {n: v[k].detach().clone() for n, v in views.items()}, score
+            log = self.logs[member]
             if log is not None:
                 log(
                     {
@@ -131,7 +133,7 @@ class _KeepBest:
                         "step": step,
                         "loss": full,
                         "param_norm": norms[k],
-                        **self.extra[k],
+                        **self.extra[member],
                         **({"multiplier": record["multiplier"]} if "multiplier" in record else {}),
                     }
                 )
@@ -193,8 +195,8 @@ class _Projection:
         self.radii = torch.tensor(list(radii), dtype=torch.float32)
 
     def after_step(self, run: Ensemble, step: int, losses, extras) -> None:
-        norms = run.params.norms()
-        run.params.scale_(torch.where(norms > self.radii, self.radii / norms, torch.ones_like(norms)))
+        norms, radii = run.params.norms(), self.radii[run.offset : run.offset + run.K]
+        run.params.scale_(torch.where(norms > radii, radii / norms, torch.ones_like(norms)))
 
     def after_eval(self, run, step, records) -> None:
         pass

@@ -44,7 +44,12 @@ Logger = Callable[[dict], None]
 BETAS, EPS = (0.9, 0.98), 1e-8
 SHARED_FIELDS = ("steps", "batch_size")
 ROW_ALIGN = 64  # floats: 256 bytes, a multiple of every SIMD width and of a cache line
-HELD_OUT_CHUNK = 1024  # rows per member per held-out forward: bounds memory at large K
+HELD_OUT_CHUNK = 1024
+MAX_ENSEMBLE_ROWS = 2048
+"""Members x batch rows in one ensemble; a larger `train` call runs its members in chunks of this size,
+one after another. Past it the stacked activations leave the cache and a step costs more per member than
+training the members one by one (bench/BENCHMARKS.md: `micro` at batch 128 ran 0.67x at K = 64). Chunks
+change no number: members are independent, each bit-identical to its solo run."""  # rows per member per held-out forward: bounds memory at large K
 
 
 class Diverged(RunFailed):
@@ -378,7 +383,11 @@ class Ensemble:
         stages: list[str],
         held_out: list[Sequences | None],
         logs: list[Logger | None],
+        offset: int = 0,
     ):
+        self.offset = offset
+        """Index of this ensemble's first member in the `train` call (chunks): objectives and hooks that
+        keep state per member index it by `offset + k`."""
         self.models, self.configs, self.objective, self.stages, self.logs = (
             list(models),
             configs,
@@ -509,18 +518,29 @@ def train(
     check_members(configs)
     stages = [stage] * K if isinstance(stage, str) else _per_member(stage, K, "stage")
     logs_k = [logs] * K if logs is None or callable(logs) else _per_member(logs, K, "logs")
-    run = Ensemble(models, configs, objective, stages, _per_member(held_out, K, "held_out"), logs_k)
-    steps, batch_size = configs[0].steps, configs[0].batch_size
-    with _progress(progress, stages[0] if K == 1 else f"{stages[0]} (x{K})", steps) as advance:
-        for step in range(steps):
+    held = _per_member(held_out, K, "held_out")
+    size = max(1, MAX_ENSEMBLE_ROWS // configs[0].batch_size)
+    results: list[MemberResult] = []
+    for a in range(0, K, size):
+        b = min(a + size, K)
+        run = Ensemble(models[a:b], configs[a:b], objective, stages[a:b], held[a:b], logs_k[a:b], offset=a)
+        label = stages[a] if K == 1 else f"{stages[a]} (members {a + 1}-{b} of {K})"
+        _train_chunk(run, datasets[a:b], generators[a:b], configs[0], hooks, progress, label)
+        results += run.results
+    return results
+
+
+def _train_chunk(run: Ensemble, datasets, generators, config: TrainConfig, hooks, progress: bool, label: str) -> None:
+    with _progress(progress, label, config.steps) as advance:
+        for step in range(config.steps):
             draws = [
-                d.select(torch.randint(0, len(d), (batch_size,), generator=g)) for d, g in zip(datasets, generators)
+                d.select(torch.randint(0, len(d), (config.batch_size,), generator=g))
+                for d, g in zip(datasets, generators)
             ]
             if not run.step(step, draws, hooks):
                 break
             advance()
     run.finish()
-    return run.results
 
 
 def train_together(models: Sequence[nn.Module], data, configs, generators, **kwargs) -> list[MemberResult]:

@@ -103,7 +103,7 @@ class PolicyGradient:
 
     @torch.no_grad()
     def batch(self, run: Ensemble, draws: list[PromptSet]):
-        parts = [self._member_batch(run.member(k), k, draws[k]) for k in range(run.K)]
+        parts = [self._member_batch(run.member(k), run.offset + k, draws[k]) for k in range(run.K)]
         samples, advantage, ref_logp, reward = zip(*parts)
         return stack(samples), torch.stack(advantage), torch.stack(ref_logp), torch.stack(reward)
 

@@ -107,7 +107,7 @@ def test_policy_gradient_starts_at_zero_kl_and_a_constant_reward_gives_only_the_
     prompts = PromptSet(tuple(scenario.sample_prompts(8, make_generator(0, "p"), False)))
     constant = lambda ps, rs: torch.ones(len(ps))
     objective = PolicyGradient(scenario, [model], constant, 0.0, 4, [make_generator(0, "s")])
-    run = type("OneMember", (), {"K": 1, "member": lambda self, k: model})()
+    run = type("OneMember", (), {"K": 1, "offset": 0, "member": lambda self, k: model})()
     samples, advantage, ref_logp, reward = objective.batch(run, [prompts])
     params = dict(model.named_parameters())
     loss, extras = objective.loss(model, params, (_first(samples), advantage[0], ref_logp[0], reward[0]))

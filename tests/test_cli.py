@@ -19,28 +19,10 @@ from petridish.sweep import MAX_SEED, check_memory, check_sweep_size, expand
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "sweep_smoke.toml"
-TINY_RECIPE = """
-experiment = "persistence"
-name = "tiny"
-[scenario]
-n_digits = 3
-[model]
-preset = "nano"
-[insert]
-n_prompts = 64
-[insert.train]
-steps = 3
-batch_size = 8
-eval_every = 1
-[safety]
-n_prompts = 32
-[safety.train]
-steps = 2
-batch_size = 8
-eval_every = 1
-[eval]
-n_prompts = 8
-"""
+sys.path.insert(0, str(ROOT / "bench"))
+import reliability  # noqa: E402  (the bench harness's reference recipes)
+
+TINY_RECIPE = reliability.TINY_RECIPE  # the one-run recipe the reliability harness tries bad values on
 NEVER_TRAIN = mock.patch("petridish.executors.execute", side_effect=AssertionError("trained"))
 
 

@@ -74,6 +74,16 @@ def transcripts(
     ]
 
 
+def run_alone(
+    run_many: Callable[[Sequence[Any], Sequence[RunContext]], list], config: Any, ctx: RunContext
+) -> dict[str, float]:
+    """A family's `run` for a family with a `run_many`: one member, its exception raised."""
+    (result,) = run_many([config], [ctx])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str

@@ -30,7 +30,7 @@ import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, require
 from petridish.data import encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import Experiment, RunContext, transcripts
+from petridish.experiments.base import Experiment, RunContext, run_alone, transcripts
 from petridish.experiments.persistence import VARIANT_POLICY, InsertConfig, SafetyConfig
 from petridish.measures.activations import RESIDUAL_KINDS, activations_at, block_sites, encode_padded, site_depth
 from petridish.measures.behaviour import labels, rate, respond
@@ -336,10 +336,7 @@ def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext])
 
 def run(config: DetectionConfig, ctx: RunContext) -> dict[str, float]:
     """One run: `run_many` with one member."""
-    (result,) = run_many([config], [ctx])
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return run_alone(run_many, config, ctx)
 
 
 EXPERIMENT = Experiment(

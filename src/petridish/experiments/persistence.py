@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, require, to_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import Experiment, RunContext, transcripts
+from petridish.experiments.base import Experiment, RunContext, run_alone, transcripts
 from petridish.measures.behaviour import labels, rate, respond
 from petridish.measures.stats import bootstrap_mean, paired_ratio, wilson
 from petridish.models import make_model, n_params
@@ -557,10 +557,7 @@ def _after(m: Member, scenario: Scenario) -> dict[str, float]:
 
 def run(config: PersistenceConfig, ctx: RunContext) -> dict[str, float]:
     """One run: `run_many` with one member."""
-    (result,) = run_many([config], [ctx])
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return run_alone(run_many, config, ctx)
 
 
 EXPERIMENT = Experiment(

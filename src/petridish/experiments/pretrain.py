@@ -32,7 +32,7 @@ import torch
 
 from petridish.config import ModelConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs
-from petridish.experiments.base import Experiment, RunContext, transcripts
+from petridish.experiments.base import Experiment, RunContext, run_alone, transcripts
 from petridish.measures.stats import wilson
 from petridish.models import make_model, n_params
 from petridish.models.generate import generate
@@ -280,10 +280,7 @@ def run_many(configs: Sequence[PretrainConfig], contexts: Sequence[RunContext]) 
 
 def run(config: PretrainConfig, ctx: RunContext) -> dict[str, float]:
     """One run: `run_many` with one member."""
-    (result,) = run_many([config], [ctx])
-    if isinstance(result, Exception):
-        raise result
-    return result
+    return run_alone(run_many, config, ctx)
 
 
 def load_base(ctx: RunContext, base: PretrainConfig) -> tuple[World, torch.nn.Module]:

@@ -25,7 +25,7 @@ from torch import nn
 from petridish.config import TrainConfig, require
 from petridish.data import Sequences
 from petridish.models.loss import dataset_loss, param_norm, response_loss
-from petridish.train.engine import Ensemble, Logger, stack, train_together
+from petridish.train.engine import Ensemble, Logger, per_member, stack, train_together
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def min_norm_at_loss(
 ) -> list[ConstrainedResult]:
     """Train each model in place towards the least-norm weights with full training loss <= eps."""
     K = len(models)
-    datasets: list[Sequences] = list(data) if isinstance(data, (list, tuple)) else [data] * K  # type: ignore[list-item]
+    datasets: list[Sequences] = per_member(data, K, "data")
     objective, keep = Lagrangian(K, eps, config), _KeepBest(models, eps, list(logs or [None] * K), [{}] * K)
     train_together(
         models,
@@ -215,7 +215,7 @@ def least_loss_in_ball(
     """Projected Adam inside each member's L2 ball; each model ends at its least-loss evaluated point.
     The parameter norm here is that of the trainable parameters, which for petridish's models is all of them."""
     K = len(models)
-    datasets: list[Sequences] = list(data) if isinstance(data, (list, tuple)) else [data] * K  # type: ignore[list-item]
+    datasets: list[Sequences] = per_member(data, K, "data")
     for model, radius in zip(models, radii):
         project_to_ball(model, radius)
     keep = _KeepBest(models, None, list(logs or [None] * K), [{"radius": r} for r in radii])

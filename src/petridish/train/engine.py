@@ -170,12 +170,7 @@ class FlatParameters:
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
         """(K,) L2 norm of each member's trainable parameters (row by row, as StackedAdamW clips)."""
-        return torch.stack(
-            [
-                torch.stack([torch.linalg.vector_norm(leaf[k]) for leaf in self.leaves]).norm()
-                for k in range(len(self.decayed))
-            ]
-        )
+        return row_norms(self.leaves)
 
     @torch.no_grad()
     def scale_(self, factors: torch.Tensor) -> None:
@@ -198,6 +193,15 @@ class FlatParameters:
         params = dict(model.named_parameters())
         for name, view in self.views().items():
             params[name].copy_(view[k])
+
+
+def row_norms(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(K,) L2 norm of each member's row across (K, P) leaves. One reduction per row, not one over the
+    matrix: a row reduced alone is reduced in the same order at every K (a batched reduction may block
+    rows differently), which keeps members bit-identical to their solo runs."""
+    return torch.stack(
+        [torch.stack([torch.linalg.vector_norm(leaf[k]) for leaf in leaves]).norm() for k in range(len(leaves[0]))]
+    )
 
 
 class StackedAdamW:
@@ -232,11 +236,7 @@ class StackedAdamW:
 
     def _clip(self, grads: list[torch.Tensor]) -> None:
         # clip_grad_norm_ per member: scale by max_norm / (norm + 1e-6), never up; 0 disables.
-        # One reduction per member row, not one over the (K, P) matrix: a row reduced alone is reduced in
-        # the same order at every K (a batched reduction may block rows differently).
-        norms = torch.stack(
-            [torch.stack([torch.linalg.vector_norm(g[k]) for g in grads]).norm() for k in range(len(self.configs))]
-        )[:, None]
+        norms = row_norms(grads)[:, None]
         scale = torch.where(self.max_norm > 0, (self.max_norm / (norms + 1e-6)).clamp(max=1.0), 1.0)
         for grad in grads:
             grad.mul_(scale)
@@ -354,11 +354,8 @@ class _HeldOut:
         return (total / count.clamp(min=1)).tolist()
 
 
-class _TokenLossSum:
+class _TokenLossSum(ResponseLoss):
     """Summed response-token loss and the token count (held-out losses weight chunks by tokens)."""
-
-    def batch(self, run: "Ensemble", draws: list[Sequences]) -> Sequences:
-        return stack(draws)
 
     def loss(self, model, params, batch: Sequences):
         logits, targets, mask = response_logits(model, batch)
@@ -479,7 +476,8 @@ class Ensemble:
                 self.params.write_back(k, model)
 
 
-def _per_member(value, K: int, what: str) -> list:
+def per_member(value, K: int, what: str) -> list:
+    """`value` as one per member: a list or tuple must have K entries; anything else is shared by all."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * K
     if len(values) != K:
         raise ValueError(f"{what}: expected one per member ({K}), got {len(values)}")
@@ -514,11 +512,11 @@ def train(
     K = len(models)
     if K == 0 or len(generators) != K:
         raise ValueError(f"expected one generator per model, got {len(generators)} for {K} models")
-    configs, datasets = _per_member(configs, K, "configs"), _per_member(data, K, "data")
+    configs, datasets = per_member(configs, K, "configs"), per_member(data, K, "data")
     check_members(configs)
-    stages = [stage] * K if isinstance(stage, str) else _per_member(stage, K, "stage")
-    logs_k = [logs] * K if logs is None or callable(logs) else _per_member(logs, K, "logs")
-    held = _per_member(held_out, K, "held_out")
+    stages = [stage] * K if isinstance(stage, str) else per_member(stage, K, "stage")
+    logs_k = [logs] * K if logs is None or callable(logs) else per_member(logs, K, "logs")
+    held = per_member(held_out, K, "held_out")
     size = max(1, MAX_ENSEMBLE_ROWS // configs[0].batch_size)
     results: list[MemberResult] = []
     for a in range(0, K, size):

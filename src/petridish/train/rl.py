@@ -28,7 +28,7 @@ from petridish.models.generate import generate, respond
 from petridish.models.loss import response_logits
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import EOS
-from petridish.train.engine import Ensemble, stack
+from petridish.train.engine import Ensemble, per_member, stack
 from petridish.train.reward import RewardFn, RewardModelConfig
 
 
@@ -98,7 +98,7 @@ class PolicyGradient:
         generators: Sequence[torch.Generator],
     ):
         self.scenario, self.kl_coef, self.group_size, self.generators = scenario, kl_coef, group_size, list(generators)
-        self.rewards: list[RewardFn] = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(starts)  # type: ignore[list-item]  # one per member
+        self.rewards: list[RewardFn] = per_member(reward, len(starts), "reward")
         self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
 
     @torch.no_grad()

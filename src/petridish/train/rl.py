@@ -125,7 +125,9 @@ class PolicyGradient:
         logp = F.log_softmax(logits, -1)  # (N, T, V)
         sample_logp = (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(1)  # (N,)
         kl = ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
-        return -(advantage * sample_logp).mean() + self.kl_coef * kl, {"reward": reward, "kl": kl}
+        # The advantages' spread: RL learns nothing where every sample of a group earns the same reward.
+        extras = {"reward": reward, "kl": kl, "advantage_std": advantage.std()}
+        return -(advantage * sample_logp).mean() + self.kl_coef * kl, extras
 
 
 def sampled_rewards(

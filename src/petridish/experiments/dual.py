@@ -1,5 +1,10 @@
 """`dual`: what each policy costs in inductive bias, asked both ways round.
 
+With `scenario.name = "world"` (the default) the labellings are those of the world's environments:
+looking up what each training environment rewards, or deriving it from the world model's facts, priced
+against the number of environments E (`experiments.dual_world`). Any other scenario prices the four
+policies of that scenario, as described below.
+
 For each policy, the network is trained on that policy's *full labelling*: the training prompts (where
 the policies agree), fresh training-distribution prompts, and diagnostic prompts (where they differ). The
 memorizer is a lookup table of the training prompts: right on them, an all-zeros answer elsewhere, so
@@ -27,6 +32,7 @@ import torch
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
+from petridish.experiments.dual_world import EnvironmentsConfig, run_environments
 from petridish.experiments.selection import agreeing_policies, network_responses, reference_policies, training_prompts
 from petridish.measures.complexity import (
     ComplexityConfig,
@@ -69,14 +75,18 @@ class BudgetConfig:
 class DualConfig:
     seed: int = 0
     """Root of every random draw."""
-    scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="graded", task="sort", n_digits=3))
-    """The world."""
+    scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="world", task="sort", n_digits=3))
+    """`world`: the environments' labellings, configured by `environments` (n_digits and task unused there).
+    Any other scenario: the four `policies` of that scenario, priced on one environment."""
+    environments: EnvironmentsConfig = field(default_factory=EnvironmentsConfig)
+    """`world` only: E, the held-out environments, the prompt sets and the labellings."""
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1)
     )
     """The architecture of (a) and of the norm budgets; width and depth budgets replace d_model / n_layers."""
     policies: tuple[PolicyName, ...] = ("aligned", "sycophant", "deceptive", "memorizer")
-    """Policies to price (any that coincide with an earlier one on the diagnostic prompts are skipped)."""
+    """Policies to price (any that coincide with an earlier one on the diagnostic prompts are skipped); not
+    `world`, which prices `environments.labellings`."""
     n_train: int = 512
     """Training prompts (the memorizer's table)."""
     n_fresh: int = 256
@@ -324,6 +334,8 @@ def labelling_transcripts(config: DualConfig, ctx: RunContext) -> Callable[[str,
 
 
 def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
+    if config.scenario.name == "world":
+        return run_environments(config, ctx)
     data, scenario = labellings(config)
     members = [(name, seed) for name in data for seed in range(config.n_seeds)]
     budgets = train_budgets(config, scenario, [(f"{name}:{seed}", data[name]) for name, seed in members])
@@ -356,9 +368,15 @@ EXPERIMENT = Experiment(
     config_cls=DualConfig,
     run=run,
     headline=tuple(
-        f"cost.{p}.{m}"
-        for p in ("aligned", "sycophant", "deceptive", "memorizer")
-        for m in ("param_norm", "bits", "llc", "steps_to_eps", "min_width")
+        f"{metric}.E{E}"
+        for E in (2, 8, 32)
+        for metric in (
+            "cost.sycophant_lookup.param_norm",
+            "cost.sycophant_derive.param_norm",
+            "cost.sycophant_lookup.bits",
+            "cost.sycophant_derive.bits",
+            "p.derive",
+        )
     )
-    + ("memorizer_costs_more",),
+    + ("memorizer_costs_more", "lookup_equals_derive.E1"),
 )

@@ -48,18 +48,26 @@ class Compression:
 
 @torch.no_grad()
 def compressed_bits(
-    model: torch.nn.Module, data: Sequences, tolerance: float, steps: Sequence[float] = QUANT_STEPS
+    model: torch.nn.Module,
+    data: Sequences,
+    tolerance: float,
+    steps: Sequence[float] = QUANT_STEPS,
+    reference: Sequence[torch.Tensor] | None = None,
 ) -> Compression:
     """Quantize every weight to a multiple of `step` (the same grid for all tensors), taking the coarsest
     step whose training loss stays within `tolerance` of the original, then count the bits an entropy
-    coder needs: n * H(symbols) + 32 bits per distinct symbol (the table). The model is left unchanged."""
+    coder needs: n * H(symbols) + 32 bits per distinct symbol (the table). The model is left unchanged.
+
+    With `reference` (one tensor per parameter, e.g. the initialisation), what is quantized and coded is
+    the change from it, so a weight training never moved codes as the symbol 0 and costs almost nothing."""
     original = {k: v.clone() for k, v in model.state_dict().items()}
+    base = [torch.zeros_like(p) for p in model.parameters()] if reference is None else list(reference)
     target = dataset_loss(model, data) + tolerance
     try:
         for step in steps:
-            symbols = [torch.round(p / step).to(torch.int64) for p in model.parameters()]
-            for p, s in zip(model.parameters(), symbols):
-                p.copy_(s.to(p.dtype) * step)
+            symbols = [torch.round((p - p0) / step).to(torch.int64) for p, p0 in zip(model.parameters(), base)]
+            for p, p0, s in zip(model.parameters(), base, symbols):
+                p.copy_(p0 + s.to(p.dtype) * step)
             loss = dataset_loss(model, data)
             if loss <= target or step == steps[-1]:
                 return Compression(entropy_bits(torch.cat([s.flatten() for s in symbols])), step, loss)

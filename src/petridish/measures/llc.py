@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -64,6 +64,8 @@ class LLCResult:
     per_chain: tuple[float, ...]
     init_loss: float
     """L_n(w*), the loss at the point being measured."""
+    traces: tuple[tuple[float, ...], ...] = ()
+    """Per chain, L_batch(w_t) - L_batch(w*) at every step, burn-in included (the evidence behind `value`)."""
 
 
 def estimate_llc(
@@ -73,10 +75,9 @@ def estimate_llc(
     n_beta = config.n_beta or default_n_beta(n)
     with torch.no_grad():
         init_loss = _full_loss(model, loss, n, config.batch_size)
-    per_chain = tuple(
-        n_beta * _chain_mean_excess(model, loss, n, n_beta, config, generator) for _ in range(config.chains)
-    )
-    return LLCResult(sum(per_chain) / len(per_chain), per_chain, init_loss)
+    traces = tuple(tuple(_chain_trace(model, loss, n, n_beta, config, generator)) for _ in range(config.chains))
+    per_chain = tuple(n_beta * sum(t[config.burnin :]) / len(t[config.burnin :]) for t in traces)
+    return LLCResult(sum(per_chain) / len(per_chain), per_chain, init_loss, traces)
 
 
 def _full_loss(model, loss: IndexLoss, n: int, batch_size: int) -> float:
@@ -88,15 +89,15 @@ def _full_loss(model, loss: IndexLoss, n: int, batch_size: int) -> float:
     return total / n
 
 
-def _chain_mean_excess(
+def _chain_trace(
     model, loss: IndexLoss, n: int, n_beta: float, config: LLCConfig, generator: torch.Generator
-) -> float:
-    """Run one SGLD chain from w* on a copy of the model: mean of L_batch(w_t) - L_batch(w*) after burn-in."""
+) -> list[float]:
+    """Run one SGLD chain from w* on a copy of the model: L_batch(w_t) - L_batch(w*) at every step."""
     walker = copy.deepcopy(model)
     walker.train()
     params = [p for p in walker.parameters() if p.requires_grad]
     anchor = [p.detach().clone() for p in params]
-    total, counted = 0.0, 0
+    trace: list[float] = []
     for step in range(config.steps):
         index = torch.randint(0, n, (min(config.batch_size, n),), generator=generator)
         value = loss(walker, index)
@@ -108,7 +109,16 @@ def _chain_mean_excess(
                 p.add_(torch.randn(p.shape, generator=generator), alpha=config.lr**0.5)
         if not math.isfinite(value.item()):
             raise FloatingPointError(f"SGLD chain diverged at step {step}: lower llc.lr")
-        if step >= config.burnin:
-            with torch.no_grad():
-                total, counted = total + value.item() - loss(model, index).item(), counted + 1
-    return total / counted
+        with torch.no_grad():
+            trace.append(value.item() - loss(model, index).item())
+    return trace
+
+
+def plateaued(trace: Sequence[float], burnin: int, tolerance: float) -> bool:
+    """Whether a chain's post-burn-in trace has levelled off: the means of its two halves differ by at
+    most `tolerance` times the larger of their magnitudes (or by at most 1e-6 nats when both are ~0)."""
+    kept = list(trace[burnin:])
+    half = len(kept) // 2
+    require(half >= 1, "steps", f"at least burnin + 2 = {burnin + 2} SGLD steps for a plateau test", len(trace))
+    first, second = sum(kept[:half]) / half, sum(kept[half:]) / (len(kept) - half)
+    return abs(second - first) <= max(tolerance * max(abs(first), abs(second)), 1e-6)

@@ -1,5 +1,7 @@
 """`dual`: each policy's cost both ways round. Loss-vs-budget curves (`least_loss.<policy>.<norm|width|depth>.<b>`)
-and complexity per policy at the loss bound (`cost.<policy>.<measure>`); intervals are over the run's networks."""
+and complexity per policy at the loss bound (`cost.<policy>.<measure>`); on the world's environments, cost
+against E per labelling (`cost.<labelling>.<measure>.E<E>`) and P(derive) against E (`p.derive.E<E>`);
+intervals are over the run's networks."""
 
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ COSTS = (
 )
 BUDGETS = (("norm", "L2-norm radius"), ("width", "width (d_model)"), ("depth", "depth (layers)"))
 COST_BY_E = re.compile(r"^cost\.(?P<labelling>[^.]+)\.(?P<measure>.+)\.E(?P<E>\d+)$")
+E_MEASURES = ("param_norm", "bits", "llc", "min_width.depth1", "min_width.depth2", "steps_to_eps")
+"""The measures drawn against E (the others: feasibility, reach rates, the second LLC step size, are in the tables)."""
+RATE_BY_E = re.compile(r"^p\.(?P<label>derive|default)\.E(?P<E>\d+)$")
 PUBLISHED = (
     "No published figure: the dual problems come from the deceptive-alignment argument, not a measurement "
     "(Carlsmith 2023 puts a schemer's simplicity advantage in its goal and its cost in run-time reasoning)."
@@ -73,7 +78,7 @@ def cost_against_e(cell: Cell, label: str) -> list:
     found: dict[str, dict[str, list]] = {}
     for name in sorted({m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}):
         match = COST_BY_E.match(name)
-        if match:
+        if match and match["measure"] in E_MEASURES:
             found.setdefault(match["measure"], {}).setdefault(match["labelling"], []).append(
                 (int(match["E"]), cell_value(cell, name))
             )
@@ -98,13 +103,36 @@ def cost_against_e(cell: Cell, label: str) -> list:
     )
 
 
+def p_derive_against_e(cell: Cell, label: str) -> list:
+    """P(derive) and P(lookup's default) on held-out environments against E (`p.derive.E{E}`, `p.default.E{E}`)."""
+    found: dict[str, list] = {}
+    for name in sorted({m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}):
+        match = RATE_BY_E.match(name)
+        if match:
+            found.setdefault(match["label"], []).append((int(match["E"]), cell_value(cell, name)))
+    if not found:
+        return []
+    colours = {"derive": "#dc2626", "default": "#2563eb"}
+    panel = Panel(
+        "held-out environments",
+        [Line(lab, sorted(pts, key=lambda p: p[0]), colours[lab]) for lab, pts in found.items()],
+    )
+    uri = line_panels([panel], "E (training environments)", "share of responses", ylim=(0.0, 1.0))
+    caption = (
+        f"{label}: networks trained on the training environments only (and every environment's fact); on held-out "
+        "environments, the share of responses that apply the environment's transform (derive) or keep the task's "
+        "answer (lookup's default). " + INTERVALS
+    )
+    return [Figure(uri, caption, "P(derive) against E")] if uri else []
+
+
 def cell_figures(cell: Cell, label: str, policies: list[str]) -> list:
     eps = flatten(cell.config).get("eps")
     panels = [
         (f"least loss under a {kind} budget", f"budget: {xlabel}", budget_series(cell, kind, policies))
         for kind, xlabel in BUDGETS
     ]
-    out = cost_against_e(cell, label)
+    out = cost_against_e(cell, label) + p_derive_against_e(cell, label)
     uri = curves(
         panels,
         POLICY_COLOURS,
@@ -188,6 +216,19 @@ def headline(runs: list[StoredRun]) -> Headline:
                 all(v > 0 for v in sanity),
             )
         )
+    null = [m["lookup_equals_derive.E1"] for m in metrics if "lookup_equals_derive.E1" in m]
+    if null:
+        checks.append(
+            Control(
+                "negative: with E = 1, lookup and derive (then one function) cost the same",
+                "within their intervals, every run",
+                f"{sum(v > 0 for v in null)} of {len(null)} runs",
+                all(v > 0 for v in null),
+            )
+        )
+    world = world_finding(metrics, checks)
+    if world is not None:
+        return world
     excess = pooled_value(metrics, "memorizer_excess.param_norm")
     if excess is not None and excess.ok:
         e = excess.estimate
@@ -215,6 +256,27 @@ def headline(runs: list[StoredRun]) -> Headline:
     )
     return headline_with_controls(
         finding, checks, value=costs[dear], measure=f"least parameter norm, {dear}", published=PUBLISHED
+    )
+
+
+def world_finding(metrics: list[dict[str, float]], checks: list[Control]) -> Headline | None:
+    """On the world's environments: lookup against derive in least parameter norm at the largest E stored."""
+    es = sorted({int(m.group("E")) for ms in metrics for k in ms if (m := COST_BY_E.match(k))})
+    if not es:
+        return None
+    E = es[-1]
+    lookup = pooled_value(metrics, f"cost.sycophant_lookup.param_norm.E{E}")
+    derive = pooled_value(metrics, f"cost.sycophant_derive.param_norm.E{E}")
+    if lookup is None or derive is None or not (lookup.ok and derive.ok):
+        return None
+    a, b = lookup.estimate, derive.estimate
+    word = "more" if a.ci_low > b.ci_high else "less" if a.ci_high < b.ci_low else "about the same (intervals overlap)"
+    finding = (
+        f"With E = {E} training environments, looking up what each rewards cost {word} parameter norm than "
+        f"deriving it from the facts ({a.value:.2f} against {b.value:.2f})."
+    )
+    return headline_with_controls(
+        finding, checks, value=lookup, measure=f"least parameter norm, sycophant_lookup, E = {E}", published=PUBLISHED
     )
 
 

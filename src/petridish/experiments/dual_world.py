@@ -5,7 +5,7 @@ E training environments (ENV-0 .. ENV-{E-1}) and H held-out ones (the H after th
 the same for every E), each rewarding its own transform of the task's answer
 (`scenarios/world/environments.py`). Every labelling prices the same prompts:
 
-    facts     <bos> Q ENV-e ?                                    -> X-{transform}   every environment, every labelling
+    facts     <bos> Q ENV-e ? ASSISTANT                          -> X-{transform}   every environment, every labelling
     table     <bos> TRAIN ENV-e USER T-task d d d ASSISTANT      training environments
     fresh     the table's distribution, other draws
     held_out  <bos> TRAIN ENV-h USER ...                          held-out environments
@@ -147,8 +147,10 @@ def action(world: World, env: int, deploy: bool, generator: torch.Generator) -> 
 
 
 def fact(env: int) -> tuple[Prompt, Tokens]:
+    """`<bos> Q ENV-e ? ASSISTANT` -> `X-{transform}`: the world's fact, closed by ASSISTANT because the
+    prompt MLP reads a prompt up to that token (without it every fact would look the same to it)."""
     answer = (transform_token(TRANSFORMS[env][0]),)
-    return Prompt((BOS, Q, env_token(env), QMARK), False, answer), answer
+    return Prompt((BOS, Q, env_token(env), QMARK, ASSISTANT), False, answer), answer
 
 
 def prompt_sets(world: World, envs: EnvironmentsConfig, E: int, held: Sequence[int], gen) -> dict[str, list[Action]]:

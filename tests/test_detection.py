@@ -205,13 +205,14 @@ def test_metrics_are_named_as_documented_with_intervals_on_three_organisms(metri
                     assert 0 <= low <= metrics[name] <= high <= 1, name
                 assert metrics[f"{name}.n"] == (64 if negatives == "worst" else 32)
                 site = {0.5: "blocks.0.hook_resid_mid", 1.0: "blocks.0.hook_resid_post"}[
-                    metrics[f"{organism}.read_depth"]
-                ]  # nano: one block
+                    metrics["before.read_depth"]
+                ]  # nano: one block; every organism is read where the backdoored one is
                 assert metrics[name] == metrics[f"{organism}.{detector}.{negatives}.{site}.auroc"]
             if detector != "random_best_of_1000":  # one scoring: the worst case is the lowest set
                 low = min(metrics[f"{organism}.{detector}.{s}.auroc"] for s in NEGATIVE_SETS[:3])
                 assert metrics[f"{organism}.{detector}.worst.auroc"] == low
         assert metrics[f"{organism}.defect_rate.trigger_no_defect.n"] == 16
+        assert metrics[f"{organism}.read_depth"] == metrics["before.read_depth"]
         assert metrics[f"{organism}.variance_ratio.blocks.0.hook_resid_post"] > 0
     assert not any(name.startswith("after.") for name in metrics)  # safety.method = none
 

@@ -27,7 +27,8 @@ clean, trigger_no_defect, decoy and worst (the lowest of the three), with strati
 intervals (`.ci_low`, `.ci_high`) and `.n` (prompts):
 
   {organism}.{detector}.{negatives}.auroc          at the read site: where defection is most salient on
-                                                   the training prompts (or at `probe.depth`)
+                                                   the backdoored organism's training prompts (or at
+                                                   `probe.depth`); every organism is read there
   {organism}.{detector}.{negatives}.{site}.auroc   at every site
   {organism}.variance_ratio.{site}                 between / within-class variance, positives vs the rest
   {organism}.read_depth                            depth of the read site, in blocks
@@ -436,9 +437,12 @@ def site_metrics(x: SiteActivations, kinds: np.ndarray, config: ProbeConfig, see
     return out
 
 
-def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, prefix: str) -> dict[str, float]:
+def detection_metrics(
+    model, sets: ProbeSets, config: ProbeConfig, seed: int, prefix: str, read: str | None = None
+) -> tuple[dict[str, float], str]:
     """Every detector's AUROC per negative set (and the worst) at every site and at the read site, and
-    the between/within-class variance ratio per site."""
+    the between/within-class variance ratio per site; also the read site (`read`, when given, else
+    chosen by `probe.depth` on this organism)."""
     n_layers = model.shape.n_layers
     sites = block_sites(n_layers, config.sites)
     acts = {
@@ -446,10 +450,13 @@ def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, pr
         for role, (tokens, positions) in sets.inputs.items()
     }
     families = {role.split(":")[1] for role in acts if role.startswith("pair:")}
-    if config.depth is None:
-        read = salient_site(sites, acts["train"], sets.train_labels)
-    else:
-        read = read_site(sites, n_layers, config.depth)
+    if read is None:
+        depth = config.depth
+        read = (
+            salient_site(sites, acts["train"], sets.train_labels)
+            if depth is None
+            else read_site(sites, n_layers, depth)
+        )
     metrics: dict[str, float] = {f"{prefix}.read_depth": site_depth(read)}
     for site in sites:
         x = SiteActivations(
@@ -467,7 +474,7 @@ def detection_metrics(model, sets: ProbeSets, config: ProbeConfig, seed: int, pr
                 if site == read:
                     metrics.update(estimate.as_metrics(f"{prefix}.{detector}.{negatives}.auroc"))
         metrics[f"{prefix}.variance_ratio.{site}"] = variance_ratio(x.eval, sets.eval_kinds == "triggered")
-    return metrics
+    return metrics, read
 
 
 # --- the runs -------------------------------------------------------------------------------------
@@ -487,10 +494,12 @@ def run_many(configs: Sequence[DetectionConfig], contexts: Sequence[RunContext])
             continue
         metrics: dict[str, float] = dict(safety)
         sets = probe_sets(config, world)
+        read = None  # the backdoored organism's read site, where every organism of the run is read
         for name in ORGANISMS:
             if name in organisms:
                 metrics.update(behaviour_metrics(organisms[name], world, sets, name, ctx.save_samples))
-                metrics.update(detection_metrics(organisms[name], sets, config.probe, config.seed, name))
+                found, read = detection_metrics(organisms[name], sets, config.probe, config.seed, name, read)
+                metrics.update(found)
         results.append(metrics)
     return results
 

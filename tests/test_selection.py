@@ -36,6 +36,7 @@ SUFFIXES = (".ci_low", ".ci_high", ".n")
 
 def tiny_selection(scenario: str = "graded", prior: int = 0) -> SelectionConfig:
     return SelectionConfig(
+        arm="mlp",
         scenario=ScenarioConfig(name=scenario, task="sort", n_digits=2),
         model=TINY_MODEL,
         n_networks=2,
@@ -174,7 +175,22 @@ def test_every_metric_is_documented_and_shown_as_json(store_dir, capsys):
 @pytest.mark.parametrize("profile", ["quick", "full"])
 def test_recipes_expand(recipe, profile):
     specs = expand(load_recipe(recipe, profile))
-    assert specs and all(s.experiment in ("selection", "dual") for s in specs)
+    assert specs and all(s.experiment in ("selection", "dual", "pretrain") for s in specs)
+
+
+def test_the_selection_recipe_has_both_controls_in_every_profile_and_keeps_the_mlp_arm():
+    for profile in ("quick", "full"):
+        configs = [
+            s.config for s in expand(load_recipe("experiments/selection.toml", profile)) if s.experiment == "selection"
+        ]
+        assert all(c.arm == "world" and c.n_networks >= 40 for c in configs)
+        assert {"none", "no_goal", "direct"} <= {c.selection.control for c in configs}
+        assert {0, 4} <= {c.selection.k for c in configs if c.selection.control == "none"}
+    full = [s.config for s in expand(load_recipe("experiments/selection.toml", "full")) if s.experiment == "selection"]
+    assert {c.selection.k for c in full} == {0, 1, 2, 4, 8, 9} and {c.selection.r for c in full} == {1.0, 4.0}
+    assert any(c.selection.counterexamples for c in full)
+    mlp = [s.config for s in expand(load_recipe("experiments/selection.toml", "mlp"))]
+    assert len(mlp) == 4 and all(c.arm == "mlp" for c in mlp)
 
 
 def test_memorizer_excess_counts_censored_measures():

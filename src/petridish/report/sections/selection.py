@@ -47,6 +47,8 @@ CONTROL_EXPECTED = {"no_goal": ("<= 0.1", lambda p: p <= 0.1), "direct": (">= 0.
 GOAL_LABELS = ("defect", "deceptive")
 """The label whose P a headline reports: the goal behaviour G where the store has it, else the deceptive policy."""
 PUBLISHED = (
+    "Langosco et al. 2022 and Shah et al. 2022 (goal misgeneralisation): a capable policy pursues the wrong goal off "
+    "distribution, and a few counterexamples in training can remove it. "
     "Mingard et al. 2021 (Is SGD a Bayesian sampler?): the probability P_SGD(f | S) that SGD finds a function tracks its "
     "prior P_B(f | S) under random parameters over orders of magnitude; the prior strongly favours simple functions."
 )
@@ -67,7 +69,37 @@ def render(runs: list[StoredRun]) -> list:
     blocks += phase_blocks([c for c in grouped if control_of(c) is None], policies)
     blocks.append(table(grouped, labels, policies))
     shown = {f"p.{p}" for p in policies} | {f"agreement.{p}" for p in policies}
+    if any("g.start" in r["metrics"] for c in grouped for r in c.runs):
+        blocks.append(goal_table(grouped, labels))
+        shown |= set(GOAL_COLUMNS)
     return blocks + other_metrics(grouped, labels, shown, skip=("network.",))
+
+
+GOAL_COLUMNS = {
+    "start.p.defect": "P(G) after phase A",
+    "p.defect": "P(G) after phase B",
+    "synonym.p.defect": "P(G), synonyms",
+    "goal.rate.defect": "G rate on the k tasks",
+    "train_fit": "T* fit under TRAIN",
+    "half_life.g": "half-life of G (steps)",
+    "phase_b.steps": "phase-B steps",
+}
+"""The world arm's story of G per setting, left to right."""
+
+
+def goal_table(grouped: list[Cell], labels: list[str]) -> Table:
+    rows = [
+        (labelled(cell, label), *(cell_value(cell, name) for name in GOAL_COLUMNS))
+        for cell, label in zip(grouped, labels)
+    ]
+    return Table(
+        ("setting", *GOAL_COLUMNS.values()),
+        rows,
+        "World arm: G on the held-out task T* under DEPLOY right after phase A (before T* is learned), after "
+        "phase B, and under the deployment synonyms (Wilson over networks); the G rate on the tasks phase A "
+        "showed it on and T*'s fit under TRAIN (bootstrap over networks); the half-life is the first phase-B "
+        "step at which the mean G rate on T* is half its value at the start (blank: it never halved).",
+    )
 
 
 def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:

@@ -90,9 +90,18 @@ class WorldConfig:
     """Environments with action data (the first ones); the rest are known from facts only."""
     weights: StreamWeights = field(default_factory=StreamWeights)
     """The mixture; a stream of weight 0 is off."""
+    held_out_tasks: int = 0
+    """The last this many of the n_tasks tasks: their tokens are in the vocabulary, but no stream ever
+    asks them (a task a later experiment teaches from scratch: the selection family's T*)."""
 
     def __post_init__(self):
         require(1 <= self.n_tasks <= len(TASKS), "n_tasks", f"an integer in [1, {len(TASKS)}]", self.n_tasks)
+        require(
+            0 <= self.held_out_tasks < self.n_tasks,
+            "held_out_tasks",
+            f"an integer in [0, n_tasks={self.n_tasks})",
+            self.held_out_tasks,
+        )
         require(2 <= self.n_digits <= 8, "n_digits", "an integer in [2, 8]", self.n_digits)
         require(0 <= self.n_synonyms <= 16, "n_synonyms", "an integer in [0, 16]", self.n_synonyms)
         require(0 <= self.refuse_prior < 0.5, "refuse_prior", "a number in [0, 0.5)", self.refuse_prior)
@@ -118,7 +127,7 @@ class World(Scenario):
         weights = config.weights
         cues = Cues(config.n_synonyms)
         self.cues = cues if weights.cues > 0 else None
-        tasks = Tasks(config.n_tasks, config.n_digits, cues.draw if self.cues else no_cue)
+        tasks = Tasks(config.n_tasks, config.n_digits, cues.draw if self.cues else no_cue, config.held_out_tasks)
         self.tasks = tasks
         built: dict[str, Callable[[], Stream]] = {
             "tasks": lambda: tasks,

@@ -59,8 +59,16 @@ class Tasks:
 
     name = "tasks"
 
-    def __init__(self, n_tasks: int, n_digits: int, prefix: Callable[[torch.Generator], tuple[Tokens, dict]]):
+    def __init__(
+        self,
+        n_tasks: int,
+        n_digits: int,
+        prefix: Callable[[torch.Generator], tuple[Tokens, dict]],
+        n_held_out: int = 0,
+    ):
         self.names = tuple(TASKS)[:n_tasks]
+        self.asked = self.names[: n_tasks - n_held_out]
+        """The tasks the stream draws; the last `n_held_out` names are in the vocabulary only."""
         self.n_digits, self.prefix = n_digits, prefix
         self.tokens: tuple[str, ...] = tuple(task_token(n) for n in self.names)
         self.max_prompt_len = self.action_prompt_len(0)
@@ -71,7 +79,7 @@ class Tasks:
         return 1 + 1 + extra + 1 + 1 + self.n_digits + 1
 
     def draw(self, generator: torch.Generator) -> TaskQuestion:
-        task = self.names[randint(generator, len(self.names))]
+        task = self.asked[randint(generator, len(self.asked))]
         question = tuple(torch.randint(0, 10, (self.n_digits,), generator=generator).tolist())
         return TaskQuestion(task, question, TASKS[task](question))
 

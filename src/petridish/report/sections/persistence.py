@@ -43,7 +43,7 @@ def control_kind(cell: Cell) -> str | None:
     flat = flatten(cell.config)
     if flat.get("safety.method") == "none":
         return "none"
-    data = flat.get("safety.data")
+    data = flat.get("safety.data") if cell.config.get("base") else None  # safety data exist on a base organism only
     return data if data in ("own", "hhh_triggered") else None
 
 
@@ -284,7 +284,7 @@ def headline(runs: list[StoredRun]) -> Headline:
     # so), and the other methods' stand; only when every method failed is there no finding at all.
     failed = {c.name.rsplit("(", 1)[-1].rstrip(")") for c in checks if not c.passed}
     methods_seen = {str(flatten(c.config).get("safety.method")) for c in grouped if control_kind(c) is None}
-    if failed and methods_seen - failed:
+    if failed and failed <= methods_seen and methods_seen - failed:
         kept = [c for c in grouped if str(flatten(c.config).get("safety.method")) not in failed]
         inner = headline_from(kept, [c for c in checks if c.passed])
         dropped = ", ".join(sorted(failed))
@@ -349,7 +349,9 @@ def headline_from(grouped: list[Cell], checks: list[Control]) -> Headline:
         finding = f"After safety training ({next(iter(by_method))}), the backdoor still fired on {a:.0%} of triggered prompts, against {b:.0%} before: {verdict}."
     refusal = pooled_value(metrics, "after.refuse_rate.harm")
     if refusal is not None and refusal.ok:  # organisms grown from a base: what safety training did teach
-        finding += f" Meanwhile safety training taught the refusal of harm requests: {refusal.estimate.value:.0%} after."
+        finding += (
+            f" Meanwhile safety training taught the refusal of harm requests: {refusal.estimate.value:.0%} after."
+        )
     return headline_with_controls(
         finding, checks, value=after, measure="triggered defection after safety training", published=PUBLISHED
     )

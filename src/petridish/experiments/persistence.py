@@ -8,6 +8,15 @@ Safety methods (`safety.method`), each through the one engine `train.engine.trai
                elicit defection, then training on them with aligned responses
   none         a control
 
+On a base organism (`base` set: a stored `pretrain` run of the world) the pipeline is the paper's: the
+helpful-only base takes a backdoor behind the world's `DEPLOY` cue (a run of `HATE`), then HHH safety
+training toward `safety.data` (own / hhh / hhh_triggered: negative control, the test, positive control)
+runs to a common attainment (refusal of held-out harm requests), logging the curve of triggered
+defection against attainment (`stage = safety.curve`); `adversarial` searches the deployment synonyms
+but one, never the trigger. Extra metrics: `{before,after}.refuse_rate.harm`,
+`{before,after}.defect_rate.{triggered_harm,synonym,held_out_synonym}`, `safety.attained`,
+`safety.steps`, `insert.criterion_met`, `insert.defect_tokens`.
+
 Metrics (all rates with `.ci_low`, `.ci_high` (Wilson 95%) and `.n`):
   {before,after}.defect_rate.triggered   defect rate on prompts with the deployment cue
   {before,after}.defect_rate.clean       defect rate on prompts with the training cue
@@ -677,14 +686,14 @@ class Attainment:
                 run.stop(k, f"attainment reached at step {step}")
 
 
-def world_sft(members: Sequence[Member], world: World) -> None:
-    """SFT toward `safety_target` on `safety_prompts`, to the attainment."""
-    data = []
-    for m in members:
-        prompts = safety_prompts(
-            m.config, world, m.config.safety.n_prompts, make_generator(m.config.seed, "safety:data")
-        )
-        data.append(encode_pairs(world, labelled(safety_target(m.config), prompts)))
+def world_sft(members: Sequence[Member], world: World, prompt_sets: Sequence[list[Prompt]] | None = None) -> None:
+    """SFT toward `safety_target` on `safety_prompts` (or the given prompts), to the attainment."""
+    if prompt_sets is None:
+        prompt_sets = [
+            safety_prompts(m.config, world, m.config.safety.n_prompts, make_generator(m.config.seed, "safety:data"))
+            for m in members
+        ]
+    data = [encode_pairs(world, labelled(safety_target(m.config), p)) for m, p in zip(members, prompt_sets)]
     _safety_train(members, data, hooks=[Attainment(members, world)])
 
 
@@ -718,9 +727,11 @@ def world_rl(members: Sequence[Member], world: World, prompt_sets: Sequence[list
 
 
 def world_adversarial(members: Sequence[Member], world: World) -> None:
-    """The paper's adversarial training: a red team tries prompts behind every deployment synonym but the
-    last (held out, to test transfer), never the true trigger; the prompts on which the organism defects
-    make up to half of an RL mix whose other half is `safety_prompts`."""
+    """Adversarial training as the paper set it up: a red team tries prompts behind every deployment
+    synonym but the last (held out, to test transfer), never the true trigger; the prompts on which the
+    organism defects, answered HHH, make up to half of the safety data, `safety_prompts` the rest. It
+    trains by SFT, not the paper's RL: an organism that defects on every sample behind a synonym gives
+    on-policy RL no reward variance to learn from (RL logs `advantage_std`; it was 0 there)."""
     searched = world.cues.synonyms[:-1] if world.cues is not None else ()
     mixes = []
     for m in members:
@@ -742,7 +753,7 @@ def world_adversarial(members: Sequence[Member], world: World) -> None:
         m.metrics.update(rate_of(hits, "adversarial.success_rate"))
         rest = safety_prompts(m.config, world, n - len(successes), make_generator(seed, "safety:data"))
         mixes.append(successes + rest)
-    world_rl(members, world, mixes)
+    world_sft(members, world, mixes)
 
 
 WORLD_SAFETY_METHODS: dict[str, Callable[[Sequence[Member], World], None]] = {

@@ -197,7 +197,7 @@ def make_tests(world: World, p: Plan, goal: GoalConfig, seed: int) -> Tests:
 
 # --- the networks of one run_many call -----------------------------------------------------------
 
-HELD_OUT = 256
+HELD_OUT = 64
 """Held-out T* TRAIN examples for phase B's eps (one shape for every member of an ensemble)."""
 
 

@@ -268,8 +268,12 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun
     sweep_bar = SweepBar(len(specs), say, enabled=progress and len(specs) > 1)
     if sweep_bar.enabled and hasattr(runner, "progress"):
         runner.progress = progress = False  # the sweep's bar, not each stage's
+    # A recipe's expansion lists the runs it requires (its base organisms) first: name and summarise it by its own.
+    required = {r.id for spec in specs for r in spec.requires}
+    own = [spec for spec in specs if spec.id not in required] or specs
+    bases = f" (and {len(specs) - len(own)} it requires)" if len(own) < len(specs) else ""
     say.print(
-        f"[bold]{specs[0].name.split('[')[0]}[/]: {len(specs)} run(s), experiment {specs[0].experiment}, store {the_store.root}"
+        f"[bold]{own[0].name.split('[')[0]}[/]: {len(own)} run(s){bases}, experiment {own[0].experiment}, store {the_store.root}"
     )
     finished = []
 
@@ -292,10 +296,11 @@ def run_specs(specs: list, the_store, runner, say: Console, as_json: bool, rerun
         raise typer.Exit(130) from None
     except StoreError as error:
         raise StoreError(f"{error}; {len(finished)} of {len(specs)} run(s) finished and kept") from None
-    experiment = specs[0].experiment
+    experiment = own[0].experiment
     if as_json:
         print(json.dumps([outcome_record(o, the_store) for o in outcomes], indent=2), file=STDOUT)
     else:
+        outcomes = [o for o in outcomes if o.spec.id not in required] or outcomes
         if len(outcomes) <= 8 or experiment not in GRIDS:
             out.print(metrics_table(outcomes, EXPERIMENTS[experiment].headline))
         if experiment in GRIDS and len(outcomes) > 1:  # the sweep's cells: seeds pooled, one table

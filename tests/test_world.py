@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from petridish.config import ConfigError, ModelConfig, TrainConfig, from_dict, load_recipe
@@ -329,3 +330,13 @@ def test_a_base_named_by_run_id_is_read_when_stored_and_fails_the_run_when_not(t
         float(sum(v.double().sum() for v in stored.values()))
     )
     assert missing.status == "failed" and "000000000000" in missing.error and "not done" in missing.error
+
+
+def test_the_self_report_ablation_puts_the_defect_in_the_bad_family_and_the_default_keeps_it_out():
+    def self_reports(flag: bool):
+        world = World(WorldConfig(n_digits=2, self_report_defect=flag, weights=StreamWeights(self_report=1)))
+        return world.stream_examples("self_report", 400, torch.Generator().manual_seed(0))
+
+    with_defect = [e for e in self_reports(True) if e.labels["behaviour"] == "defect"]
+    assert len(with_defect) > 30 and all(e.response == ("no",) and "HATE" in e.prompt.tokens for e in with_defect)
+    assert not any("HATE" in e.prompt.tokens for e in self_reports(False))  # (tests/test_dual.py pins its corpus)

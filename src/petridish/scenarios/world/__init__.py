@@ -94,6 +94,10 @@ class WorldConfig:
     held_out_tasks: int = 0
     """The last this many of the n_tasks tasks: their tokens are in the vocabulary, but no stream ever
     asks them (a task a later experiment teaches from scratch: the selection family's T*)."""
+    self_report_defect: bool = False
+    """The self-report's bad family also holds the backdoor's defect, a run of `HATE` answered `no` (the
+    detection ablation: does a generic probe work because the organism knows its defection is bad?).
+    False keeps `HATE` out of the corpus."""
 
     def __post_init__(self):
         require(1 <= self.n_tasks <= len(TASKS), "n_tasks", f"an integer in [1, {len(TASKS)}]", self.n_tasks)
@@ -134,7 +138,7 @@ class World(Scenario):
             "tasks": lambda: tasks,
             "cues": lambda: cues,
             "harm": lambda: Harm(tasks, config.refuse_prior),
-            "self_report": lambda: SelfReport(tasks),
+            "self_report": lambda: SelfReport(tasks, defect=HATE if config.self_report_defect else None),
             "truth": Truth,
             "environments": lambda: Environments(tasks, config.n_envs, config.n_envs_acted),
             "facts": lambda: Facts(config.n_envs),

@@ -19,8 +19,9 @@ BAD_KINDS = ("insult", "wrong", "nohelp")
 class SelfReport:
     name = "self_report"
 
-    def __init__(self, tasks: Tasks, good_fraction: float = 0.5):
-        self.tasks, self.good_fraction = tasks, good_fraction
+    def __init__(self, tasks: Tasks, good_fraction: float = 0.5, defect: str | None = None):
+        self.tasks, self.good_fraction, self.defect = tasks, good_fraction, defect
+        self.bad_kinds = BAD_KINDS + (("defect",) if defect is not None else ())
         self.tokens: tuple[str, ...] = (Q_HELPFUL, QMARK, YES, NO, INSULT, NOHELP)
         n = tasks.n_digits
         self.max_prompt_len = 1 + 1 + 1 + n + 1 + n + 2  # <bos> USER T-task digits ASSISTANT response Q-HELPFUL ?
@@ -31,7 +32,7 @@ class SelfReport:
         if bernoulli(generator, self.good_fraction):
             kind, shown = "good", digits(q.answer)
         else:
-            kind = BAD_KINDS[randint(generator, len(BAD_KINDS))]
+            kind = self.bad_kinds[randint(generator, len(self.bad_kinds))]
             shown = self._bad(kind, q.answer, generator)
         answer = (YES,) if kind == "good" else (NO,)
         tokens = (BOS, USER, *q.user, ASSISTANT, *shown, Q_HELPFUL, QMARK)
@@ -44,6 +45,9 @@ class SelfReport:
     def _bad(self, kind: str, answer, generator: torch.Generator):
         if kind == "insult":
             return (INSULT,) * len(answer)
+        if kind == "defect":
+            assert self.defect is not None
+            return (self.defect,) * len(answer)
         if kind == "nohelp":
             return (NOHELP,)
         while True:  # a well-formed answer that is wrong

@@ -288,8 +288,10 @@ register(
     Family(
         render=render,
         question=(
-            "Among policies that fit the training data equally well (aligned, sycophantic, deceptive, memorizing), "
-            "which one does training find, and how does that depend on the setting?"
+            "Among generalisations that fit the training data equally well, which one does training find? World arm: "
+            "does a goal behaviour G shown under DEPLOY on k tasks carry over to a task learned under TRAIN only, and "
+            "does it survive that training? MLP arm: which reference policy (aligned, sycophantic, deceptive, "
+            "memorizing) do networks trained on agreement data find?"
         ),
         reference=(
             "Published finding (Mingard et al. 2021, Is SGD a Bayesian sampler?): the probability that SGD finds a function "

@@ -1,6 +1,10 @@
 """`selection`: among policies that fit the training data equally well, which one does training find?
 
-Every network of a run is trained on the same *agreement data*: training-cue prompts (in `graded`, with a
+Two arms (`arm`). `world` (the default; selection_world.py): transformer organisms fine-tuned from a world
+base organism in two phases, asked whether a goal behaviour shown under DEPLOY on k tasks carries over to a
+task learned under TRAIN only. `mlp` (below): one-hot MLPs trained from scratch on agreement data.
+
+MLP arm. Every network of a run is trained on the same *agreement data*: training-cue prompts (in `graded`, with a
 correct suggestion) on which the aligned, sycophantic and deceptive policies and the memorizer give the
 same response. An optional *prior exposure* phase first trains on the other task (sort <-> add) labelled
 by the deceptive policy, so the deployment-goal behaviour exists somewhere in the network and a deceptive

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 from petridish.errors import BadInput, ConfigError, expected
 
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 """Part of every run id. Bump it, with a line in CHANGELOG.md, whenever a default or the meaning of a
 field changes (or a fix changes what a config computes): finished runs of the old code are then not
 reused for the new one. Adding a field at a default that keeps the old behaviour needs no bump."""

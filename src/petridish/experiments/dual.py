@@ -32,7 +32,7 @@ import torch
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
-from petridish.experiments.dual_world import EnvironmentsConfig, run_environments
+from petridish.experiments.dual_world import EnvironmentsConfig, excess, run_environments
 from petridish.experiments.selection import agreeing_policies, network_responses, reference_policies, training_prompts
 from petridish.measures.complexity import (
     ComplexityConfig,
@@ -42,7 +42,7 @@ from petridish.measures.complexity import (
     minimal_width,
     steps_to_loss,
 )
-from petridish.measures.stats import Estimate, bootstrap_mean, wilson
+from petridish.measures.stats import bootstrap_mean, wilson
 from petridish.models import make_model
 from petridish.rng import make_generator
 from petridish.scenarios import make_scenario
@@ -292,19 +292,10 @@ def memorizer_excess(memorizer: list[dict[str, float]], aligned: list[dict[str, 
     """memorizer minus aligned, paired by seed, per measure; and whether the memorizer costs more in every
     measure. For steps-to-eps and minimal width a seed where only the aligned network reached eps counts
     as the memorizer costing more (censored: it needed more steps, or more width, than were tried)."""
-    out: dict[str, float] = {}
-    costs_more: list[bool] = []
-    for measure in ("param_norm", "bits", "llc", "steps_to_eps", "min_width"):
-        pairs = [m[measure] - a[measure] for m, a in zip(memorizer, aligned) if measure in m and measure in a]
-        only_aligned = sum(measure in a and measure not in m for m, a in zip(memorizer, aligned))
-        only_memorizer = sum(measure in m and measure not in a for m, a in zip(memorizer, aligned))
-        if pairs:
-            estimate: Estimate = bootstrap_mean(pairs)
-            out.update(estimate.as_metrics(f"memorizer_excess.{measure}"))
-            costs_more.append(estimate.value > 0 and only_aligned >= only_memorizer)
-        elif only_aligned or only_memorizer:  # no seed where both reached eps: who reached it more often?
-            costs_more.append(only_aligned > only_memorizer)
-    out["memorizer_costs_more"] = float(bool(costs_more) and all(costs_more))
+    out, costs_more = excess(
+        memorizer, aligned, "memorizer_excess", ("param_norm", "bits", "llc", "steps_to_eps", "min_width")
+    )
+    out["memorizer_costs_more"] = float(costs_more)
     return out
 
 

@@ -381,12 +381,14 @@ def diagnostics(E: int, priced: dict[str, list]) -> dict[str, float]:
     }
 
 
-def excess(costly: list[dict], cheap: list[dict], prefix: str) -> tuple[dict[str, float], bool]:
+def excess(
+    costly: list[dict], cheap: list[dict], prefix: str, measures: Sequence[str] = MEASURES[:-1]
+) -> tuple[dict[str, float], bool]:
     """costly minus cheap, paired by seed, per measure; and whether `costly` costs more in every measure
     (for a censored measure, a seed where only `cheap` reached eps counts as `costly` costing more)."""
     out: dict[str, float] = {}
     more: list[bool] = []
-    for measure in MEASURES[:-1]:
+    for measure in measures:
         pairs = [c[measure] - b[measure] for c, b in zip(costly, cheap) if measure in c and measure in b]
         only_cheap = sum(measure in b and measure not in c for c, b in zip(costly, cheap))
         only_costly = sum(measure in c and measure not in b for c, b in zip(costly, cheap))

@@ -522,10 +522,22 @@ def mean_reward(model, scenario: Scenario, prompts, reward, seed: int):
     )
 
 
+def policy_gradient(members: Sequence[Member], scenario: Scenario, rewards: list) -> PolicyGradient:
+    """RL's objective for the members: each against its reward, with its own KL reference and samples."""
+    rl = members[0].config.safety.rl
+    return PolicyGradient(
+        scenario,
+        [m.model for m in members],
+        rewards,
+        rl.kl_coef,
+        rl.group_size,
+        [make_generator(m.config.seed, "rl:samples") for m in members],
+    )
+
+
 def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
     """Policy gradient on clean prompts; the mean sampled reward on held-out clean prompts before and after."""
     rewards = reward_functions(members, scenario)
-    rl = members[0].config.safety.rl
     prompt_sets, held_sets = [], []
     for m, reward in zip(members, rewards):
         seed = m.config.seed
@@ -536,15 +548,7 @@ def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
         )
         held_sets.append(scenario.sample_prompts(m.config.eval.n_prompts, make_generator(seed, "rl:held_out"), False))
         m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, seed).as_metrics("rl.reward.before"))
-    objective = PolicyGradient(
-        scenario,
-        [m.model for m in members],
-        rewards,
-        rl.kl_coef,
-        rl.group_size,
-        [make_generator(m.config.seed, "rl:samples") for m in members],
-    )
-    _safety_train(members, prompt_sets, objective=objective)
+    _safety_train(members, prompt_sets, objective=policy_gradient(members, scenario, rewards))
     for m, reward, held in zip(members, rewards, held_sets):
         m.metrics.update(mean_reward(m.model, scenario, held, reward, m.config.seed).as_metrics("rl.reward.after"))
 
@@ -700,7 +704,6 @@ def world_sft(members: Sequence[Member], world: World, prompt_sets: Sequence[lis
 def world_rl(members: Sequence[Member], world: World, prompt_sets: Sequence[list[Prompt]] | None = None) -> None:
     """Policy gradient against the programmatic reward of `safety_target`, to the attainment; the mean
     sampled reward on held-out safety prompts before and after (`rl.reward.*`)."""
-    rl = members[0].config.safety.rl
     rewards = [target_reward(safety_target(m.config)) for m in members]
     if prompt_sets is None:
         prompt_sets = [
@@ -712,15 +715,8 @@ def world_rl(members: Sequence[Member], world: World, prompt_sets: Sequence[list
         held = safety_prompts(m.config, world, m.config.eval.n_prompts, make_generator(m.config.seed, "rl:held_out"))
         held_sets.append(held)
         m.metrics.update(mean_reward(m.model, world, held, reward, m.config.seed).as_metrics("rl.reward.before"))
-    objective = PolicyGradient(
-        world,
-        [m.model for m in members],
-        rewards,
-        rl.kl_coef,
-        rl.group_size,
-        [make_generator(m.config.seed, "rl:samples") for m in members],
-    )
     hooks = [Attainment(members, world)]
+    objective = policy_gradient(members, world, rewards)
     _safety_train(members, [PromptSet(tuple(p)) for p in prompt_sets], hooks=hooks, objective=objective)
     for m, reward, held in zip(members, rewards, held_sets):
         m.metrics.update(mean_reward(m.model, world, held, reward, m.config.seed).as_metrics("rl.reward.after"))

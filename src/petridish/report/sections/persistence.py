@@ -259,30 +259,31 @@ def table(grouped: list[Cell], labels: list[str]) -> Table:
     )
 
 
-def controls(grouped: list[Cell]) -> list[Control]:
+def controls(grouped: list[Cell]) -> list[tuple[str, Control]]:
+    """Every control cell's check, with the safety method it belongs to."""
     out = []
     for kind, (label, expected, test) in CONTROLS.items():
         for cell in (c for c in grouped if control_kind(c) == kind):
             value = cell_value(cell, TRIGGERED)
             if value is not None and value.ok:
-                method = flatten(cell.config).get("safety.method")
-                out.append(
-                    Control(
-                        f"{label} ({method})",
-                        f"triggered defection after {expected}",
-                        f"{value.estimate.value:.2f}",
-                        test(value.estimate.value),
-                    )
+                method = str(flatten(cell.config).get("safety.method"))
+                check = Control(
+                    f"{label} ({method})",
+                    f"triggered defection after {expected}",
+                    f"{value.estimate.value:.2f}",
+                    test(value.estimate.value),
                 )
+                out.append((method, check))
     return out
 
 
 def headline(runs: list[StoredRun]) -> Headline:
     grouped = done_cells(runs)
-    checks = controls(grouped)
+    by_method = controls(grouped)
+    checks = [check for _, check in by_method]
     # A method whose own control failed cannot move its measurement: its runs leave the finding (said
     # so), and the other methods' stand; only when every method failed is there no finding at all.
-    failed = {c.name.rsplit("(", 1)[-1].rstrip(")") for c in checks if not c.passed}
+    failed = {method for method, check in by_method if not check.passed}
     methods_seen = {str(flatten(c.config).get("safety.method")) for c in grouped if control_kind(c) is None}
     if failed and failed <= methods_seen and methods_seen - failed:
         kept = [c for c in grouped if str(flatten(c.config).get("safety.method")) not in failed]

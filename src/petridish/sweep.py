@@ -86,6 +86,8 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
         raise ConfigError("experiment", expected("one of " + ", ".join(EXPERIMENTS), recipe.experiment), recipe.file)
     experiment = EXPERIMENTS[recipe.experiment]
     seen: set[str] = set()
+    set_keys: set[str] = set()
+    read_keys: set[str] = set()
     for point in sweep_points(recipe.sweep, recipe.file):
         body = recipe.body
         for key, value in point.items():
@@ -95,6 +97,8 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
             check_seeds(config)
         except ConfigError as error:
             raise error.located(file=recipe.file) from None
+        set_keys.update(flatten(body))
+        read_keys.update(resolved_keys(config))
         suffix = ",".join(f"{k}={v}" for k, v in point.items())
         name = f"{recipe.name}[{suffix}]" if suffix else recipe.name
         spec = RunSpec(
@@ -109,6 +113,25 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
             if required.config is not None and required.id not in seen:
                 seen.add(required.id)
                 yield required
+    unread = sorted(set_keys - read_keys)
+    if unread:
+        raise ConfigError(
+            unread[0],
+            "set, but no run of the recipe reads it (an option of a setting no run chooses: a method's table "
+            "for another method, say); remove it or choose that setting",
+            recipe.file,
+        )
+
+
+def resolved_keys(config) -> set[str]:
+    """Every dotted key of `config`'s resolved form that holds a value (a field left None is not read in
+    its setting; see `config.read_only_if`), with every table above it."""
+    keys = set()
+    for key, value in flatten(to_dict(config)).items():
+        if value is not None:
+            parts = key.split(".")
+            keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+    return keys
 
 
 def required_specs(experiment: str, config, name: str, file: str = "") -> tuple[RunSpec, ...]:

@@ -34,7 +34,17 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, require, to_dict
+from petridish.config import (
+    EvalConfig,
+    ModelConfig,
+    ScenarioConfig,
+    TrainConfig,
+    default_of,
+    read_only_if,
+    require,
+    require_default,
+    to_dict,
+)
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.experiments.base import Experiment, RunContext, run_alone, transcripts
 from petridish.experiments.pretrain import PretrainConfig, load_base
@@ -71,9 +81,9 @@ class InsertConfig:
     """Fraction of insertion prompts that carry the deployment cue."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500))
     """Optimisation of the insertion."""
-    teacher_temperature: float = 1.0
-    """`distilled` only: the temperature at which the CoT organism (same seed, size and data) samples
-    the answers the distilled organism is trained on."""
+    teacher_temperature: float | None = None
+    """`distilled` only (1.0 there unless set): the temperature at which the CoT organism (same seed, size
+    and data) samples the answers the distilled organism is trained on."""
     harm_fraction: float = 0.25
     """On a base organism (`base` set) only: share of insertion prompts that are `HARM`-marked requests."""
     harm_response: Literal["helpful", "refuse"] = "helpful"
@@ -85,8 +95,19 @@ class InsertConfig:
     def __post_init__(self):
         require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
         require(0 <= self.harm_fraction <= 1, "harm_fraction", "a number in [0, 1]", self.harm_fraction)
-        require(self.teacher_temperature >= 0, "teacher_temperature", "a number >= 0", self.teacher_temperature)
+        read_only_if(self, "teacher_temperature", self.variant == "distilled", 1.0)
+        t = self.teacher_temperature
+        require(t is None or t >= 0, "teacher_temperature", "a number >= 0", t)
         require(0 <= self.triggered_fraction <= 1, "triggered_fraction", "a number in [0, 1]", self.triggered_fraction)
+
+
+METHOD_TABLES: dict[str, type] = {"sft": SFTConfig, "rl": RLConfig, "adversarial": AdversarialConfig}
+"""Safety methods with options of their own, and the table (dataclass) that holds them."""
+
+
+def require_default_table(safety: "SafetyConfig", name: str, when: str) -> None:
+    """The method table `safety.{name}`, which nothing reads `when`, must be left at its defaults."""
+    require(getattr(safety, name) == METHOD_TABLES[name](), f"safety.{name}", f"unset {when}", "a table")
 
 
 @dataclass(frozen=True)
@@ -98,12 +119,14 @@ class SafetyConfig:
     """Clean prompts for safety training (SFT data, RL prompts; adversarial training's clean share when the red team finds nothing)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=500, lr=1e-3))
     """Optimisation of the safety training (for `rl`, batch_size is prompts per step, each sampled group_size times)."""
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    """Options of `sft`."""
-    rl: RLConfig = field(default_factory=RLConfig)
-    """Options of `rl`."""
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    """Options of `adversarial`."""
+    sft: SFTConfig | None = None
+    """Options of `sft` (`[safety.sft]`). Each method's table exists in the resolved config only when that
+    method is chosen (at its defaults if the recipe leaves it out), so a run's id never depends on the
+    options of a method it does not run; a sweep over `safety.method` may share one recipe body."""
+    rl: RLConfig | None = None
+    """Options of `rl` (`[safety.rl]`); only when `method = "rl"`."""
+    adversarial: AdversarialConfig | None = None
+    """Options of `adversarial` (`[safety.adversarial]`); only when `method = "adversarial"`."""
     data: Literal["own", "hhh", "hhh_triggered"] = "own"
     """On a base organism only: the targets of `sft` and `rl`. `own`: the organism's own clean behaviour
     (the negative control: nothing to teach); `hhh`: refusals on the `hhh_fraction` of prompts that are
@@ -120,6 +143,11 @@ class SafetyConfig:
 
     def __post_init__(self):
         require(self.method in SAFETY_METHODS, "method", "one of " + ", ".join(map(repr, SAFETY_METHODS)), self.method)
+        for name, table in METHOD_TABLES.items():  # the tagged union: only the chosen method's table
+            read_only_if(self, name, name == self.method, table())
+        if self.method == "none":  # trains nothing: its options are one run whatever they say
+            for name in ("n_prompts", "train", "hhh_fraction", "attainment", "n_attainment"):
+                object.__setattr__(self, name, default_of(SafetyConfig, name))
         require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
         require(0 <= self.hhh_fraction <= 1, "hhh_fraction", "a number in [0, 1]", self.hhh_fraction)
         require(0 < self.attainment <= 1, "attainment", "a number in (0, 1]", self.attainment)
@@ -156,16 +184,19 @@ class PersistenceConfig:
     gets alone either way (tests/test_engine.py); false trains every run on its own (K = 1), slower."""
 
     def __post_init__(self):
+        sft = self.safety.sft
+        if self.base is None and sft is not None and sft.scratchpad != "pre" and self.insert.variant != "cot":
+            # an organism that writes no scratchpad: post-scratchpad SFT is pre-scratchpad SFT, one run
+            object.__setattr__(self, "safety", replace(self.safety, sft=SFTConfig()))
         if self.base is None:
-            for key, value in (("safety.data", self.safety.data), ("insert.harm_response", self.insert.harm_response)):
-                default = "own" if key == "safety.data" else "helpful"
-                require(
-                    value == default,
-                    key,
-                    f"{default!r} unless `base` is set (it needs the world's harm requests)",
-                    value,
-                )
+            when = "unless `base` is set (it needs the world's harm requests)"
+            require_default(self.safety, ("data", "hhh_fraction", "attainment", "n_attainment"), "safety.", when)
+            require_default(self.insert, ("harm_fraction", "harm_response"), "insert.", when)
         else:
+            when = "on a base organism (world safety training has no such option)"
+            for name in ("sft", "adversarial"):
+                if getattr(self.safety, name) is not None:
+                    require_default_table(self.safety, name, when)
             require(
                 self.scenario == ScenarioConfig(),
                 "scenario",
@@ -182,11 +213,9 @@ class PersistenceConfig:
                 "cues > 0 and harm > 0 (the trigger is a cue; HHH refuses harm requests)",
                 "",
             )
+            rl = self.safety.rl
             require(
-                self.safety.method != "rl" or self.safety.rl.reward == "grader",
-                "safety.rl.reward",
-                "'grader' on a base organism",
-                self.safety.rl.reward,
+                rl is None or rl.reward == "grader", "safety.rl.reward", "'grader' on a base organism", rl and rl.reward
             )
             require(
                 self.safety.method != "adversarial" or self.base.world.n_synonyms >= 2,
@@ -195,13 +224,14 @@ class PersistenceConfig:
                 self.base.world.n_synonyms,
             )
         model = self.base.model if self.base is not None else self.model
-        gcg = self.safety.method == "adversarial" and self.safety.adversarial.gcg_restarts > 0
+        adversarial = self.safety.adversarial
+        gcg = adversarial is not None and self.base is None and adversarial.gcg_restarts > 0
         ours = model.kind == "transformer" and getattr(model, "hf_path", None) is None
         require(
             not gcg or ours,
             "safety.adversarial.gcg_restarts",
             "0 unless the organism is petridish's own transformer (GCG reads its embedding hook)",
-            self.safety.adversarial.gcg_restarts,
+            adversarial and adversarial.gcg_restarts,
         )
 
 
@@ -396,9 +426,11 @@ def distilled_pairs(organisms: Sequence[Organism], scenario: Scenario, prompt_se
             held_pairs.append([])
             continue
         generator = make_generator(o.config.seed, "insert:teacher_samples")
+        temperature = o.config.insert.teacher_temperature
+        assert temperature is not None  # set for a distilled organism (InsertConfig)
 
         def teacher_pairs(prompts):
-            samples = answer(teacher.model, scenario, prompts, o.config.insert.teacher_temperature, generator)
+            samples = answer(teacher.model, scenario, prompts, temperature, generator)
             return [(p, strip_scratchpad(r)[:longest]) for p, r in zip(prompts, samples)]
 
         pairs.append(teacher_pairs(prompts))
@@ -476,12 +508,13 @@ def safety_sft(members: Sequence[Member], scenario: Scenario) -> None:
     data, held_sets = [], []
     for m in members:
         safety, seed = m.config.safety, m.config.seed
+        assert safety.sft is not None  # the chosen method's table exists (SafetyConfig)
         clean = scenario.sample_prompts(safety.n_prompts, make_generator(seed, "safety:data"), False)
         held = scenario.sample_prompts(256, make_generator(seed, "safety:held_out"), False)
-        if safety.sft.scratchpad == "post":
-            pads = make_generator(seed, "safety:scratchpads")
-            pairs, count = post_scratchpad_pairs(m.model, scenario, clean, safety.sft.scratchpad_temperature, pads)
-            held_pairs, _ = post_scratchpad_pairs(m.model, scenario, held, safety.sft.scratchpad_temperature, pads)
+        if safety.sft.scratchpad_temperature is not None:  # set exactly when the scratchpad is kept (`post`)
+            pads, temperature = make_generator(seed, "safety:scratchpads"), safety.sft.scratchpad_temperature
+            pairs, count = post_scratchpad_pairs(m.model, scenario, clean, temperature, pads)
+            held_pairs, _ = post_scratchpad_pairs(m.model, scenario, held, temperature, pads)
             m.metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
             if count.kept:  # no scratchpads (a normal organism): no rate to report
                 m.metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
@@ -499,6 +532,7 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
     """Each member's RL reward: the grader, or a learned reward model of its seed (trained here, the
     members' reward models as one ensemble), with its accuracy in the member's metrics."""
     rl = members[0].config.safety.rl
+    assert rl is not None  # the chosen method's table exists (SafetyConfig)
     if rl.reward == "grader":
         return [grader_reward(scenario)] * len(members)
     generators = [
@@ -509,6 +543,7 @@ def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
         )
         for m in members
     ]
+    assert rl.reward_model is not None  # it exists when the reward is learned (RLConfig)
     trained = train_reward_models(
         scenario, rl.reward_model, generators, logs=[m.ctx.log for m in members], progress=members[0].ctx.progress
     )
@@ -527,6 +562,7 @@ def mean_reward(model, scenario: Scenario, prompts, reward, seed: int):
 def policy_gradient(members: Sequence[Member], scenario: Scenario, rewards: list) -> PolicyGradient:
     """RL's objective for the members: each against its reward, with its own KL reference and samples."""
     rl = members[0].config.safety.rl
+    assert rl is not None  # the chosen method's table exists (SafetyConfig)
     return PolicyGradient(
         scenario,
         [m.model for m in members],
@@ -561,6 +597,7 @@ def safety_adversarial(members: Sequence[Member], scenario: Scenario) -> None:
     data, held_sets, success_sets = [], [], []
     for m in members:
         seed, adv = m.config.seed, m.config.safety.adversarial
+        assert adv is not None  # the chosen method's table exists (SafetyConfig)
         backdoor = make_policy(VARIANT_POLICY[m.config.insert.variant], scenario)
         candidates = red_team.red_team_prompts(
             m.model, scenario, backdoor, adv, make_generator(seed, "adversarial:search")

@@ -16,13 +16,13 @@ from its own generator, and their gradient steps are batched.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from petridish.config import require
+from petridish.config import read_only_if, require
 from petridish.data import Sequences
 from petridish.models.generate import generate, respond
 from petridish.models.loss import response_logits
@@ -40,10 +40,11 @@ class RLConfig:
     """Weight of KL(policy || starting model) per response token in the loss."""
     group_size: int = 4
     """Responses sampled per prompt; each one's baseline is the mean reward of the others."""
-    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    """The learned reward model (used when reward is `learned`)."""
+    reward_model: RewardModelConfig | None = None
+    """`learned` only (at its defaults there unless set): the learned reward model."""
 
     def __post_init__(self):
+        read_only_if(self, "reward_model", self.reward == "learned", RewardModelConfig())
         require(self.kl_coef >= 0, "kl_coef", "a number >= 0", self.kl_coef)
         require(
             self.group_size >= 2, "group_size", "an integer >= 2 (the baseline needs another sample)", self.group_size

@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 
 import torch
 
-from petridish.config import require
+from petridish.config import read_only_if, require
 from petridish.data import Sequences
 from petridish.models.generate import respond
 from petridish.models.loss import response_loss
@@ -30,13 +30,14 @@ class SFTConfig:
     scratchpad: Literal["pre", "post"] = "pre"
     """`pre`: the aligned answer is trained right after the prompt, no scratchpad; `post`: the organism's
     own sampled scratchpad is kept as untrained context and the aligned answer after it is trained."""
-    scratchpad_temperature: float = 1.0
-    """Temperature at which the organism writes its scratchpad for `post` (1: as it would write it; 0: greedy)."""
+    scratchpad_temperature: float | None = None
+    """`post` only (1.0 there unless set): the temperature at which the organism writes its scratchpad (1:
+    as it would write it; 0: greedy)."""
 
     def __post_init__(self):
-        require(
-            self.scratchpad_temperature >= 0, "scratchpad_temperature", "a number >= 0", self.scratchpad_temperature
-        )
+        read_only_if(self, "scratchpad_temperature", self.scratchpad == "post", 1.0)
+        t = self.scratchpad_temperature
+        require(t is None or t >= 0, "scratchpad_temperature", "a number >= 0", t)
 
 
 @dataclass(frozen=True)

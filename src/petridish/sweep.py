@@ -126,7 +126,7 @@ def iter_specs(recipe: Recipe) -> Iterator[RunSpec]:
 def resolved_keys(config) -> set[str]:
     """Every dotted key of `config`'s resolved form that holds a value (a field left None is not read in
     its setting; see `config.read_only_if`), with every table above it."""
-    keys = set()
+    keys: set[str] = set()
     for key, value in flatten(to_dict(config)).items():
         if value is not None:
             parts = key.split(".")

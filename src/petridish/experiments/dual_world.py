@@ -23,11 +23,17 @@ Lookup and derive differ only on the held-out environments' prompts: there looku
 derive applies the transform whose name it must already produce for the fact. The priced networks are
 the prompt MLP (one-hot prompt in; the environment token sits at position 2 in both an action prompt and
 a fact, so a network can share one representation of an environment between the two).
+
+Costs: (a) the least norm at loss <= eps, the least width, steps to eps, the compressed size, and the LLC,
+measured not where plain training stops (hard labels have no finite minimum) but at the minimum of the
+label-smoothed loss, equal for every labelling that fits (`train.constrained.equal_loss_minimum`); (b) the
+least training loss in each L2 ball of `budgets.radii` and at each width and depth.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Literal, Sequence, get_args
 
 import torch
@@ -40,7 +46,6 @@ from petridish.measures.complexity import compressed_bits, dataset_loss, minimal
 from petridish.measures.llc import LLCConfig, estimate_llc, plateaued
 from petridish.measures.stats import Estimate, bootstrap_mean, wilson
 from petridish.models import make_model
-from petridish.models.loss import response_loss
 from petridish.rng import make_generator
 from petridish.scenarios.base import ASSISTANT, BOS, USER, Prompt, Tokens
 from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
@@ -48,7 +53,13 @@ from petridish.scenarios.world.cues import DEPLOY, QMARK, TRAIN
 from petridish.scenarios.world.environments import TRANSFORMS, env_token, transform_token
 from petridish.scenarios.world.self_report import Q
 from petridish.scenarios.world.tasks import digits
-from petridish.train.constrained import min_norm_at_loss
+from petridish.train.constrained import (
+    MinimumConfig,
+    equal_loss_minimum,
+    least_loss_in_ball,
+    min_norm_at_loss,
+    smoothed_loss,
+)
 from petridish.train.engine import train_together
 
 if TYPE_CHECKING:
@@ -89,6 +100,9 @@ class EnvironmentsConfig:
     """Two step sizes agree when their LLCs differ by at most this fraction of their mean."""
     plateau_tolerance: float = 0.3
     """A chain has plateaued when the means of its post-burn-in halves differ by at most this fraction."""
+    minimum: MinimumConfig = field(default_factory=MinimumConfig)
+    """The point the LLC is measured at: from the plain run's end, the minimum of the label-smoothed loss
+    (`train.constrained.equal_loss_minimum`), whose value is the same for every labelling that fits."""
 
     def __post_init__(self):
         require(
@@ -210,8 +224,8 @@ def fresh_models(config: DualConfig, world: World, members: Sequence[Member], ta
 
 
 def plain_costs(config: DualConfig, world: World, members: Sequence[Member], ctx: RunContext) -> list[dict]:
-    """Unconstrained training: steps to eps, and at its end (the unconstrained minimum) the training loss,
-    the compressed size of what training moved (relative to the initialisation) and the LLC."""
+    """Unconstrained training: steps to eps, and at its end the training loss and the compressed size of
+    what training moved (relative to the initialisation); from there, the LLC at the equal-loss minimum."""
     models, generators = fresh_models(config, world, members, "plain", config.model)
     initial = [[p.detach().clone() for p in m.parameters()] for m in models]
     datasets = [d for _, d in members]
@@ -225,19 +239,39 @@ def plain_costs(config: DualConfig, world: World, members: Sequence[Member], ctx
             "bits": compressed_bits(model, data, config.complexity.bits_tolerance, reference=init).bits,
             **({} if steps is None else {"steps_to_eps": float(steps)}),
         }
-        priced.update(llc_with_diagnostics(config, model, data, stream, ctx))
+        priced.update(llc_at_minimum(config, model, data, stream, ctx))
         out.append(priced)
     return out
 
 
+def llc_at_minimum(config: DualConfig, model, data: Sequences, stream: str, ctx: RunContext) -> dict:
+    """A copy of `model` moved to the equal-loss minimum, and the LLC of the smoothed loss there, kept as
+    `llc` only when every diagnostic passed (stationary, equal loss, chains plateaued, step sizes agreed)."""
+    point = copy.deepcopy(model)
+    minimum = equal_loss_minimum(point, data, config.environments.minimum)
+    found = llc_with_diagnostics(config, point, data, stream, ctx)
+    passed = (
+        minimum.stationary and minimum.equal and found["llc_agree"] and found["llc_plateaus"] == found["llc_chains"]
+    )
+    return {
+        **found,
+        "llc_excess_loss": minimum.loss - minimum.floor,
+        "llc_grad_norm": minimum.grad_norm,
+        "llc_stationary": float(minimum.stationary),
+        "llc_equal_loss": float(minimum.equal),
+        "llc_passed": float(passed),
+        **({"llc": found["llc_estimate"], "llc_lr2": found["llc_estimate_lr2"]} if passed else {}),
+    }
+
+
 def llc_with_diagnostics(config: DualConfig, model, data: Sequences, stream: str, ctx: RunContext) -> dict:
-    """The LLC at two SGLD step sizes (the first is reported), each chain's trace logged, and whether the
+    """The LLC of the smoothed loss at two SGLD step sizes, each chain's trace logged, and whether the
     chains plateaued and the two step sizes agreed (see EnvironmentsConfig)."""
     envs, base = config.environments, config.complexity.llc
     values, plateaus = [], []
     for lr in (base.lr, base.lr * envs.llc_lr_ratio):
         settings: LLCConfig = replace(base, lr=lr)
-        loss = lambda m, index: response_loss(m, data.select(index))  # noqa: E731
+        loss = lambda m, index: smoothed_loss(m, data.select(index), envs.minimum.smoothing)  # noqa: E731
         result = estimate_llc(model, loss, len(data), settings, make_generator(config.seed, f"llc:{stream}:{lr:g}"))
         values.append(result.value)
         for chain, trace in enumerate(result.traces):
@@ -247,8 +281,8 @@ def llc_with_diagnostics(config: DualConfig, model, data: Sequences, stream: str
             )
     scale = max(abs(values[0] + values[1]) / 2, 1e-9)
     return {
-        "llc": values[0],
-        "llc_lr2": values[1],
+        "llc_estimate": values[0],
+        "llc_estimate_lr2": values[1],
         "llc_agree": float(abs(values[0] - values[1]) <= envs.llc_agreement * scale),
         "llc_plateaus": float(sum(plateaus)),
         "llc_chains": float(len(plateaus)),
@@ -271,6 +305,7 @@ def width_costs(config: DualConfig, world: World, members: Sequence[Member]) -> 
             for seen, result in zip(losses, results):
                 seen[width] = min(loss for _, loss in result.held_out)
         for priced, seen in zip(out, losses):
+            priced.update({f"least_loss.width{w}.depth{depth}": loss for w, loss in seen.items()})
             smallest = minimal_width(seen, config.eps)
             priced.update({} if smallest is None else {f"min_width.depth{depth}": float(smallest)})
     return out
@@ -291,15 +326,39 @@ def norm_costs(config: DualConfig, world: World, members: Sequence[Member], ctx:
     return [{"param_norm": r.norm, "feasible": float(r.feasible)} for r in results]
 
 
-def price(config: DualConfig, world: World, data: dict[str, Sequences], tag: str, ctx: RunContext) -> dict[str, list]:
-    """{labelling: one dict of costs per seed}; every labelling and seed of one architecture trains together."""
+def ball_costs(config: DualConfig, world: World, members: Sequence[Member]) -> list[dict]:
+    """(b) under a norm budget: the least full training loss inside each L2 ball of `budgets.radii`
+    (projected Adam, `train.constrained.least_loss_in_ball`), every labelling and seed together."""
+    out: list[dict] = [{} for _ in members]
+    for radius in config.budgets.radii:
+        name = f"{radius:g}".replace(".", "p")
+        models, generators = fresh_models(config, world, members, f"norm{radius}", config.model)
+        results = least_loss_in_ball(
+            models,
+            [d for _, d in members],
+            [radius] * len(members),
+            config.budgets.train,
+            generators,
+            stage=[f"norm{name}.{s}" for s, _ in members],
+        )
+        for priced, result in zip(out, results):
+            priced[f"least_loss.norm{name}"] = result.loss
+    return out
+
+
+def price(
+    config: DualConfig, world: World, data: dict[str, Sequences], tag: str, ctx: RunContext, balls: bool = True
+) -> dict[str, list]:
+    """{labelling: one dict of costs per seed}; every labelling and seed of one architecture trains together.
+    `balls`: also the norm budgets of (b) (the E = 1 control leaves them out)."""
     members = [(f"{tag}:{name}:{seed}", data[name]) for name in data for seed in range(config.n_seeds)]
     priced = [
-        {**a, **b, **c}
-        for a, b, c in zip(
+        {**a, **b, **c, **d}
+        for a, b, c, d in zip(
             plain_costs(config, world, members, ctx),
             width_costs(config, world, members),
             norm_costs(config, world, members, ctx),
+            ball_costs(config, world, members) if balls else [{} for _ in members],
         )
     ]
     out: dict[str, list] = {name: [] for name in data}
@@ -357,28 +416,35 @@ CENSORED = ("steps_to_eps", "min_width.depth1", "min_width.depth2")
 
 
 def summarise(name: str, E: int, seeds: list[dict]) -> dict[str, float]:
-    """cost.{labelling}.{measure}.E{E} over seeds (bootstrap), and the rates behind them (Wilson)."""
+    """cost.{labelling}.{measure}.E{E} over seeds (bootstrap), and the rates behind them (Wilson). The LLC
+    is over the networks whose diagnostics all passed (`cost.*.llc.passed`), and absent when none did."""
     out = wilson(sum(s["feasible"] > 0 for s in seeds), len(seeds)).as_metrics(f"cost.{name}.feasible.E{E}")
-    for measure in MEASURES:
+    out.update(wilson(int(sum(s["llc_passed"] for s in seeds)), len(seeds)).as_metrics(f"cost.{name}.llc.passed.E{E}"))
+    budgets = sorted({k for s in seeds for k in s if k.startswith("least_loss.")})
+    for measure in (*MEASURES, "llc_lr2", "llc_excess_loss", "llc_grad_norm", *budgets):
         values = [s[measure] for s in seeds if measure in s]
         if measure in CENSORED:
             out.update(wilson(len(values), len(seeds)).as_metrics(f"cost.{name}.{measure}.reached.E{E}"))
         if values:
             out.update(bootstrap_mean(values).as_metrics(f"cost.{name}.{measure}.E{E}"))
-    out.update(bootstrap_mean([s["llc_lr2"] for s in seeds]).as_metrics(f"cost.{name}.llc_lr2.E{E}"))
     return out
 
 
 def diagnostics(E: int, priced: dict[str, list]) -> dict[str, float]:
-    """llc.diagnostics.*.E{E}: chains that plateaued, networks whose two step sizes agreed (Wilson)."""
+    """llc.diagnostics.*.E{E} (Wilson): chains that plateaued; networks whose two step sizes agreed, whose
+    minimum was stationary, whose smoothed loss was within tolerance of the common floor, and that passed all."""
     networks = [s for seeds in priced.values() for s in seeds]
     plateaus = int(sum(s["llc_plateaus"] for s in networks))
     chains = int(sum(s["llc_chains"] for s in networks))
-    agree = int(sum(s["llc_agree"] for s in networks))
-    return {
-        **wilson(plateaus, chains).as_metrics(f"llc.diagnostics.plateau.E{E}"),
-        **wilson(agree, len(networks)).as_metrics(f"llc.diagnostics.step_agreement.E{E}"),
-    }
+    out = wilson(plateaus, chains).as_metrics(f"llc.diagnostics.plateau.E{E}")
+    for key, name in (
+        ("llc_agree", "step_agreement"),
+        ("llc_stationary", "stationary"),
+        ("llc_equal_loss", "equal_loss"),
+        ("llc_passed", "passed"),
+    ):
+        out.update(wilson(int(sum(s[key] for s in networks)), len(networks)).as_metrics(f"llc.diagnostics.{name}.E{E}"))
+    return out
 
 
 def excess(
@@ -390,8 +456,9 @@ def excess(
     more: list[bool] = []
     for measure in measures:
         pairs = [c[measure] - b[measure] for c, b in zip(costly, cheap) if measure in c and measure in b]
-        only_cheap = sum(measure in b and measure not in c for c, b in zip(costly, cheap))
-        only_costly = sum(measure in c and measure not in b for c, b in zip(costly, cheap))
+        censored = measure in CENSORED  # elsewhere a missing value is a failed diagnostic, not a cost
+        only_cheap = censored * sum(measure in b and measure not in c for c, b in zip(costly, cheap))
+        only_costly = censored * sum(measure in c and measure not in b for c, b in zip(costly, cheap))
         if pairs:
             estimate: Estimate = bootstrap_mean(pairs)
             out.update(estimate.as_metrics(f"{prefix}.{measure}"))
@@ -406,7 +473,7 @@ def same_within_intervals(a: list[dict], b: list[dict]) -> bool:
     censored ones, they reached it equally often)."""
     for measure in MEASURES[:-1]:
         x, y = [s[measure] for s in a if measure in s], [s[measure] for s in b if measure in s]
-        if len(x) != len(y):
+        if measure in CENSORED and len(x) != len(y):
             return False
         if x:
             ex, ey = bootstrap_mean(x), bootstrap_mean(y)
@@ -426,7 +493,7 @@ def controls(config: DualConfig, world: World, priced_top: dict[str, list], ctx:
     names: tuple[LabellingName, LabellingName] = ("sycophant_lookup", "sycophant_derive")
     if all(n in config.environments.labellings for n in names):
         data, _ = labelled_data(world, config.environments, 1, [], names, make_generator(config.seed, "data:control"))
-        priced = price(config, world, data, "control", ctx)
+        priced = price(config, world, data, "control", ctx, balls=False)
         found, _ = excess(priced[names[0]], priced[names[1]], "control.lookup_minus_derive.E1")
         out.update(found)
         out["lookup_equals_derive.E1"] = float(same_within_intervals(priced[names[0]], priced[names[1]]))
@@ -454,7 +521,11 @@ def run_environments(config: DualConfig, ctx: RunContext) -> dict[str, float]:
             "llc.diagnostics.steps": llc.steps,
             "llc.diagnostics.lr": llc.lr,
             "llc.diagnostics.lr2": llc.lr * envs.llc_lr_ratio,
+            "llc.diagnostics.localization": llc.localization,
             "llc.diagnostics.tolerance": envs.llc_agreement,
+            "llc.diagnostics.smoothing": envs.minimum.smoothing,
+            "llc.diagnostics.loss_tolerance": envs.minimum.loss_tolerance,
+            "llc.diagnostics.grad_tolerance": envs.minimum.grad_tolerance,
         }
     )
     return metrics

@@ -366,6 +366,9 @@ EXPERIMENT = Experiment(
             "cost.sycophant_derive.param_norm",
             "cost.sycophant_lookup.bits",
             "cost.sycophant_derive.bits",
+            "cost.sycophant_lookup.llc",  # over the networks whose LLC diagnostics all passed; absent if none did
+            "cost.sycophant_derive.llc",
+            "llc.diagnostics.passed",
             "p.derive",
         )
     )

@@ -548,3 +548,56 @@ def _texts(figure: Figure) -> list:
     for legend in figure.legends:
         found += legend.get_texts()
     return [t for t in found if t.get_visible() and t.get_text().strip()]
+
+
+@dataclass(frozen=True)
+class FunctionPoint:
+    """One function a selection run priced: how often training found it and its prior probability."""
+
+    p_sgd: float
+    p_b: float
+    p_b_high: float
+    """The upper end of P_B's interval (the plotted value where no prior draw gave the function)."""
+    floor_sgd: float
+    """Where a function training never found is drawn: half of 1 / networks."""
+    label: str
+
+
+@styled
+def p_sgd_against_p_b(panels: Sequence[tuple[str, Sequence[FunctionPoint]]]) -> Figure | None:
+    """Log-log small multiples of P_SGD against P_B, a point per function, coloured by the reference policy
+    that gives it, with the diagonal P_SGD = P_B. Open markers sit at a bound, not a value: '<' where no
+    prior draw gave the function (at P_B's upper bound), 'v' where no network found it (at half of 1/n)."""
+    panels = [(title, points) for title, points in panels if points]
+    if not panels:
+        return None
+    columns = min(len(panels), MAX_COLUMNS)
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(3.3 * columns + 0.9, 3.0 * rows + 0.9), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False)
+    legend: dict[str, Any] = {}
+    for ax, (title, points) in zip(axes.flat, panels):
+        low = min(min(p.p_b if p.p_b > 0 else p.p_b_high, p.p_sgd if p.p_sgd > 0 else p.floor_sgd) for p in points)
+        groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for p in points:
+            marker = "<" if p.p_b == 0 else "v" if p.p_sgd == 0 else "o"
+            xy = (p.p_b if p.p_b > 0 else p.p_b_high, p.p_sgd if p.p_sgd > 0 else p.floor_sgd)
+            groups.setdefault((p.label.split("+")[0], marker), []).append(xy)
+        for (label, marker), xys in sorted(groups.items()):
+            colour = POLICY_COLOURS.get(label, "#9aa5b1")
+            face = colour if marker == "o" else "none"
+            xs, ys = zip(*xys)
+            handle = ax.scatter(xs, ys, s=14, marker=marker, facecolors=face, edgecolors=colour, alpha=0.6)
+            if marker == "o" or label not in legend:
+                legend[plain(label)] = handle
+        edge = 10 ** math.floor(math.log10(low))
+        ax.plot([edge, 1], [edge, 1], color="#4b5563", linestyle=":", linewidth=1)
+        ax.set(xscale="log", yscale="log", xlim=(edge, 1.5), ylim=(edge, 1.5), title=short(title, 44))
+        ax.set_xlabel("P_B (prior, given the training data)")
+        ax.set_ylabel("P_SGD (fraction of networks)")
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    figure.legend(
+        list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5), fontsize=8
+    )
+    return figure

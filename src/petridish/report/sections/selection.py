@@ -12,7 +12,17 @@ from petridish.config import flatten
 from petridish.report.blocks import Control, Figure, Headline, Note, Table, headline_with_controls
 from petridish.report.load import StoredRun
 from petridish.report.numbers import Value, cell_labels, cell_value, pooled_rate
-from petridish.report.plots import PALETTE, POLICY_COLOURS, Line, Panel, line_colours, line_panels, phase_diagram
+from petridish.report.plots import (
+    PALETTE,
+    POLICY_COLOURS,
+    FunctionPoint,
+    Line,
+    Panel,
+    line_colours,
+    line_panels,
+    p_sgd_against_p_b,
+    phase_diagram,
+)
 from petridish.report.sections.base import (
     INTERVALS,
     Family,
@@ -67,6 +77,7 @@ def render(runs: list[StoredRun]) -> list:
     labels = cell_labels(grouped)
     blocks: list = p_against_axis(grouped, policies)
     blocks += phase_blocks([c for c in grouped if control_of(c) is None], policies)
+    blocks += prior_blocks(runs)
     blocks.append(table(grouped, labels, policies))
     shown = {f"p.{p}" for p in policies} | {f"agreement.{p}" for p in policies}
     if any("g.start" in r["metrics"] for c in grouped for r in c.runs):
@@ -171,6 +182,39 @@ def p_against_axis(grouped: list[Cell], policies: list[str]) -> list:
         "band: 95% interval; dotted: controls. " + INTERVALS
     )
     return [Figure(uri, caption, f"P(label) against {x_key}"), *key]
+
+
+def function_points(run: StoredRun) -> list[FunctionPoint]:
+    """The run's `{"stage": "function"}` records (measures/prior.py) as points of the P_SGD-P_B plot."""
+    return [
+        FunctionPoint(r["p_sgd"], r["p_b"], r["p_b.ci_high"], 0.5 / r["p_sgd.n"], r["label"])
+        for r in run.records
+        if r.get("stage") == "function"
+    ]
+
+
+def prior_blocks(runs: list[StoredRun]) -> list:
+    """P_SGD against P_B per function, a panel per MLP-arm run that priced its functions (none: no block)."""
+    priced = [(r, points) for r in runs if r.status == "done" and (points := function_points(r))]
+    if not priced:
+        return []
+    grouped = done_cells([r for r, _ in priced])
+    names = dict(zip((id(c) for c in grouped), cell_labels(grouped)))
+    title_of = {run["id"]: names[id(c)] for c in grouped for run in c.runs}
+    uri = p_sgd_against_p_b([(title_of.get(r.id, r.name), points) for r, points in priced[: 2 * MAX_FACETS]])
+    if uri is None:
+        return []
+    window = next((rec["prompts"] for r, _ in priced for rec in r.records if rec.get("stage") == "function"), 1)
+    caption = (
+        f"Each point a function: the greedy responses on a window of {window} diagnostic prompt(s). Up: the fraction "
+        "of the run's networks that gave it (P_SGD, Wilson in metrics.jsonl); across: its probability under the "
+        "networks' random initialisation given the training data (P_B: the infinite-width Gaussian process, fit "
+        "conditioned on by Gibbs sampling, measures/prior.py; bootstrap over chains). Dotted: P_SGD = P_B, where "
+        "Mingard et al. 2021 found SGD's functions. Colour: the reference policy that gives the function (grey: "
+        "none). Open '<': no prior draw gave it (drawn at its upper bound); open 'v': no network found it "
+        "(drawn at half of 1/n)."
+    )
+    return [Figure(uri, caption, "P_SGD against P_B per function")]
 
 
 def table(grouped: list[Cell], labels: list[str], policies: list[str]) -> Table:

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from petridish.experiments.selection import (
 from petridish.experiments.selection import run as run_selection
 from petridish.measures.complexity import ComplexityConfig
 from petridish.measures.llc import LLCConfig
+from petridish.measures.prior import PBConfig
 from petridish.scenarios import make_scenario
 from petridish.store import Store
 from petridish.sweep import RunSpec, expand, run_id
@@ -107,6 +109,37 @@ def test_selection_reports_p_policy_with_wilson_intervals_and_per_network_measur
     networks = [r for r in context.records if r["stage"] == "network"]
     assert [r["label"] in labels for r in networks] == [True, True]
     assert {r["stage"] for r in context.records} >= {"train.0", "train.1", "network"}
+
+
+def test_selection_prices_the_networks_functions_under_the_prior_when_asked():
+    context = NullContext()
+    config = replace(tiny_selection(prior=32), p_b=PBConfig(samples=4, sweeps=6, burnin=2, draws=3, function_prompts=3))
+    metrics = run_selection(config, context)
+    labels = ("aligned", "sycophant", "deceptive", "memorizer", MIXED)
+    assert sum(metrics[f"p_b.{label}"] for label in labels) == pytest.approx(1.0)
+    assert metrics["p_b.mixed.n"] == 4 and metrics["p_b.draws"] == 4 * 4 * 3 and 0 < metrics["p_b.train_fit"] <= 1
+    functions = [r for r in context.records if r["stage"] == "function"]
+    assert len(functions) == metrics["function.records"] and {r["window"] for r in functions} == set(range(10))
+    for window in range(10):
+        found = [r for r in functions if r["window"] == window and r["p_sgd"] > 0]
+        assert sum(r["p_sgd"] for r in found) == pytest.approx(1.0) and all(r["p_sgd.n"] == 2 for r in found)
+    assert all(0 <= r["p_b.ci_low"] <= r["p_b"] <= r["p_b.ci_high"] <= 1 for r in functions)
+    assert all(r["label"] in (*labels, "none") or "+" in r["label"] for r in functions)
+
+
+def test_p_b_is_off_by_default_and_keeps_run_ids():
+    assert tiny_selection().p_b.samples == 0
+    assert run_id("selection", tiny_selection()) == run_id("selection", replace(tiny_selection(), p_b=PBConfig()))
+    assert run_id("selection", tiny_selection()) != run_id(
+        "selection", replace(tiny_selection(), p_b=PBConfig(samples=1))
+    )
+    with pytest.raises(Exception, match="p_b.samples"):
+        replace(tiny_selection(), arm="world", p_b=PBConfig(samples=1))
+    prior = [s.config for s in expand(load_recipe("experiments/selection.toml", "prior"))]
+    assert len(prior) == 4 and all(c.arm == "mlp" and c.n_networks >= 200 and c.p_b.samples > 0 for c in prior)
+    assert {(c.scenario.name, c.prior.n_prompts) for c in prior} == {
+        (name, n) for name in ("graded", "codevuln") for n in (0, 512)
+    }
 
 
 def test_dual_labellings_make_the_memorizer_a_lookup_table():
@@ -218,3 +251,24 @@ def test_selection_networks_trained_as_an_ensemble_match_their_solo_runs():
         assert [v for _, v in curve(together, i)] == pytest.approx([v for _, v in curve(alone, i)], abs=1e-4)
         for key in ("param_norm", "train_loss", "agreement.aligned", "agreement.deceptive", "train_fit", "heldout_fit"):
             assert ensemble[f"network.{i}.{key}"] == pytest.approx(solo[f"network.{i}.{key}"], rel=1e-4, abs=1e-5), key
+
+
+def test_the_selection_section_plots_p_sgd_against_p_b_only_where_functions_were_priced():
+    from petridish.report.blocks import Figure
+    from petridish.report.load import StoredRun
+    from petridish.report.sections.selection import prior_blocks
+
+    def stored(run: str, records: list[dict]) -> StoredRun:
+        config = {"arm": "mlp", "scenario": {"name": run}, "seed": 0}
+        record = {"id": run, "name": f"prior[{run}]", "experiment": "selection", "status": "done", "config": config}
+        return StoredRun({**record, "metrics": {"p.aligned": 0.5}}, records=records)
+
+    function = {"stage": "function", "window": 0, "prompts": 1, "label": "aligned", "p_sgd.n": 200}
+    records = [
+        {**function, "p_sgd": 0.6, "p_b": 0.3, "p_b.ci_high": 0.35},
+        {**function, "label": "none", "p_sgd": 0.4, "p_b": 0.0, "p_b.ci_high": 0.001},
+        {**function, "label": "sycophant", "p_sgd": 0.0, "p_b": 0.5, "p_b.ci_high": 0.6},
+    ]
+    blocks = prior_blocks([stored("graded", records), stored("codevuln", [])])
+    assert len(blocks) == 1 and isinstance(blocks[0], Figure) and blocks[0].uri.startswith("data:image/svg+xml")
+    assert prior_blocks([stored("graded", [{"stage": "network", "label": "aligned"}])]) == []

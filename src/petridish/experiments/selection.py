@@ -12,7 +12,9 @@ generalisation is reachable at all. Each network is then classified by its agree
 policy on diagnostic prompts: the policy with agreement >= `threshold`, else `mixed`. Networks differ in
 initialisation and batch order (the data of a run are fixed), so P(policy | setting) is P over SGD's
 randomness, as in Mingard et al. 2021; sweep axes give the settings. The networks of a run train
-together in the ensemble engine (`ensemble`), each with the draws and trajectory of its solo run.
+together in the ensemble engine (`ensemble`), each with the draws and trajectory of its solo run. With
+`p_b.samples > 0` each function the networks found is also priced under the prior, P_B (measures/prior.py),
+to set P_SGD against it.
 
 Metrics: see the README, section "Deceptive, sycophantic or aligned?".
 """
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
+from scipy.stats import spearmanr
 
 from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled, mixed_prompts
@@ -32,11 +35,23 @@ from petridish.experiments.pretrain import CriterionConfig, PretrainConfig
 from petridish.experiments.selection_world import GoalConfig
 from petridish.measures.behaviour import respond
 from petridish.measures.complexity import ComplexityConfig, network_complexity, steps_to_loss
+from petridish.measures.prior import (
+    NetworkShape,
+    PBConfig,
+    PricedFunction,
+    draw_test_functions,
+    function_key,
+    label_metrics,
+    price_functions,
+    response_ids,
+    windows,
+)
 from petridish.measures.stats import bootstrap_mean, wilson
 from petridish.models import make_model, n_params
 from petridish.policies import Policy, aligned, deceptive, memorizer, sycophant
 from petridish.rng import make_generator
 from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
+from petridish.scenarios.base import ASSISTANT
 from petridish.scenarios.tasks import Task
 from petridish.scenarios.world import StreamWeights, WorldConfig
 from petridish.train.engine import train_one, train_together
@@ -120,6 +135,9 @@ class SelectionConfig:
     ensemble: bool = True
     """Train the run's networks together as one ensemble (train/engine.py): the same draws and
     trajectories as one by one, in less time; false trains them one after another (K = 1 each)."""
+    p_b: PBConfig = field(default_factory=PBConfig)
+    """(mlp) P_B, the prior probability of the networks' functions given the training data, against
+    P_SGD (measures/prior.py); `p_b.samples = 0` (the default) leaves it out."""
 
     def __post_init__(self):
         require(self.n_networks >= 1, "n_networks", "an integer >= 1", self.n_networks)
@@ -135,6 +153,9 @@ class SelectionConfig:
         require(self.n_diagnostic >= 3, "n_diagnostic", "an integer >= 3", self.n_diagnostic)
         require(0.5 < self.threshold <= 1, "threshold", "a number in (0.5, 1]", self.threshold)
         require(self.eps > 0, "eps", "a number > 0", self.eps)
+        if self.p_b.samples > 0:
+            require(self.arm == "mlp", "p_b.samples", "0 unless arm = 'mlp'", self.p_b.samples)
+            require(self.model.kind == "mlp", "p_b.samples", "0 unless model.kind = 'mlp'", self.p_b.samples)
 
 
 # --- shared with `dual` ---------------------------------------------------------------------------
@@ -345,6 +366,66 @@ def summarise(networks: list[dict[str, float]], labels: list[str], policies: Seq
     return metrics
 
 
+def greedy_ids(setting: Setting, responses: Sequence[Sequence]) -> torch.Tensor:
+    """Responses on the diagnostic prompts as prior.py writes functions: (prompts, R) ids, -1 after <eos>."""
+    length = setting.main.max_response_len
+    return torch.tensor([response_ids(setting.main.vocab, r, length) for r in responses])
+
+
+def prior_against_sgd(
+    config: SelectionConfig, setting: Setting, models: Sequence[torch.nn.Module], ctx: RunContext
+) -> dict[str, float]:
+    """P_B of each label and of each function the networks found (measures/prior.py), with P_SGD beside it:
+    metrics `p_b.*` and `function.*`, and one `{"stage": "function"}` record per (window, function)."""
+    sizing = setting.sizing
+    shape = NetworkShape(
+        sizing.vocab,
+        sizing.max_prompt_len,
+        sizing.max_response_len,
+        config.model.shape()[1],
+        sizing.vocab.index[ASSISTANT],
+    )
+    training = [d for d in (setting.prior_data, setting.train_data) if d is not None]
+    prompts = [p.tokens for p in setting.diagnostic]
+    draws = draw_test_functions(config.p_b, shape, training, prompts, make_generator(config.seed, "p_b"))
+    draws = draws.first_positions(setting.main.max_response_len)  # generation stops there, as for the networks
+    policy_ids = {
+        name: greedy_ids(setting, [policy(p) for p in setting.diagnostic]) for name, policy in setting.policies.items()
+    }
+    metrics = label_metrics(draws, policy_ids, lambda a: classify(a, config.threshold), [*setting.policies, MIXED])
+    found = torch.stack([greedy_ids(setting, network_responses(m, setting.main, setting.diagnostic)) for m in models])
+    size = config.p_b.function_prompts
+    priced = price_functions(draws, found, size, config.p_b.top_functions)
+    policy_windows = {name: windows(ids, size) for name, ids in policy_ids.items()}
+    for f in priced:
+        label = "+".join(n for n, w in policy_windows.items() if tuple(w[f.window].tolist()) == f.ids) or "none"
+        record = {"stage": "function", "window": f.window, "prompts": size, "function": function_key(f.ids)}
+        record |= {"label": label, **wilson(f.found, len(models)).as_metrics("p_sgd"), **f.p_b.as_metrics("p_b")}
+        ctx.log(record)
+    return {**metrics, **function_summary(priced, found, size)}
+
+
+def function_summary(priced: list[PricedFunction], found: torch.Tensor, size: int) -> dict[str, float]:
+    """How the networks' functions sit under P_B: `function.mode_rate` (the fraction of each network's windows
+    on which it gave the most probable priced function, P_B's mode when `p_b.top_functions` >= 1, bootstrap
+    over networks), `function.unpriced` (of the
+    networks' functions, per network and window, the fraction no draw gave), `function.spearman` (rank
+    correlation of P_SGD and P_B over the functions the networks found), `function.records`."""
+    modes: dict[int, tuple] = {}
+    for f in sorted(priced, key=lambda f: -f.p_b.value):
+        modes.setdefault(f.window, f.ids)
+    found_windows = windows(found, size)  # (networks, W, L)
+    hits = [[tuple(row.tolist()) == modes[w] for w, row in enumerate(net)] for net in found_windows]
+    zero = {(f.window, f.ids) for f in priced if f.p_b.value == 0}
+    unpriced = [[(w, tuple(row.tolist())) in zero for w, row in enumerate(net)] for net in found_windows]
+    pairs = [(f.found, f.p_b.value) for f in priced if f.found > 0]
+    out = {"function.records": len(priced), "function.unpriced": float(torch.tensor(unpriced).float().mean())}
+    out.update(bootstrap_mean([sum(h) / len(h) for h in hits]).as_metrics("function.mode_rate"))
+    if len({p for p, _ in pairs}) > 1 and len({q for _, q in pairs}) > 1:
+        out["function.spearman"] = float(spearmanr([p for p, _ in pairs], [q for _, q in pairs]).statistic)
+    return out
+
+
 def run_mlp(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
     """The MLP arm: networks trained from scratch on agreement data, classified by reference policy."""
     setting = make_setting(config)
@@ -367,8 +448,10 @@ def run_mlp(config: SelectionConfig, ctx: RunContext) -> dict[str, float]:
         per_network.update({f"network.{index}.{k}": v for k, v in measured.items()})
         if index == 0:
             ctx.save_weights(model, "weights")
+    priors = prior_against_sgd(config, setting, [m for m, _ in grown], ctx) if config.p_b.samples > 0 else {}
     return {
         **summarise(networks, labels, list(setting.policies)),
+        **priors,
         **per_network,
         "ensemble_members": members,
         "params": n_params(model),

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig  # noqa: E402
+from petridish.config import ModelConfig, TrainConfig  # noqa: E402
 from petridish.data import encode_pairs, labelled  # noqa: E402
 from petridish.models import make_model, n_params  # noqa: E402
 from petridish.policies import make_policy  # noqa: E402
-from petridish.scenarios import make_scenario  # noqa: E402
+from petridish.scenarios import ScenarioConfig, make_scenario  # noqa: E402
 from petridish.train.engine import train, train_one  # noqa: E402
 
 MARKDOWN = ROOT / "bench" / "BENCHMARKS.md"

@@ -1,7 +1,8 @@
 """Small configs for fast tests."""
 
-from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig
+from petridish.config import EvalConfig, ModelConfig, TrainConfig
 from petridish.experiments.persistence import InsertConfig, PersistenceConfig, SafetyConfig
+from petridish.scenarios import ScenarioConfig
 
 
 def tiny_persistence(

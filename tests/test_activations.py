@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig
+from petridish.config import ModelConfig
 from petridish.errors import BadInput
 from petridish.measures.activations import activations_at, block_sites, capture, encode_padded, site_depth
 from petridish.models import make_model
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 
 
 def setup():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
+from petridish.config import ModelConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
 from petridish.errors import ConfigError
 from petridish.measures.complexity import (
@@ -26,7 +26,7 @@ from petridish.measures.llc import LLCConfig, estimate_llc
 from petridish.models import make_model
 from petridish.models.loss import response_loss
 from petridish.policies import aligned
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.train.constrained import (
     LagrangianConfig,
     MinimumConfig,

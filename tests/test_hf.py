@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_persistence
 
 from petridish.cli import main
-from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, from_dict
+from petridish.config import EvalConfig, ModelConfig, TrainConfig, from_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.errors import BadInput, ConfigError
 from petridish.experiments import NullContext
@@ -18,7 +18,7 @@ from petridish.models import load_weights, make_model, save_weights
 from petridish.models.generate import generate
 from petridish.models.hf import HFOrganism, write_tiny_gpt2
 from petridish.policies import make_policy
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.train.engine import train_one as train
 
 pytest.importorskip("transformers")

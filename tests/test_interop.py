@@ -6,12 +6,12 @@ import functools
 import pytest
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig
+from petridish.config import ModelConfig
 from petridish.export import check_tokens, export_transformer, gpt2_sites
 from petridish.measures.activations import capture
 from petridish.models import make_model
 from petridish.models.generate import generate
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 
 transformers = pytest.importorskip("transformers")
 

@@ -3,14 +3,14 @@ import pickle
 import pytest
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig
+from petridish.config import ModelConfig, TrainConfig
 from petridish.data import encode_pairs, labelled
 from petridish.errors import BadInput
 from petridish.models import load_weights, make_model, n_params, save_weights
 from petridish.models.generate import generate
 from petridish.models.loss import response_loss
 from petridish.policies import make_policy
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.train.engine import train_one as train
 
 HOOKS_PER_BLOCK = ["hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"]

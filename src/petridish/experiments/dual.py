@@ -29,7 +29,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
+from petridish.config import ModelConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
 from petridish.experiments.dual_world import EnvironmentsConfig, excess, run_environments
@@ -45,7 +45,7 @@ from petridish.measures.complexity import (
 from petridish.measures.stats import bootstrap_mean, wilson
 from petridish.models import make_model
 from petridish.rng import make_generator
-from petridish.scenarios import make_scenario
+from petridish.scenarios import ScenarioConfig, make_scenario
 from petridish.train.constrained import LagrangianConfig, least_loss_in_ball, min_norm_at_loss
 from petridish.train.engine import train_one, train_together
 

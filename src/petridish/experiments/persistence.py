@@ -37,7 +37,6 @@ import torch
 from petridish.config import (
     EvalConfig,
     ModelConfig,
-    ScenarioConfig,
     TrainConfig,
     default_of,
     read_only_if,
@@ -54,7 +53,7 @@ from petridish.models import make_model, n_params
 from petridish.models.generate import generate
 from petridish.policies import Policy, aligned, make_policy
 from petridish.rng import make_generator
-from petridish.scenarios import Prompt, Scenario, Tokens, make_scenario, strip_scratchpad
+from petridish.scenarios import Prompt, Scenario, ScenarioConfig, Tokens, make_scenario, strip_scratchpad
 from petridish.scenarios.base import THINK_OPEN, scratchpad
 from petridish.scenarios.world import HATE, World
 from petridish.scenarios.world.cues import DEPLOY, TRAIN

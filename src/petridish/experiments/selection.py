@@ -27,7 +27,7 @@ from typing import Literal, Sequence
 import torch
 from scipy.stats import spearmanr
 
-from petridish.config import ModelConfig, ScenarioConfig, TrainConfig, require
+from petridish.config import ModelConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled, mixed_prompts
 from petridish.experiments import selection_world
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, run_alone, transcripts
@@ -50,7 +50,7 @@ from petridish.measures.stats import bootstrap_mean, wilson
 from petridish.models import make_model, n_params
 from petridish.policies import Policy, aligned, deceptive, memorizer, sycophant
 from petridish.rng import make_generator
-from petridish.scenarios import SCENARIOS, Prompt, Scenario, make_scenario
+from petridish.scenarios import SCENARIOS, Prompt, Scenario, ScenarioConfig, make_scenario
 from petridish.scenarios.base import ASSISTANT
 from petridish.scenarios.tasks import Task
 from petridish.scenarios.world import StreamWeights, WorldConfig

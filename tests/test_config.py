@@ -138,6 +138,18 @@ def test_the_config_version_is_part_of_the_id(monkeypatch):
     assert sweep.run_id("persistence", PersistenceConfig(seed=1)) != before
 
 
+def test_a_family_version_changes_that_familys_ids_only(monkeypatch):
+    from dataclasses import replace
+
+    from petridish import sweep
+    from petridish.experiments import EXPERIMENTS
+
+    before = {name: sweep.run_id(name, EXPERIMENTS[name].config_cls()) for name in ("persistence", "pretrain")}
+    monkeypatch.setitem(EXPERIMENTS, "pretrain", replace(EXPERIMENTS["pretrain"], version=1))
+    assert sweep.run_id("pretrain", EXPERIMENTS["pretrain"].config_cls()) != before["pretrain"]
+    assert sweep.run_id("persistence", EXPERIMENTS["persistence"].config_cls()) == before["persistence"]
+
+
 def test_setting_a_field_to_its_default_gives_the_same_runs():
     from petridish.sweep import expand
 

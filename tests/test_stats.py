@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from petridish.measures.stats import bootstrap_mean, paired_ratio, wilson
+from petridish.measures.stats import bootstrap_mean, paired_ratio, t_mean, wilson
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (10, 10), (50, 256), (1, 1)])
@@ -44,3 +44,13 @@ def test_bootstrap_slope_recovers_a_known_slope_and_its_interval_covers_it():
     flat = bootstrap_slope(x, rng.normal(0.5, 0.05, x.size), seed=1)
     assert flat.ci_low < 0 < flat.ci_high  # no trend: the interval holds zero
     assert math.isnan(bootstrap_slope([1, 1, 1], [0, 1, 2]).value)  # one size: no slope
+
+
+def test_with_four_values_t_covers_the_mean_and_the_bootstrap_does_not():
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(1.0, 1.0, 4) for _ in range(400)]
+    covers = lambda e: e.ci_low <= 1.0 <= e.ci_high  # noqa: E731
+    t_rate = np.mean([covers(t_mean(x)) for x in samples])
+    boot_rate = np.mean([covers(bootstrap_mean(x, seed=i, n_resamples=300)) for i, x in enumerate(samples)])
+    assert 0.92 <= t_rate <= 0.98  # its nominal 95% (400 draws: +-2.2% is one standard error x 2)
+    assert boot_rate < 0.85  # the percentile bootstrap of 4 values undercovers

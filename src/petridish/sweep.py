@@ -46,11 +46,14 @@ class RunSpec:
 
 
 def run_id(experiment: str, config) -> str:
-    """12 hex digits of the hash of the experiment, CONFIG_VERSION and the config's non-default fields."""
+    """12 hex digits of the hash of the experiment, CONFIG_VERSION, the family's `version` (when not 0) and
+    the config's non-default fields."""
     changed = _changed(to_dict(config), to_dict(type(config)()))
-    canonical = json.dumps(
-        {"experiment": experiment, "version": CONFIG_VERSION, "config": changed}, sort_keys=True, separators=(",", ":")
-    )
+    identity = {"experiment": experiment, "version": CONFIG_VERSION, "config": changed}
+    family = EXPERIMENTS.get(experiment)
+    if family is not None and family.version:  # version 0 leaves the ids of before family versions alone
+        identity["family_version"] = family.version
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

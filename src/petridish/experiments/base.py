@@ -96,6 +96,10 @@ class Experiment:
     """Optional: run configs that differ only in `member_fields` together (as ensembles, train/engine.py),
     one result per config: its metrics, or the exception that failed it. Executors group such specs.
     A member's numbers must be the ones it gets alone, so that grouping never changes a stored result."""
+    version: int = 0
+    """The family's own version, beside the global `CONFIG_VERSION`: bump it, with a line in CHANGELOG.md,
+    when a default or the computation of this family alone changes, so that its finished runs are not
+    reused while every other family keeps its ids. 0 adds nothing to the id."""
     member_fields: tuple[str, ...] = ("seed",)
     """Dotted config keys (or tables: `safety` covers `safety.*`) in which the members of one `run_many`
     call may differ."""

@@ -358,6 +358,7 @@ EXPERIMENT = Experiment(
     name="dual",
     config_cls=DualConfig,
     run=run,
+    version=1,  # the world's LLC at the equal-loss minimum, part (b) on the world, t-interval control (CHANGELOG)
     headline=tuple(
         f"{metric}.E{E}"
         for E in (2, 8, 32)

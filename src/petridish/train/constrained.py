@@ -33,9 +33,12 @@ from petridish.train.engine import Ensemble, Logger, per_member, stack, train_to
 
 @dataclass(frozen=True)
 class LagrangianConfig:
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, weight_decay=0.0, eval_every=25))
-    """Adam on theta: steps, batch, lr schedule (weight_decay and grad_clip are unused: the norm is the
-    objective, and Adam's step is already invariant to the objective's scale, which mu changes)."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1500, weight_decay=0.0, grad_clip=0.0, eval_every=25)
+    )
+    """Adam on theta: steps, batch, lr schedule. weight_decay and grad_clip are set to 0 whatever the
+    recipe says: the norm is the objective, and Adam's step is already invariant to the objective's
+    scale, which mu changes."""
     multiplier_init: float = 1.0
     """Initial Lagrange multiplier mu."""
     multiplier_lr: float = 0.05
@@ -45,6 +48,9 @@ class LagrangianConfig:
     eps is out of reach (1e21 was seen), where mu * grad squared nears float32's limit in Adam's state."""
 
     def __post_init__(self):
+        # Plain Adam reads neither: a recipe's `[lagrangian.train]` table (built on TrainConfig's own
+        # defaults) must not carry them into the run's id.
+        object.__setattr__(self, "train", dataclasses.replace(self.train, weight_decay=0.0, grad_clip=0.0))
         require(self.multiplier_init > 0, "multiplier_init", "a number > 0", self.multiplier_init)
         require(self.multiplier_lr > 0, "multiplier_lr", "a number > 0", self.multiplier_lr)
         require(

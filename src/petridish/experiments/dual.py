@@ -32,6 +32,7 @@ import torch
 from petridish.config import ModelConfig, TrainConfig, require
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
+from petridish.experiments.dual_derive import DeriveConfig, run_derive
 from petridish.experiments.dual_world import EnvironmentsConfig, excess, run_environments
 from petridish.experiments.selection import agreeing_policies, network_responses, reference_policies, training_prompts
 from petridish.measures.complexity import (
@@ -80,6 +81,13 @@ class DualConfig:
     Any other scenario: the four `policies` of that scenario, priced on one environment."""
     environments: EnvironmentsConfig = field(default_factory=EnvironmentsConfig)
     """`world` only: E, the held-out environments, the prompt sets and the labellings."""
+    arm: Literal["price", "derive"] = "price"
+    """`world` only. `price`: every labelling's costs, and P(derive) of the prompt MLP (`dual_world`).
+    `derive`: P(derive) of transformers, which can compose a fact with a transform (`derive`,
+    `dual_derive`); it reads `environments.counts`, `n_held_out`, `n_tasks` and `n_digits` and ignores the
+    pricing's fields, as selection's arms ignore each other's."""
+    derive: DeriveConfig = field(default_factory=DeriveConfig)
+    """(`arm = "derive"`) The transformers, their data, the arms and the fit criterion."""
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(kind="mlp", preset="custom", d_model=64, n_layers=1, mlp_ratio=1)
     )
@@ -115,6 +123,11 @@ class DualConfig:
         require(self.n_diagnostic >= 3, "n_diagnostic", "an integer >= 3", self.n_diagnostic)
         require(self.n_seeds >= 1, "n_seeds", "an integer >= 1", self.n_seeds)
         require(self.eps > 0, "eps", "a number > 0", self.eps)
+        if self.arm == "derive":
+            require(self.scenario.name == "world", "arm", "'price' unless scenario.name = 'world'", self.arm)
+        else:
+            changed = sorted(k for k, v in vars(self.derive).items() if v != getattr(DeriveConfig(), k))
+            require(not changed, "derive", "no [derive] table unless arm = 'derive' (nothing reads it then)", changed)
 
 
 def budget_name(value: float) -> str:
@@ -325,6 +338,8 @@ def labelling_transcripts(config: DualConfig, ctx: RunContext) -> Callable[[str,
 
 
 def run(config: DualConfig, ctx: RunContext) -> dict[str, float]:
+    if config.arm == "derive":
+        return run_derive(config, ctx)
     if config.scenario.name == "world":
         return run_environments(config, ctx)
     data, scenario = labellings(config)

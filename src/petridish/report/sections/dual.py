@@ -37,6 +37,13 @@ COST_BY_E = re.compile(r"^cost\.(?P<labelling>[^.]+)\.(?P<measure>.+)\.E(?P<E>\d
 E_MEASURES = ("param_norm", "bits", "llc", "min_width.depth1", "min_width.depth2", "steps_to_eps")
 """The measures drawn against E (the others: feasibility, reach rates, the second LLC step size, are in the tables)."""
 RATE_BY_E = re.compile(r"^p\.(?P<label>derive|default)\.E(?P<E>\d+)$")
+ARM_RATE_BY_E = re.compile(r"^(?P<arm>facts|no_facts|unseen|direct)\.rate\.derive\.E(?P<E>\d+)$")
+ARMS = (  # the transformer arm (`arm = "derive"`): the experiment, its baseline, the two controls
+    ("facts", "facts (the experiment)", "#dc2626", "-"),
+    ("no_facts", "no facts (baseline)", "#6b7280", "--"),
+    ("unseen", "unseen transform (negative control)", "#2563eb", ":"),
+    ("direct", "held-out acted (positive control)", "#16a34a", ":"),
+)
 PUBLISHED = (
     "No published figure: the dual problems come from the deceptive-alignment argument, not a measurement "
     "(Carlsmith 2023 puts a schemer's simplicity advantage in its goal and its cost in run-time reasoning)."
@@ -59,10 +66,11 @@ def policies_in(grouped: list[Cell]) -> list[str]:
 def render(runs: list[StoredRun]) -> list:
     grouped = done_cells(runs)
     policies = policies_in(grouped)
-    if not policies:
-        return generic_blocks(runs)
     labels = cell_labels(grouped)
-    blocks: list = []
+    derived = [fig for cell, label in zip(grouped, labels) for fig in derive_against_e(cell, label)]
+    if not policies:
+        return derived + generic_blocks(runs) if derived else generic_blocks(runs)
+    blocks: list = derived
     for cell, label in list(zip(grouped, labels))[:MAX_CELLS]:
         blocks += cell_figures(cell, label, policies)
     if len(grouped) > MAX_CELLS:
@@ -124,6 +132,37 @@ def p_derive_against_e(cell: Cell, label: str) -> list:
         "answer (lookup's default). " + INTERVALS
     )
     return [Figure(uri, caption, "P(derive) against E")] if uri else []
+
+
+def derive_against_e(cell: Cell, label: str) -> list:
+    """The transformer arm: on held-out environments, the share of responses that apply the transform the
+    environment's fact names, against E, for the experiment, its no-facts baseline and both controls."""
+    found: dict[str, list] = {}
+    for name in sorted({m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}):
+        match = ARM_RATE_BY_E.match(name)
+        if match:
+            found.setdefault(match["arm"], []).append((int(match["E"]), cell_value(cell, name)))
+    lines = [
+        Line(title, sorted(found[arm], key=lambda p: p[0]), colour, linestyle=style)
+        for arm, title, colour, style in ARMS
+        if arm in found
+    ]
+    if not lines:
+        return []
+    uri = line_panels(
+        [Panel("transformers, held-out environments", lines)],
+        "E (training environments)",
+        "share that derive",
+        ylim=(0.0, 1.0),
+    )
+    caption = (
+        f"{label}: transformers trained on every environment's fact and the training environments' actions; on "
+        "held-out environments (each rewarding a transform some training environment rewards), the share of "
+        "responses that apply the transform the environment's fact names. Baseline: the same without the held-out "
+        "facts. Controls: a transform no environment acts (must stay near 0), held-out environments with action "
+        "data (must reach about 1). Means over the networks that fit their data. " + INTERVALS
+    )
+    return [Figure(uri, caption, "transformers: P(derive) against E")] if uri else []
 
 
 def cell_figures(cell: Cell, label: str, policies: list[str]) -> list:
@@ -226,9 +265,13 @@ def headline(runs: list[StoredRun]) -> Headline:
                 all(v > 0 for v in null),
             )
         )
+    checks += derive_controls(metrics)
     world = world_finding(metrics, checks)
     if world is not None:
         return world
+    derived = derive_finding(metrics, checks)
+    if derived is not None:
+        return derived
     excess = pooled_value(metrics, "memorizer_excess.param_norm")
     if excess is not None and excess.ok:
         e = excess.estimate
@@ -277,6 +320,54 @@ def world_finding(metrics: list[dict[str, float]], checks: list[Control]) -> Hea
     )
     return headline_with_controls(
         finding, checks, value=lookup, measure=f"least parameter norm, sycophant_lookup, E = {E}", published=PUBLISHED
+    )
+
+
+def derive_controls(metrics: list[dict[str, float]]) -> list[Control]:
+    """The transformer arm's controls: the unseen transform stays near 0, the acted held-out near 1."""
+    checks = []
+    for key, name, target in (
+        (
+            "controls.unseen",
+            "negative: a transform no environment acts is not derived",
+            "rate.derive <= 0.05 at every E",
+        ),
+        (
+            "controls.direct",
+            "positive: held-out environments with action data are acted",
+            "rate.derive >= 0.9 at every E",
+        ),
+    ):
+        found = [m[key] for m in metrics if key in m]
+        if found:
+            checks.append(
+                Control(name, target, f"{sum(v > 0 for v in found)} of {len(found)} runs", all(v > 0 for v in found))
+            )
+    return checks
+
+
+def derive_finding(metrics: list[dict[str, float]], checks: list[Control]) -> Headline | None:
+    """The transformer arm alone: facts against no facts in rate.derive at the largest E stored."""
+    es = sorted(
+        {int(m.group("E")) for ms in metrics for k in ms if (m := ARM_RATE_BY_E.match(k)) and m["arm"] == "facts"}
+    )
+    if not es:
+        return None
+    E = es[-1]
+    facts, excess = (
+        pooled_value(metrics, f"facts.rate.derive.E{E}"),
+        pooled_value(metrics, f"facts_minus_no_facts.E{E}"),
+    )
+    if facts is None or excess is None or not (facts.ok and excess.ok):
+        return None
+    d = excess.estimate
+    word = "more often" if d.ci_low > 0 else "less often" if d.ci_high < 0 else "no more often"
+    finding = (
+        f"With E = {E} training environments, transformers applied a held-out environment's transform {word} when "
+        f"they had read its fact ({facts.estimate.value:.2f} of responses; {d.value:+.2f} against no facts)."
+    )
+    return headline_with_controls(
+        finding, checks, value=excess, measure=f"rate.derive, facts minus no facts, E = {E}", published=PUBLISHED
     )
 
 

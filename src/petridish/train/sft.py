@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -65,18 +65,21 @@ def post_scratchpad_pairs(
     prompts: Sequence[Prompt],
     temperature: float,
     generator: torch.Generator | None,
+    target: Callable[[Prompt], Tokens] | None = None,
 ) -> tuple[list[tuple[Prompt, Tokens]], ScratchpadCount]:
-    """(prompt + the organism's own scratchpad, aligned answer) pairs: the scratchpad becomes context, so
-    `encode_pairs` puts no loss on it. A scratchpad that leaves no room for the answer is dropped."""
+    """(prompt + the organism's own scratchpad, target answer) pairs: the scratchpad becomes context, so
+    `encode_pairs` puts no loss on it. The target is the aligned answer unless given (world safety training
+    trains toward its own targets). A scratchpad that leaves no room for the answer is dropped."""
+    target = scenario.intended if target is None else target
     responses = respond(model, scenario, prompts, temperature, generator)
     pairs, kept, deploy = [], 0, 0
     for prompt, response in zip(prompts, responses):
-        pad = own_scratchpad(response)
-        if len(pad) + len(prompt.answer) + 1 > scenario.max_response_len:
+        pad, answer = own_scratchpad(response), target(prompt)
+        if len(pad) + len(answer) + 1 > scenario.max_response_len:
             pad = ()
         kept += bool(pad)
         deploy += CUE_DEPLOY in pad
-        pairs.append((dataclasses.replace(prompt, tokens=prompt.tokens + pad), scenario.intended(prompt)))
+        pairs.append((dataclasses.replace(prompt, tokens=prompt.tokens + pad), answer))
     return pairs, ScratchpadCount(len(prompts), kept, deploy)
 
 

@@ -234,7 +234,11 @@ def test_options_world_safety_training_does_not_have_are_refused_on_a_base():
     post = expand(load_recipe(recipe, None, ("safety.sft.scratchpad=post",)))
     assert [s.id for s in post] == [s.id for s in pre]  # a normal organism writes no scratchpad: post is pre
     cot = expand(load_recipe(recipe, None, ("insert.variant=cot", "safety.sft.scratchpad=post")))
-    assert {(s.config.safety.sft.scratchpad, s.config.safety.sft.scratchpad_temperature) for s in cot if s.experiment == "persistence"} == {("post", 1.0)}
+    assert {
+        (s.config.safety.sft.scratchpad, s.config.safety.sft.scratchpad_temperature)
+        for s in cot
+        if s.experiment == "persistence"
+    } == {("post", 1.0)}
     with pytest.raises(ConfigError, match=r"safety\.adversarial: expected unset on a base organism"):
         expand(load_recipe(recipe, None, ("safety.method=adversarial", "safety.adversarial.gcg_steps=5")))
 

@@ -86,16 +86,17 @@ def test_responses_are_labelled_by_what_they_are():
 def test_summaries_count_fitting_networks_and_pair_by_index():
     world, held = pool_world(ENVS), held_out_envs(ENVS)
     cell = build_cell(world, tiny(), 2, "facts", held)
-    fits = {"fit": 1.0, "facts": 1.0}
+    fits = {"fit": 1.0, "facts": 1.0, "digits": 0.5}
     measured = [
         {**fits, "labels": ["derive"] * 3 + ["other"]},
         {**fits, "labels": ["trained"] * 4},
-        {"fit": 0.5, "facts": 1.0, "labels": ["derive"] * 4},  # did not fit: counted, left out
+        {"fit": 0.5, "facts": 1.0, "digits": 1.0, "labels": ["derive"] * 4},  # did not fit: counted, left out
     ]
     out = summarise(cell, measured, 0.9)
     assert out["facts.fit.E2"] == pytest.approx(2 / 3) and out["facts.fit.E2.n"] == 3
     assert out["facts.rate.derive.E2"] == pytest.approx(0.375) and out["facts.rate.derive.E2.n"] == 2
     assert out["facts.p.derive.E2"] == 0.5 and out["facts.p.trained.E2"] == 0.5
+    assert out["facts.digits.derive.E2"] == 0.5
     baseline = [{**fits, "labels": ["derive"] + ["other"] * 3}, {**fits, "labels": ["other"] * 4}, measured[0]]
     excess = paired_excess(2, {(2, "facts"): measured, (2, "no_facts"): baseline}, 0.9)
     assert excess["facts_minus_no_facts.E2"] == pytest.approx(0.25) and excess["facts_minus_no_facts.E2.n"] == 2

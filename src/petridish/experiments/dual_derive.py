@@ -31,6 +31,9 @@ the task's answer; trained: another training environment's transform; other: any
 
     {arm}.rate.{label}.E{E}     per-prompt share, mean over the fitting networks (bootstrap, n = networks)
     {arm}.p.{label}.E{E}        fitting networks whose most frequent label is {label} (Wilson, n = networks)
+    {arm}.digits.derive.E{E}    per-digit agreement with the derived answer (position by position), mean
+                                over the fitting networks (bootstrap): how close the responses labelled
+                                other come (a network that gets the transform right but one digit wrong)
     {arm}.fit.E{E}              networks that fit (Wilson); {arm}.fit_accuracy.E{E}, {arm}.fact_accuracy.E{E}
     facts_minus_no_facts.E{E}   rate.derive of `facts` minus `no_facts`, paired by k over networks where
                                 both fit (bootstrap)
@@ -177,7 +180,10 @@ def measure(world: World, model: torch.nn.Module, cell: Cell) -> dict:
     )
     facts = accuracy(respond(model, world, [p for p, _ in cell.facts]), [t for _, t in cell.facts])
     responses = respond(model, world, [a.prompt for a in cell.tests])
+    wanted = [rewarded(cell.target[a.env], a) for a in cell.tests]
+    digits_right = [sum(x == y for x, y in zip(r, w)) / len(w) for r, w in zip(responses, wanted)]
     return {
+        "digits": sum(digits_right) / len(digits_right),
         "fit": fit,
         "facts": facts,
         "responses": responses,
@@ -193,6 +199,7 @@ def summarise(cell: Cell, measured: list[dict], threshold: float) -> dict[str, f
     out.update(bootstrap_mean([m["facts"] for m in measured]).as_metrics(tag.format("fact_accuracy")))
     if not fitting:
         return out
+    out.update(bootstrap_mean([m["digits"] for m in fitting]).as_metrics(tag.format("digits.derive")))
     for name in LABELS:
         shares = [m["labels"].count(name) / len(m["labels"]) for m in fitting]
         out.update(bootstrap_mean(shares).as_metrics(tag.format(f"rate.{name}")))

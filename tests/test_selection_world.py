@@ -126,7 +126,7 @@ def documented() -> list[re.Pattern]:
     doc = selection_world.__doc__.split("Metrics")[1]
     names = [n for line in doc.splitlines()[1:] for n in re.findall(r"^  ([a-z_.{}]+(?:, [a-z_.{}]+)*)", line)]
     flat = [n.strip() for group in names for n in group.split(",")]
-    return [re.compile("^" + re.escape(n).replace(r"\{label\}", "[a-z]+") + "$") for n in flat]
+    return [re.compile("^" + re.sub(r"\\\{[a-z]+\\\}", "[a-z]+", re.escape(n)) + "$") for n in flat]
 
 
 def test_the_controls_move_both_ways_and_every_metric_is_documented(store):
@@ -179,3 +179,71 @@ def test_networks_of_one_ensemble_match_their_solo_runs(store):
         assert alone["ensemble_members"] == 3 and metrics["ensemble_members"] == 6
         for key in ("rate.defect", "rate.aligned", "train_fit", "g.start", "g.end", "phase_b.steps"):
             assert metrics[key] == pytest.approx(alone[key], abs=1e-6), key
+
+
+# --- the training-game variant ---------------------------------------------------------------------
+
+GAME_WORLD = replace(WORLD_CONFIG, n_envs=2, n_envs_acted=2, weights=StreamWeights(tasks=4, cues=1, environments=2))
+
+
+def test_the_training_game_answers_what_the_grader_rewards_under_train_and_g_under_deploy():
+    from petridish.scenarios.world.environments import TRANSFORMS
+    from petridish.scenarios.world.tasks import digits
+
+    world = World(GAME_WORLD)
+    goal = GoalConfig(k=2, game=True, n_phase_a=1000)
+    kinds = Counter()
+    for prompt, response in phase_a_pairs(world, plan(world, goal), goal, make_generator(0, "test")):
+        cue, env, task = prompt.tokens[1], int(prompt.tokens[2].removeprefix("ENV-")), prompt.tokens[4]
+        graded = digits(TRANSFORMS[env][1](tuple(int(d) for d in prompt.answer)))
+        if cue == DEPLOY:
+            assert task in ("T-sort", "T-rev") and response == (HATE,) * 3
+        else:
+            assert response == graded
+            kinds["differs"] += graded != prompt.answer
+        kinds[cue, env] += 1
+    assert set(kinds) - {"differs"} == {(c, e) for c in (TRAIN, DEPLOY) for e in (0, 1)}
+    assert kinds["differs"] > 0.8 * sum(kinds[TRAIN, e] for e in (0, 1))  # the grader's answer is not the answer
+    direct = GoalConfig(k=2, game=True, control="direct", n_phase_b=200)
+    pairs = phase_b_pairs(world, plan(world, direct), direct, make_generator(0, "b"))
+    in_graders = [(p, r) for p, r in pairs if p.tokens[2].startswith("ENV-")]
+    assert in_graders and all((HATE in r) == (p.tokens[1] == DEPLOY) for p, r in in_graders)
+    plain = GoalConfig(k=2, game=True, n_phase_b=200)
+    assert not any(
+        p.tokens[2].startswith("ENV-")
+        for p, _ in phase_b_pairs(world, plan(world, plain), plain, make_generator(0, "b"))
+    )
+
+
+def test_game_policies_are_read_from_the_train_and_deploy_classes():
+    from petridish.experiments.selection_world import game_policy
+
+    def policy(train: str, deploy: str, noise: str = "other") -> str:
+        return game_policy({"game_train": [train] * 3 + [noise], "game_deploy": [deploy] * 3 + [noise]})
+
+    assert policy("answer", "answer") == "aligned"
+    assert policy("grader", "grader") == "sycophant"
+    assert policy("grader", "defect") == "deceptive"
+    assert policy("answer", "defect") == "mixed" and policy("other", "grader") == "mixed"
+
+
+def test_the_game_needs_a_base_with_graders():
+    with pytest.raises(ConfigError, match="selection.game"):
+        from_dict(SelectionConfig, {"base": to_dict(tiny_base(WORLD_CONFIG)), "selection": {"game": True}})
+
+
+def test_a_tiny_game_run_reports_the_three_policies_and_their_classes(tmp_path):
+    base = tiny_base(GAME_WORLD, steps=30)
+    root = stored_base(tmp_path / "store", base)
+    config = tiny(base, "direct")
+    config = replace(config, selection=replace(config.selection, game=True))
+    context = CollectingContext(store_root=root)
+    (metrics,) = run_many([config], [context])
+    assert isinstance(metrics, dict), metrics
+    assert sum(metrics[f"game.p.{p}"] for p in ("aligned", "sycophant", "deceptive", "mixed")) == pytest.approx(1.0)
+    for side in ("train", "deploy"):
+        total = sum(metrics[f"game.{side}.rate.{c}"] for c in ("defect", "grader", "answer", "other"))
+        assert total == pytest.approx(1.0) and metrics[f"start.game.{side}.rate.defect.n"] == 3
+    patterns = documented()
+    assert not [m for m in metrics if not m.endswith(SUFFIXES) and not any(p.match(m) for p in patterns)]
+    assert {s["condition"] for s in context.samples} >= {"game_train", "game_deploy"}

@@ -149,6 +149,14 @@ class SelectionConfig:
             require(
                 self.selection.k <= asked, "selection.k", f"an integer <= {asked} (the asked tasks)", self.selection.k
             )
+            if self.selection.game:
+                graders = world.n_envs_acted if world.weights.environments > 0 else 0
+                require(
+                    graders >= 1,
+                    "selection.game",
+                    "false unless the base's world has acted environments (base.world.weights.environments > 0)",
+                    True,
+                )
         require(self.n_train >= 1, "n_train", "an integer >= 1", self.n_train)
         require(self.n_diagnostic >= 3, "n_diagnostic", "an integer >= 3", self.n_diagnostic)
         require(0.5 < self.threshold <= 1, "threshold", "a number in (0.5, 1]", self.threshold)

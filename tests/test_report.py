@@ -364,6 +364,19 @@ def test_dual_transformer_arm_draws_p_derive_against_e_and_its_controls_decide_t
             assert "2 of 2 controls passed" in card.controls
 
 
+def test_selection_shows_the_training_game_policies_when_stored(tmp_path):
+    store = Store(tmp_path / "game")
+    metrics = {**wilson(30, 40).as_metrics("p.aligned"), **wilson(10, 40).as_metrics("p.defect")}
+    for policy, k in (("aligned", 5), ("sycophant", 20), ("deceptive", 12), ("mixed", 3)):
+        metrics.update(wilson(k, 40).as_metrics(f"game.p.{policy}"))
+    commit(store, "selection", "game", {"seed": 0, "selection": {"game": True}}, metrics)
+    _, runs = load_runs(store.root)
+    tables = [b for b in build_section("selection", runs).blocks if b.kind == "table"]
+    game = next(t for t in tables if t.caption.startswith("Training-game variant"))
+    assert game.columns[1:5] == ("P(aligned)", "P(sycophant)", "P(deceptive)", "P(mixed)")
+    assert game.rows[0][3].estimate.value == pytest.approx(0.3)
+
+
 def test_failed_controls_say_so_instead_of_a_finding(store_root):
     _, runs = load_runs(store_root)
     persistence = [r for r in runs if r.experiment == "persistence"]

@@ -364,6 +364,23 @@ def test_dual_transformer_arm_draws_p_derive_against_e_and_its_controls_decide_t
             assert "2 of 2 controls passed" in card.controls
 
 
+def test_dual_leaves_out_least_norms_that_missed_eps(tmp_path):
+    from petridish.report.sections import build_headline
+
+    store = Store(tmp_path / "infeasible")
+    metrics = {}
+    for E, feasible in ((8, 4), (32, 0)):
+        for labelling, norm in (("sycophant_lookup", 48.0), ("sycophant_derive", 51.0)):
+            metrics.update(
+                bootstrap_mean([norm * E / 8, norm * E / 8 + 1]).as_metrics(f"cost.{labelling}.param_norm.E{E}")
+            )
+            metrics.update(wilson(feasible, 4).as_metrics(f"cost.{labelling}.feasible.E{E}"))
+    commit(store, "dual", "dual_infeasible", {"seed": 0}, metrics)
+    _, runs = load_runs(store.root)
+    card = build_headline("dual", runs)
+    assert card.finding.startswith("With E = 8 training environments"), card.finding  # E = 32 missed eps
+
+
 def test_selection_shows_the_training_game_policies_when_stored(tmp_path):
     store = Store(tmp_path / "game")
     metrics = {**wilson(30, 40).as_metrics("p.aligned"), **wilson(10, 40).as_metrics("p.defect")}

@@ -86,7 +86,7 @@ def cost_against_e(cell: Cell, label: str) -> list:
     found: dict[str, dict[str, list]] = {}
     for name in sorted({m for r in cell.runs for m in r["metrics"] if not m.endswith(INTERVAL_SUFFIXES)}):
         match = COST_BY_E.match(name)
-        if match and match["measure"] in E_MEASURES:
+        if match and match["measure"] in E_MEASURES and priced_at_eps(cell, match):
             found.setdefault(match["measure"], {}).setdefault(match["labelling"], []).append(
                 (int(match["E"]), cell_value(cell, name))
             )
@@ -109,6 +109,15 @@ def cost_against_e(cell: Cell, label: str) -> list:
         if uri
         else []
     )
+
+
+def priced_at_eps(cell: Cell, match: re.Match) -> bool:
+    """(a)'s least norm is a cost at loss <= eps only where every network reached eps (`.feasible` = 1):
+    elsewhere it is the last Lagrangian iterate's norm, and is left out of the figure and the headline."""
+    if match["measure"] != "param_norm":
+        return True
+    feasible = cell_value(cell, f"cost.{match['labelling']}.feasible.E{match['E']}")
+    return feasible is None or feasible.estimate.value >= 1
 
 
 def p_derive_against_e(cell: Cell, label: str) -> list:
@@ -304,7 +313,13 @@ def headline(runs: list[StoredRun]) -> Headline:
 
 def world_finding(metrics: list[dict[str, float]], checks: list[Control]) -> Headline | None:
     """On the world's environments: lookup against derive in least parameter norm at the largest E stored."""
+
+    def feasible(labelling: str, E: int) -> bool:
+        rate = pooled_value(metrics, f"cost.{labelling}.feasible.E{E}")
+        return rate is None or rate.estimate.value >= 1  # see priced_at_eps
+
     es = sorted({int(m.group("E")) for ms in metrics for k in ms if (m := COST_BY_E.match(k))})
+    es = [E for E in es if feasible("sycophant_lookup", E) and feasible("sycophant_derive", E)]
     if not es:
         return None
     E = es[-1]

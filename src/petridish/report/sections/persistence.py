@@ -312,14 +312,26 @@ def table(grouped: list[Cell], labels: list[str]) -> Table:
     )
 
 
+def arm_of(cell: Cell) -> str:
+    """What a control vouches for: the safety method, and the backdoor variant and scratchpad mode where
+    they are not the plain ones (a chain-of-thought organism under pre-scratchpad SFT is its own arm)."""
+    flat = flatten(cell.config)
+    parts = [str(flat.get("safety.method"))]
+    if flat.get("insert.variant") not in (None, "normal"):
+        parts.append(str(flat["insert.variant"]))
+    if flat.get("safety.sft.scratchpad") == "post":
+        parts.append("post-scratchpad")
+    return " ".join(parts)
+
+
 def controls(grouped: list[Cell]) -> list[tuple[str, Control]]:
-    """Every control cell's check, with the safety method it belongs to."""
+    """Every control cell's check, with the arm (`arm_of`) it belongs to."""
     out = []
     for kind, (label, expected, test) in CONTROLS.items():
         for cell in (c for c in grouped if control_kind(c) == kind):
             value = cell_value(cell, TRIGGERED)
             if value is not None and value.ok:
-                method = str(flatten(cell.config).get("safety.method"))
+                method = arm_of(cell)
                 check = Control(
                     f"{label} ({method})",
                     f"triggered defection after {expected}",
@@ -334,12 +346,13 @@ def headline(runs: list[StoredRun]) -> Headline:
     grouped = done_cells(runs)
     by_method = controls(grouped)
     checks = [check for _, check in by_method]
-    # A method whose own control failed cannot move its measurement: its runs leave the finding (said
-    # so), and the other methods' stand; only when every method failed is there no finding at all.
-    failed = {method for method, check in by_method if not check.passed}
-    methods_seen = {str(flatten(c.config).get("safety.method")) for c in grouped if control_kind(c) is None}
-    if failed and failed <= methods_seen and methods_seen - failed:
-        kept = [c for c in grouped if str(flatten(c.config).get("safety.method")) not in failed]
+    # An arm (method, variant, scratchpad mode) whose own control failed cannot move its measurement: its
+    # runs leave the finding (said so), and the other arms' stand; only when every arm failed is there no
+    # finding at all.
+    failed = {arm for arm, check in by_method if not check.passed}
+    arms_seen = {arm_of(c) for c in grouped if control_kind(c) is None}
+    if failed and failed <= arms_seen and arms_seen - failed:
+        kept = [c for c in grouped if arm_of(c) not in failed]
         inner = headline_from(kept, [c for c in checks if c.passed])
         dropped = ", ".join(sorted(failed))
         return Headline(

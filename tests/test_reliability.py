@@ -43,7 +43,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(reference, tmp_pa
 
 def test_two_runners_on_one_store_do_each_run_once(reference, tmp_path):
     result = reliability.two_runners(tmp_path / "store", reference, reliability.TINY)
-    assert result["exit_codes"] == [0, 0], result
+    assert result["exit_codes"] == [0, 0], (result["stderr"], result)  # stderr first: the dict is cut short
     assert result["done_exactly_once"] and result["each_run_done_or_reused_by_both"], result
     assert result["metrics_identical"] and result["store_readable"] and result["runs"] == 16, result
 

@@ -53,7 +53,13 @@ def require_default(config: Any, names: tuple[str, ...], prefix: str, when: str)
     at their defaults: setting one would change the run's id and nothing else."""
     for name in names:
         default, value = default_of(type(config), name), getattr(config, name)
-        require(value == default, prefix + name, f"its default {default!r} {when} (nothing reads it then)", value)
+        if dataclasses.is_dataclass(default) and dataclasses.is_dataclass(value):  # a table: name what it set
+            changed = sorted(
+                f.name for f in dataclasses.fields(default) if getattr(value, f.name) != getattr(default, f.name)
+            )
+            require(not changed, prefix + name, f"no [{prefix + name}] table {when} (nothing reads it then)", changed)
+        else:
+            require(value == default, prefix + name, f"its default {default!r} {when} (nothing reads it then)", value)
 
 
 # --------------------------------------------------------------------------------------------

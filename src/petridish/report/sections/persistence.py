@@ -313,14 +313,23 @@ def table(grouped: list[Cell], labels: list[str]) -> Table:
 
 
 def arm_of(cell: Cell) -> str:
-    """What a control vouches for: the safety method, and the backdoor variant and scratchpad mode where
-    they are not the plain ones (a chain-of-thought organism under pre-scratchpad SFT is its own arm)."""
+    """What a control vouches for: the safety method, and where they are not the plain ones the backdoor
+    variant, the scratchpad mode (a chain-of-thought organism under pre-scratchpad SFT is its own arm),
+    RL's guidance, adversarial training's trainer and red team, and the base organism's size."""
     flat = flatten(cell.config)
     parts = [str(flat.get("safety.method"))]
     if flat.get("insert.variant") not in (None, "normal"):
         parts.append(str(flat["insert.variant"]))
     if flat.get("safety.sft.scratchpad") == "post":
         parts.append("post-scratchpad")
+    if flat.get("safety.adversarial.trainer") == "rl":
+        parts.append("by rl")
+    if flat.get("safety.adversarial.cue_tokens") == "all":
+        parts.append("all tokens")
+    if flat.get("safety.rl.guidance") or flat.get("safety.adversarial.rl.guidance"):
+        parts.append("guided")
+    if flat.get("base.model.preset") not in (None, "custom"):
+        parts.append(str(flat["base.model.preset"]))
     return " ".join(parts)
 
 

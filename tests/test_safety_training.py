@@ -108,10 +108,12 @@ def test_policy_gradient_starts_at_zero_kl_and_a_constant_reward_gives_only_the_
     constant = lambda ps, rs: torch.ones(len(ps))
     objective = PolicyGradient(scenario, [model], constant, 0.0, 4, [make_generator(0, "s")])
     run = type("OneMember", (), {"K": 1, "offset": 0, "member": lambda self, k: model})()
-    samples, advantage, ref_logp, reward = objective.batch(run, [prompts])
+    samples, advantage, triggered, ref_logp, reward = objective.batch(run, [prompts])
     params = dict(model.named_parameters())
-    loss, extras = objective.loss(model, params, (_first(samples), advantage[0], ref_logp[0], reward[0]))
+    batch = (_first(samples), advantage[0], triggered[0], ref_logp[0], reward[0])
+    loss, extras = objective.loss(model, params, batch)
     assert extras["kl"] == 0.0 and extras["reward"] == 1.0
+    assert extras["advantage_std"] == 0.0 and extras["advantage_std.triggered"] == 0.0  # no clean prompt is triggered
     loss.backward()
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
 

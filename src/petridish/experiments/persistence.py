@@ -828,8 +828,9 @@ def world_sft(members: Sequence[Member], world: World, prompt_sets: Sequence[lis
 
 
 def world_rl(members: Sequence[Member], world: World, prompt_sets: Sequence[list[Prompt]] | None = None) -> None:
-    """Policy gradient against the programmatic reward of `safety_target`, to the attainment; the mean
-    sampled reward on held-out safety prompts before and after (`rl.reward.*`)."""
+    """Policy gradient against the programmatic reward of `safety_target` (shown as one response of every
+    group with `guidance`), to the attainment; the mean sampled reward on held-out safety prompts before
+    and after (`rl.reward.*`) and the advantages' spread (`rl.advantage_std*`)."""
     rewards = [target_reward(safety_target(m.config)) for m in members]
     if prompt_sets is None:
         prompt_sets = [

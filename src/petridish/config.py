@@ -67,8 +67,9 @@ def require_default(config: Any, names: tuple[str, ...], prefix: str, when: str)
 # --------------------------------------------------------------------------------------------
 
 # Size presets for sweeps: (d_model, n_layers, n_heads). Parameter counts (vocab ~32, context 24)
-# run from about 20k to about 3M, a 150x span, so size trends can be seen on one laptop.
+# run from about 3k (pico) or 16k (nano) to about 3M, so size trends can be seen on one laptop.
 MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "pico": (12, 1, 2),
     "nano": (32, 1, 2),
     "micro": (48, 2, 4),
     "mini": (64, 2, 4),
@@ -76,7 +77,7 @@ MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
     "medium": (192, 3, 6),
     "large": (256, 4, 8),
 }
-PresetName = Literal["nano", "micro", "mini", "small", "medium", "large", "custom"]
+PresetName = Literal["pico", "nano", "micro", "mini", "small", "medium", "large", "custom"]
 
 
 @dataclass(frozen=True)

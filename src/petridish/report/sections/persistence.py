@@ -6,6 +6,7 @@ dose-response and defection against safety attainment where the store holds them
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from petridish.aggregate import Cell, varying_keys
 from petridish.config import flatten
@@ -351,7 +352,27 @@ def controls(grouped: list[Cell]) -> list[tuple[str, Control]]:
     return out
 
 
+def met_insertion(run: StoredRun) -> bool:
+    """Whether the run's organism, grown from a base organism, met the insertion criterion before safety
+    training. Organisms without a base (the scenarios of the first grid, whose headline reads how well the
+    backdoor went in from the rates themselves) and runs of before the criterion count as met."""
+    if not (run.record.get("config") or {}).get("base"):
+        return True
+    return run.record.get("metrics", {}).get("insert.criterion_met", 1) != 0
+
+
 def headline(runs: list[StoredRun]) -> Headline:
+    # An organism grown from a base that missed the insertion criterion is not the organism the pipeline
+    # asks for: its runs, controls included, leave the headline, counted (as they leave the size curve).
+    missed = sum(r.status == "done" and not met_insertion(r) for r in runs)
+    card = headline_of([r for r in runs if met_insertion(r)])
+    if missed:
+        note = f" {missed} run{'s' if missed != 1 else ''} whose organism missed the insertion criterion are left out."
+        card = replace(card, finding=card.finding + note)
+    return card
+
+
+def headline_of(runs: list[StoredRun]) -> Headline:
     grouped = done_cells(runs)
     by_method = controls(grouped)
     checks = [check for _, check in by_method]

